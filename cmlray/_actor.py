@@ -1,0 +1,239 @@
+"""The worker actor: holds a worker's Ray resources and streams its events.
+
+:class:`WorkerActor` is a plain class (unit-testable without Ray); the session
+makes it remote with the worker's CPU, memory and GPU request. Its ``run``
+method is a streaming generator: it starts the guard (which starts the
+program), then yields batches of events as they happen::
+
+    ("placed",  {"ip", "node_id", "app_port", "gpus", "time"})
+    ("started", {"pid", "time"})
+    ("out" | "err", [line, ...])
+    ("exited",  {"exit_code", "status", "reason", "time"})
+
+``stop`` runs on a second thread of the actor (``max_concurrency >= 2``)
+while ``run`` streams: Ray cannot interrupt a running sync method.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from cmlray import _ports
+from cmlray._lines import LineSplitter
+
+Event = tuple[str, Any]
+
+_GUARD_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_guard.py")
+_READ_SIZE = 1 << 16
+_BATCH_MAX_LINES = 4096
+_BATCH_MAX_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the actor landed: filled in from Ray inside the actor."""
+
+    ip: str
+    node_id: str
+    gpus: tuple[str, ...] = ()
+
+
+@dataclass
+class WorkerLaunch:
+    """What the actor needs to start a program (built by the session)."""
+
+    worker_id: str
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    grace_period_s: float = 5.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def ray_placement() -> Placement:
+    """This actor's node and GPUs, as Ray assigned them."""
+    import ray
+
+    context = ray.get_runtime_context()
+    gpus = context.get_accelerator_ids().get("GPU", [])
+    return Placement(
+        ip=ray.util.get_node_ip_address(),
+        node_id=context.get_node_id(),
+        gpus=tuple(str(gpu) for gpu in gpus),
+    )
+
+
+class WorkerActor:
+    """Starts one worker's program under a guard and reports what it does."""
+
+    def __init__(self, launch: WorkerLaunch, placement: Placement | None = None) -> None:
+        self.launch = launch
+        self.placement = placement
+        self._lock = threading.Lock()
+        self._ctl: socket.socket | None = None
+        self._stop: dict[str, Any] | None = None
+        self._port_lease: _ports.PortLease | None = None
+
+    def ready(self) -> bool:
+        """Answers once the actor is placed (used by tests and the session)."""
+        return True
+
+    def stop(self, grace_period_s: float, status: str = "stopped", reason: str = "") -> None:
+        """Ask the guard to stop the program's whole tree (SIGTERM, grace, SIGKILL)."""
+        message = {"stop": grace_period_s, "status": status, "reason": reason or status}
+        with self._lock:
+            self._stop = message
+            if self._ctl is not None:
+                self._ctl.sendall(json.dumps(message).encode() + b"\n")
+
+    def run(self) -> Iterator[list[Event]]:
+        """Start the program and stream its events until it has ended."""
+        placement = self.placement or ray_placement()
+        self._port_lease = _ports.lease()
+        try:
+            yield [("placed", self._placed_event(placement))]
+            yield from self._run_program(placement)
+        finally:
+            self._port_lease.release()
+
+    def _placed_event(self, placement: Placement) -> dict[str, Any]:
+        assert self._port_lease is not None
+        return {
+            "ip": placement.ip,
+            "node_id": placement.node_id,
+            "app_port": self._port_lease.port,
+            "gpus": list(placement.gpus),
+            "time": time.time(),
+        }
+
+    def _program_env(self, placement: Placement) -> dict[str, str]:
+        assert self._port_lease is not None
+        env = dict(self.launch.env)
+        env["CDSW_IP_ADDRESS"] = placement.ip
+        env["CDSW_APP_PORT"] = str(self._port_lease.port)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(placement.gpus)
+        return env
+
+    def _run_program(self, placement: Placement) -> Iterator[list[Event]]:
+        ctl, guard_ctl = socket.socketpair()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        fds = (guard_ctl.fileno(), out_w, err_w)
+        with self._lock:
+            if self._stop is not None:
+                yield [("exited", _final(None, self._stop["status"], self._stop["reason"]))]
+                return
+            subprocess.run(
+                [sys.executable, "-I", "-S", _GUARD_PATH, *map(str, fds)],
+                pass_fds=fds,
+                stdin=subprocess.DEVNULL,
+                check=True,
+            )
+            self._ctl = ctl
+        for fd in (out_w, err_w):
+            os.close(fd)
+        guard_ctl.close()
+        spec = {
+            "argv": self.launch.argv,
+            "env": self._program_env(placement),
+            "cwd": self.launch.cwd,
+            "grace_period_s": self.launch.grace_period_s,
+        }
+        ctl.sendall(json.dumps(spec).encode() + b"\n")
+        with self._lock:
+            if self._stop is not None:  # stop() came before the spec: resend it after
+                ctl.sendall(json.dumps(self._stop).encode() + b"\n")
+        yield from _Stream(ctl, out_r, err_r).events()
+
+
+def _final(exit_code: int | None, status: str, reason: str) -> dict[str, Any]:
+    return {"exit_code": exit_code, "status": status, "reason": reason, "time": time.time()}
+
+
+class _Stream:
+    """Multiplexes the guard's control socket and the program's two pipes."""
+
+    def __init__(self, ctl: socket.socket, out_fd: int, err_fd: int) -> None:
+        self.ctl = ctl
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(ctl, selectors.EVENT_READ, "ctl")
+        self.selector.register(out_fd, selectors.EVENT_READ, "out")
+        self.selector.register(err_fd, selectors.EVENT_READ, "err")
+        self.splitters = {"out": LineSplitter(), "err": LineSplitter()}
+        self.ctl_buffer = b""
+        self.final: dict[str, Any] | None = None
+        self.open = {"ctl", "out", "err"}
+
+    def events(self) -> Iterator[list[Event]]:
+        try:
+            while self.open:
+                batch = self._collect()
+                if batch:
+                    yield batch
+            yield [("exited", self._final_event())]
+        finally:
+            self.selector.close()
+            self.ctl.close()
+
+    def _final_event(self) -> dict[str, Any]:
+        if self.final is None:
+            return _final(None, "failed", "the guard process died")
+        return self.final
+
+    def _collect(self) -> list[Event]:
+        """Everything readable now, waiting only while nothing is."""
+        batch: list[Event] = []
+        size = 0
+        timeout: float | None = None
+        while self.open and len(batch) < _BATCH_MAX_LINES and size < _BATCH_MAX_BYTES:
+            ready = self.selector.select(timeout)
+            if not ready:
+                break
+            for key, _ in ready:
+                size += self._read(key, batch)
+            timeout = 0
+        return batch
+
+    def _read(self, key: selectors.SelectorKey, batch: list[Event]) -> int:
+        name = key.data
+        data = self.ctl.recv(_READ_SIZE) if name == "ctl" else os.read(key.fd, _READ_SIZE)
+        if not data:
+            self._close(key, name, batch)
+        elif name == "ctl":
+            self._control(data, batch)
+        else:
+            lines = self.splitters[name].feed(data)
+            if lines:
+                batch.append((name, lines))
+        return len(data)
+
+    def _close(self, key: selectors.SelectorKey, name: str, batch: list[Event]) -> None:
+        self.selector.unregister(key.fileobj)
+        self.open.discard(name)
+        if name != "ctl":
+            os.close(key.fd)
+            rest = self.splitters[name].flush()
+            if rest:
+                batch.append((name, rest))
+
+    def _control(self, data: bytes, batch: list[Event]) -> None:
+        self.ctl_buffer += data
+        *lines, self.ctl_buffer = self.ctl_buffer.split(b"\n")
+        for line in lines:
+            message = json.loads(line)
+            if "pid" in message:
+                batch.append(("started", {"pid": message["pid"], "time": message["time"]}))
+            elif "error" in message:
+                self.final = _final(None, "failed", message["error"])
+            elif "status" in message:
+                self.final = _final(message["exit_code"], message["status"], message["reason"])

@@ -1,0 +1,232 @@
+"""The four functions of CML's Workers API, with cmlray's session behind them.
+
+CML's names and units are converted here once: ``memory`` in GiB,
+``timeout_seconds`` (0 means none), worker ids or description dicts
+wherever an id is taken.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cmlray import _session
+from cmlray._ids import is_id
+from cmlray._registry import FINAL
+from cmlray._spec import WorkerSpec, check_non_negative
+
+
+def launch_workers(
+    n: int,
+    cpu: float,
+    memory: float,
+    nvidia_gpu: int = 0,
+    kernel: str = "python3",
+    script: str = "",
+    code: str = "",
+    env: Mapping[str, str] | None = None,
+    accelerator_label_id: str | None = None,
+    resource_profile_id: str | None = None,
+    resource_group_id: str | None = None,
+    name: str | None = None,
+    rdma_network_selections: Any = None,
+    *,
+    grace_period_s: float = 5.0,
+) -> list[dict[str, Any]]:
+    """Launch ``n`` workers, each running a script, Python code or a shell command.
+
+    Args:
+        n: how many workers (>= 1).
+        cpu: cores each worker holds (> 0; fractions allowed).
+        memory: GiB each worker holds (> 0).
+        nvidia_gpu: GPUs each worker holds (whole number >= 0).
+        kernel: ``"python3"`` (this session's interpreter), or ``"r"`` when
+            ``Rscript`` is installed. CML's ``"python2"`` and ``"scala"``
+            raise ``ValueError``.
+        script: a Python file to run; relative paths resolve against the
+            session's project directory. Wins over ``code`` (with a warning).
+        code: Python source to run. Code whose lines all start with ``!`` is
+            run by the shell, line after line (``"!dask scheduler --port 0"``);
+            ``!`` lines inside Python code run in the shell where they stand.
+        env: extra environment variables for the workers (str to str).
+        accelerator_label_id: a Ray accelerator type the worker's node must
+            have (e.g. ``"A100"``); ignored when None.
+        resource_profile_id: accepted for CML compatibility; ignored.
+        resource_group_id: accepted for CML compatibility; ignored.
+        name: the workers' name (``name-1``, ``name-2``... when ``n`` > 1);
+            default ``worker-<k>``.
+        rdma_network_selections: accepted for CML compatibility; ignored.
+        grace_period_s: on stop, seconds between SIGTERM and SIGKILL.
+
+    Returns:
+        One description dict per worker, in launch order.
+
+    Raises:
+        TypeError, ValueError: a bad argument, before anything starts (CML
+            returns error dicts instead; cmlray raises).
+        InfeasibleRequestError: no node of the cluster could ever hold one
+            worker (the message gives the largest node's capacity).
+    """
+    del resource_profile_id, resource_group_id, rdma_network_selections
+    session = _session.require()
+    spec = WorkerSpec.from_call(
+        session.project_dir,
+        n=n,
+        cpu=cpu,
+        memory=memory,
+        nvidia_gpu=nvidia_gpu,
+        kernel=kernel,
+        script=script,
+        code=code,
+        env=env,
+        name=name,
+        accelerator_label_id=accelerator_label_id,
+        grace_period_s=grace_period_s,
+    )
+    return session.launch(spec)
+
+
+def list_workers() -> list[dict[str, Any]]:
+    """Every worker this session launched, newest state, in launch order."""
+    session = _session.current(create=False)
+    return session.registry.describe() if session is not None else []
+
+
+@dataclass(frozen=True)
+class StopResult:
+    """What stopping one worker gave; ``status_code`` as CML's HTTP responses.
+
+    Attributes:
+        id: the worker id asked for.
+        status_code: 200 when the worker is stopped (or had already ended),
+            404 when this session never launched such a worker.
+        status: the worker's final status, None for an unknown id.
+        worker: the worker's final description, None for an unknown id.
+    """
+
+    id: str
+    status_code: int
+    status: str | None
+    worker: dict[str, Any] | None
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code < 400
+
+    def json(self) -> dict[str, Any]:
+        """The body CML's response would carry: the worker's description."""
+        return dict(self.worker) if self.worker else {"id": self.id, "error": "not found"}
+
+
+def _worker_id(value: object, argument: str) -> str:
+    if isinstance(value, Mapping):
+        value = value.get("id")
+    if not isinstance(value, str):
+        raise TypeError(f"{argument} must be worker ids or worker dicts, got {value!r}")
+    return value
+
+
+def stop_workers(
+    *worker_id: str | Mapping[str, Any], grace_period_s: float | None = None
+) -> list[StopResult]:
+    """Stop workers of this session; with no argument, all of them.
+
+    Each program and everything it started gets SIGTERM, then SIGKILL after
+    the grace period. Returns once they have ended.
+
+    Args:
+        *worker_id: ids or description dicts. Unknown ids give a result with
+            ``status_code`` 404 (as CML's HTTP responses).
+        grace_period_s: overrides each worker's own grace period.
+    """
+    if grace_period_s is not None:
+        grace_period_s = check_non_negative("grace_period_s", grace_period_s)
+    ids = [_worker_id(value, "worker_id") for value in worker_id]
+    session = _session.current(create=False)
+    if session is None:
+        return [StopResult(i, 404, None, None) for i in ids]
+    known = [i for i in (ids or session.registry.ids()) if i in session.registry]
+    final = {d["id"]: d for d in session.stop(known, grace_period_s)}
+    targets = ids or known
+    return [
+        StopResult(i, 200, final[i]["status"], final[i])
+        if i in final
+        else StopResult(i, 404, None, None)
+        for i in targets
+    ]
+
+
+def _await_ids(ids: object) -> list[str]:
+    if isinstance(ids, str | Mapping):
+        ids = [ids]
+    if not isinstance(ids, Iterable):
+        raise TypeError(f"ids must be a worker id, a worker dict, or a list of them, got {ids!r}")
+    return [_worker_id(value, "ids") for value in ids]
+
+
+def _reached(status: str, wait_for_completion: bool, ip_known: bool) -> bool | None:
+    """True: goal reached; False: failed for good; None: still pending."""
+    if wait_for_completion:
+        return True if status == "succeeded" else False if status in FINAL else None
+    if status in FINAL:
+        return False
+    return True if status == "running" and ip_known else None
+
+
+def await_workers(
+    ids: Any, wait_for_completion: bool = True, timeout_seconds: float = 60
+) -> dict[str, list[dict[str, Any]]]:
+    """Wait until workers succeed (or run), fail, or the timeout passes.
+
+    Args:
+        ids: an id, a description dict, or a list of either. An id this
+            session never launched raises ``ValueError`` at once.
+        wait_for_completion: True: a worker counts once it exits 0. False:
+            once it is running with a known IP; one that already ended fails.
+        timeout_seconds: seconds to wait; 0 (or None) waits without limit.
+
+    Returns:
+        ``{"workers": [...reached the goal], "failures": [...the rest]}``,
+        returned as soon as every worker is decided (no 5 s polling).
+    """
+    wanted = list(dict.fromkeys(_await_ids(ids)))
+    timeout_s = check_non_negative("timeout_seconds", timeout_seconds or 0) or None
+    session = _session.current(create=False)
+    unknown = [i for i in wanted if session is None or i not in session.registry]
+    if unknown:
+        shown = ", ".join(repr(i) if is_id(i) else f"{i!r} (not an id)" for i in unknown)
+        raise ValueError(f"ids: this session launched no worker {shown}")
+    assert session is not None
+    registry = session.registry
+
+    def decided() -> bool:
+        return all(
+            _reached(
+                registry.status(i), wait_for_completion, registry.get(i).ip_address != "unknown"
+            )
+            is not None
+            for i in wanted
+        )
+
+    registry.wait_for(decided, None if timeout_s is None else max(timeout_s, 0.0))
+    workers, failures = [], []
+    for description in registry.describe(wanted):
+        verdict = _reached(
+            description["status"], wait_for_completion, description["ip_address"] != "unknown"
+        )
+        if verdict:
+            workers.append(description)
+        else:
+            if verdict is None:
+                description["reason"] = _pending_reason(description["status"], timeout_s)
+            failures.append(description)
+    return {"workers": workers, "failures": failures}
+
+
+def _pending_reason(status: str, timeout_s: float | None) -> str:
+    waited = f"after {timeout_s:g} s" if timeout_s is not None and math.isfinite(timeout_s) else ""
+    if status == "scheduling":
+        return f"waiting for resources {waited}".strip()
+    return f"still {status} {waited}".strip()

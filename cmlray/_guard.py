@@ -1,0 +1,190 @@
+"""The guard: the process that owns a worker's program and outlives its actor.
+
+Run by the worker's actor as ``python -I -S _guard.py CTL_FD OUT_FD ERR_FD``.
+It forks once more and the first process exits, so the guard is no longer a
+child of the actor: when the actor's process ends, Ray SIGKILLs that
+process's direct children, and a supervisor that is one cannot clean up
+(DESIGN 4). The guard makes itself a child subreaper, so every process the
+program starts stays below it, ``setsid`` daemons included.
+
+Protocol on the control socket (JSON, one object a line):
+
+- actor -> guard, first: ``{"argv", "env", "cwd", "grace_period_s"}``;
+  later ``{"stop": grace_s, "status": "stopped"|"timedout", "reason": text}``.
+- guard -> actor: ``{"pid"}`` once started, or ``{"error"}``; then
+  ``{"exit_code", "reason", "status"}`` when the program ended; ``{"done"}``
+  once every descendant is gone.
+
+When the control socket closes (the actor died, whatever the cause), the
+guard stops the whole tree and exits: this is what makes a worker's program
+and all it started end with the session on every exit path.
+
+Standard library only: it must start fast in a bare interpreter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from types import ModuleType
+from typing import Any
+
+_LEFTOVER_GRACE_S = 2.0
+_ORPHAN_GRACE_S = 3.0
+
+
+def _load_process_module() -> ModuleType:
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_process.py")
+    spec = importlib.util.spec_from_file_location("cmlray_guard_process", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+proc = _load_process_module()
+
+
+class Guard:
+    """Supervises one program; see the module docstring for the protocol."""
+
+    def __init__(self, ctl: socket.socket) -> None:
+        self.ctl = ctl
+        self.buffer = b""
+        self.program: Any = None
+        self.exit_status: int | None = None
+        self.final: dict[str, Any] | None = None
+        self.terminated = False
+
+    def send(self, message: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            self.ctl.sendall(json.dumps(message).encode() + b"\n")
+
+    def read_messages(self) -> list[dict[str, Any]] | None:
+        """Messages now readable on the control socket; None at EOF."""
+        try:
+            data = self.ctl.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            return None
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def read_spec(self) -> dict[str, Any] | None:
+        while True:
+            messages = self.read_messages()
+            if messages is None:
+                return None
+            if messages:
+                return messages[0]
+
+    def record(self, reaped: dict[int, int]) -> None:
+        if self.program is not None and self.program.pid in reaped:
+            self.exit_status = reaped[self.program.pid]
+
+    def stop(self, grace_period_s: float, status: str, reason: str) -> None:
+        self.final = {"status": status, "reason": reason}
+        pgid = self.program.pid if self.program is not None else None
+        proc.terminate_tree(os.getpid(), pgid, grace_period_s, self.record)
+
+    def report_exit(self) -> None:
+        assert self.exit_status is not None
+        code, words = proc.describe_status(self.exit_status)
+        if self.final is not None:
+            status, reason = self.final["status"], self.final["reason"]
+        elif code == 0:
+            status, reason = "succeeded", "exit code 0"
+        else:
+            status, reason = "failed", words
+        self.send({"exit_code": code, "status": status, "reason": reason})
+
+    def serve(self, wake_fd: int) -> None:
+        """Wait for the program to end, a stop request, or the actor's death."""
+        while self.exit_status is None:
+            watched: list[Any] = [self.ctl, wake_fd]
+            readable = select.select(watched, [], [], 1.0)[0]
+            if wake_fd in readable:
+                _drain(wake_fd)
+            self.record(proc.reap_children())
+            if self.terminated and self.exit_status is None:
+                self.stop(_ORPHAN_GRACE_S, "failed", "its guard was terminated (SIGTERM)")
+                break
+            if self.ctl in readable and self.exit_status is None:
+                messages = self.read_messages()
+                if messages is None:
+                    self.stop(_ORPHAN_GRACE_S, "failed", "actor died")
+                    return
+                for message in messages:
+                    if "stop" in message:
+                        self.stop(float(message["stop"]), message["status"], message["reason"])
+        self.report_exit()
+        proc.terminate_tree(os.getpid(), None, _LEFTOVER_GRACE_S, self.record)
+        self.send({"done": True})
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _detach() -> None:
+    """Fork away from the actor: the parent returns at once, the child goes on.
+
+    The guard also leaves the actor's working directory (inside Ray's temp
+    dir, which the head reaper sweeps).
+    """
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    os.chdir("/")
+
+
+def main(argv: list[str]) -> int:
+    ctl_fd, out_fd, err_fd = (int(arg) for arg in argv[1:4])
+    _detach()
+    proc.become_subreaper()
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(signum, signal.SIG_IGN)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda _s, _f: None)
+    guard = Guard(socket.socket(fileno=ctl_fd))
+
+    def on_sigterm(_signum: int, _frame: object) -> None:
+        guard.terminated = True
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    spec = guard.read_spec()
+    if spec is None:
+        return 0
+    try:
+        guard.program = proc.spawn(
+            spec["argv"], env=spec["env"], cwd=spec["cwd"], stdout_fd=out_fd, stderr_fd=err_fd
+        )
+    except OSError as exc:
+        guard.send({"error": f"cannot start {spec['argv'][0]!r}: {exc.strerror or exc}"})
+        return 1
+    finally:
+        os.close(out_fd)
+        os.close(err_fd)
+    guard.send({"pid": guard.program.pid, "time": time.time()})
+    guard.serve(wake_r)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,167 @@
+"""Connecting a session to Ray: its own head, or an existing cluster.
+
+Own head (the default): ``ray.init(address="local")``, never a bare
+``ray.init()`` that would silently attach to whatever cluster the machine
+has recorded; no dashboard; Ray's log forwarding off (the session streams
+workers' output itself); token authentication on, with a fresh token in a
+private temp dir only this user can read. A reaper process tied to the
+session by a pipe removes every process and file of the head once the
+session's process is gone, however it ended.
+
+Attach: given ``address`` (or ``RAY_ADDRESS``), connect to that cluster; the
+cluster's own token settings (``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH``) apply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from cmlray import _process
+from cmlray.errors import translate_ray_error
+
+_REAPER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_reaper.py")
+_AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")
+
+
+@dataclass
+class Head:
+    """The session's connection to Ray and what must be undone at the end."""
+
+    address: str | None
+    owns_head: bool
+    temp_dir: str | None = None
+    reaper: subprocess.Popen[bytes] | None = None
+    saved_env: dict[str, str | None] = field(default_factory=dict)
+    disconnect: bool = True
+
+    def close(self) -> None:
+        """Disconnect from Ray; for an own head, end it and let the reaper sweep."""
+        import ray
+
+        if self.disconnect:
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+        if self.reaper is not None and self.reaper.stdin is not None:
+            self.reaper.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.reaper.wait(timeout=10)
+        _restore_env(self.saved_env)
+
+
+def _restore_env(saved: dict[str, str | None]) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def _write_token(temp_dir: str) -> str:
+    path = os.path.join(temp_dir, "auth_token")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return path
+
+
+def _enable_token_auth(token_path: str) -> dict[str, str | None]:
+    saved = {key: os.environ.get(key) for key in _AUTH_VARIABLES}
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = token_path
+    try:  # Ray caches its config and token per process: make it read ours.
+        from ray._raylet import (  # type: ignore[attr-defined]
+            AuthenticationTokenLoader,
+            Config,
+        )
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+    except (ImportError, AttributeError):
+        pass
+    return saved
+
+
+def _head_processes(temp_dir: str) -> list[list[int | None]]:
+    """This process's descendants that belong to the head under ``temp_dir``."""
+    holders = set(_process.holders_of(temp_dir))
+    found = []
+    for pid in _process.descendants(os.getpid()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                in_cmdline = temp_dir.encode() in f.read()
+        except OSError:
+            continue
+        if in_cmdline or pid in holders:
+            found.append([pid, _process.start_time(pid)])
+    return found
+
+
+def _start_reaper(temp_dir: str) -> subprocess.Popen[bytes]:
+    head_pids = _head_processes(temp_dir)
+    reaper = subprocess.Popen(
+        [sys.executable, "-I", "-S", _REAPER_PATH],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
+    plan = {"pids": head_pids, "temp_dir": temp_dir, "spare": [os.getpid()]}
+    assert reaper.stdin is not None
+    reaper.stdin.write(json.dumps(plan).encode() + b"\n")
+    reaper.stdin.flush()
+    return reaper
+
+
+def start_own_head(
+    *, num_cpus: int | None, num_gpus: int | None, resources: dict[str, float] | None
+) -> Head:
+    """Start a Ray head inside this process's session (see module docstring)."""
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="cmlray-")
+    saved = _enable_token_auth(_write_token(temp_dir))
+    try:
+        context = ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            resources=resources,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            _temp_dir=temp_dir,
+        )
+    except Exception as exc:
+        _restore_env(saved)
+        raise translate_ray_error(exc, "starting a Ray head") from exc
+    head = Head(address=_address_of(context), owns_head=True, temp_dir=temp_dir)
+    head.saved_env = saved
+    head.reaper = _start_reaper(temp_dir)
+    return head
+
+
+def attach(address: str) -> Head:
+    """Connect to an existing Ray cluster at ``address``."""
+    import ray
+
+    try:
+        context = ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    except Exception as exc:
+        raise translate_ray_error(exc, f"attaching to the Ray cluster at {address}") from exc
+    return Head(address=_address_of(context) or address, owns_head=False)
+
+
+def _address_of(context: Any) -> str | None:
+    info = getattr(context, "address_info", None) or {}
+    address = info.get("gcs_address") or info.get("address")
+    return str(address) if address else None

@@ -1,0 +1,81 @@
+"""``cmlray.init`` and ``cmlray.shutdown``: the session's explicit start and end."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from rich.console import Console
+
+from cmlray import _session
+from cmlray._spec import check_count
+
+
+def _check_resources(resources: object) -> dict[str, float] | None:
+    if resources is None:
+        return None
+    if not isinstance(resources, Mapping):
+        raise TypeError(f"resources must be a dict of name to amount, got {resources!r}")
+    checked = {}
+    for key, value in resources.items():
+        if (
+            not isinstance(key, str)
+            or isinstance(value, bool)
+            or not isinstance(value, int | float)
+        ):
+            raise TypeError(f"resources must map str names to numbers, got {key!r}: {value!r}")
+        if value < 0:
+            raise ValueError(f"resources[{key!r}] must be >= 0, got {value!r}")
+        checked[key] = float(value)
+    return checked
+
+
+def init(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    resources: Mapping[str, float] | None = None,
+    project_dir: str | None = None,
+    *,
+    console: Console | None = None,
+) -> None:
+    """Start this process's cmlray session explicitly.
+
+    The first API call starts one with defaults; call ``init`` first to choose.
+
+    Args:
+        address: a Ray cluster to attach to (``"ray://..."`` or
+            ``"host:port"``); default ``RAY_ADDRESS`` if set, else a Ray head
+            of the session's own (token auth on, no dashboard).
+        num_cpus: CPUs the own head offers (default: the machine's cores).
+        num_gpus: GPUs the own head offers (default: those detected).
+        resources: custom resources the own head offers.
+        project_dir: the workers' working directory and the base of relative
+            script paths (default: the current directory).
+        console: where workers' output is shown (default: Rich's console).
+
+    Raises:
+        SessionError: a session is already running, or Ray could not start.
+    """
+    if address is not None and not isinstance(address, str):
+        raise TypeError(f"address must be a string such as 'host:6379', got {address!r}")
+    if num_cpus is not None:
+        num_cpus = check_count("num_cpus", num_cpus, 0)
+    if num_gpus is not None:
+        num_gpus = check_count("num_gpus", num_gpus, 0)
+    _session.start(
+        address=address,
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        resources=_check_resources(resources),
+        project_dir=project_dir,
+        console=console,
+    )
+
+
+def shutdown() -> None:
+    """End the session: stop its workers; end its own Ray head, if any.
+
+    On an attached cluster only this session's workers end. Safe to call
+    when no session runs.
+    """
+    _session.shutdown()

@@ -1,0 +1,175 @@
+"""The session's workers and their newest state.
+
+The relay thread applies each worker's events here; ``list_workers`` reads
+snapshots; ``await_workers`` and ``stop_workers`` wait on the registry's
+condition variable, so they return as soon as the state they wait for is
+reached (no polling).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cmlray._ids import iso_utc
+
+TAIL_LINES = 100
+PENDING = ("scheduling", "starting")
+FINAL = ("succeeded", "failed", "stopped", "timedout")
+
+
+@dataclass
+class WorkerRecord:
+    """Everything known about one worker (mutated under the registry's lock)."""
+
+    id: str
+    name: str
+    cpu: float
+    memory: float
+    nvidia_gpu: int
+    command: str
+    status: str = "scheduling"
+    created_at: float = field(default_factory=time.time)
+    running_at: float | None = None
+    finished_at: float | None = None
+    ip_address: str = "unknown"
+    node_id: str | None = None
+    app_port: int | None = None
+    pid: int | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+    handle: Any = None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
+
+    def duration_s(self) -> float | None:
+        if self.running_at is None:
+            return None
+        end = self.finished_at if self.finished_at is not None else time.time()
+        return round(max(0.0, end - self.running_at), 3)
+
+    def describe(self) -> dict[str, Any]:
+        """The worker as CML describes it (a fresh dict)."""
+        app_url = None
+        if self.app_port is not None and self.ip_address != "unknown":
+            app_url = f"http://{self.ip_address}:{self.app_port}/"
+        return {
+            "id": self.id,
+            "name": self.name,
+            "status": self.status,
+            "created_at": iso_utc(self.created_at),
+            "running_at": iso_utc(self.running_at),
+            "finished_at": iso_utc(self.finished_at),
+            "duration": self.duration_s(),
+            "ip_address": self.ip_address,
+            "node_id": self.node_id,
+            "app_url": app_url,
+            "cpu": self.cpu,
+            "memory": self.memory,
+            "nvidia_gpu": self.nvidia_gpu,
+            "exit_code": self.exit_code,
+            "reason": self.reason,
+            "tail": list(self.tail),
+        }
+
+
+class Registry:
+    """Thread-safe store of this session's workers, in launch order."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._records: dict[str, WorkerRecord] = {}
+
+    def add(self, records: Iterable[WorkerRecord]) -> None:
+        with self._cond:
+            for record in records:
+                self._records[record.id] = record
+            self._cond.notify_all()
+
+    def __contains__(self, worker_id: object) -> bool:
+        with self._cond:
+            return worker_id in self._records
+
+    def get(self, worker_id: str) -> WorkerRecord:
+        with self._cond:
+            return self._records[worker_id]
+
+    def ids(self) -> list[str]:
+        with self._cond:
+            return list(self._records)
+
+    def describe(self, ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        with self._cond:
+            chosen = self._records if ids is None else ids
+            return [self._records[i].describe() for i in chosen]
+
+    def apply(self, worker_id: str, events: Iterable[tuple[str, Any]]) -> None:
+        """Fold a batch of the worker's events into its record."""
+        with self._cond:
+            record = self._records[worker_id]
+            for kind, payload in events:
+                _APPLY[kind](record, payload)
+            self._cond.notify_all()
+
+    def finish(
+        self, worker_id: str, status: str, reason: str, exit_code: int | None = None
+    ) -> None:
+        """Give a worker a final status, unless it already has one."""
+        self.apply(
+            worker_id,
+            [("exited", {"status": status, "reason": reason, "exit_code": exit_code})],
+        )
+
+    def wait_for(self, predicate: Callable[[], bool], timeout_s: float | None) -> bool:
+        """Block until ``predicate()`` (called under the lock) holds, or time out."""
+        with self._cond:
+            return self._cond.wait_for(predicate, timeout_s)
+
+    def status(self, worker_id: str) -> str:
+        return self._records[worker_id].status
+
+
+def _placed(record: WorkerRecord, event: dict[str, Any]) -> None:
+    if record.final:
+        return
+    record.status = "starting"
+    record.ip_address = event["ip"]
+    record.node_id = event["node_id"]
+    record.app_port = event["app_port"]
+
+
+def _started(record: WorkerRecord, event: dict[str, Any]) -> None:
+    if record.final:
+        return
+    record.status = "running"
+    record.pid = event["pid"]
+    record.running_at = event["time"]
+
+
+def _lines(record: WorkerRecord, lines: list[str]) -> None:
+    record.tail.extend(lines)
+
+
+def _exited(record: WorkerRecord, event: dict[str, Any]) -> None:
+    if record.final:
+        return
+    record.status = event["status"]
+    record.reason = event["reason"]
+    record.exit_code = event.get("exit_code")
+    record.finished_at = event.get("time") or time.time()
+
+
+_APPLY: dict[str, Callable[[WorkerRecord, Any], None]] = {
+    "placed": _placed,
+    "started": _started,
+    "out": _lines,
+    "err": _lines,
+    "exited": _exited,
+}

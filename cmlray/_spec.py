@@ -1,0 +1,225 @@
+"""``WorkerSpec``: one launch request, validated before anything starts.
+
+Every check of ``launch_workers``' arguments lives here, so a bad call raises
+``TypeError``/``ValueError`` naming the argument and what was expected, and
+no worker is started. The spec then yields Ray actor options and the
+environment each worker's program sees.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cmlray import _process
+
+GIB = 1 << 30
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "BLIS_NUM_THREADS",
+)
+# Set by cmlray for each worker; a user's env= may not override them.
+RESERVED_VARIABLES = frozenset(
+    {
+        "CML_MASTER_IP",
+        "CDSW_MASTER_IP",
+        "CDSW_MASTER_ID",
+        "CDSW_ENGINE_ID",
+        "CDSW_IP_ADDRESS",
+        "CDSW_APP_PORT",
+        "CUDA_VISIBLE_DEVICES",
+    }
+)
+KERNELS_CML_ONLY = {"python2": "Python 2", "scala": "Scala"}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_positive(name: str, value: object, unit: str) -> float:
+    """``value`` as a float, if it is a finite number > 0."""
+    if not _is_number(value):
+        raise TypeError(f"{name} must be a number of {unit} > 0, got {value!r}")
+    number = float(value)  # type: ignore[arg-type]
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be a number of {unit} > 0, got {value!r}")
+    return number
+
+
+def check_count(name: str, value: object, minimum: int) -> int:
+    """``value`` as an int, if it is a whole number >= ``minimum``."""
+    integral = isinstance(value, float) and value.is_integer()
+    if not (isinstance(value, int) or integral) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    if value < minimum:  # type: ignore[operator]
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return int(value)  # type: ignore[call-overload,no-any-return]
+
+
+def check_non_negative(name: str, value: object) -> float:
+    if not _is_number(value) or not math.isfinite(float(value)) or float(value) < 0:  # type: ignore[arg-type]
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_kernel(kernel: object) -> str:
+    """The kernel name, normalised, if cmlray can run it here."""
+    if not isinstance(kernel, str):
+        raise TypeError(f"kernel must be a string such as 'python3', got {kernel!r}")
+    name = kernel.strip().lower()
+    if name in ("python3", "python"):
+        return "python3"
+    if name == "r":
+        if shutil.which("Rscript") is None:
+            raise ValueError("kernel='r' needs Rscript on PATH, and there is none")
+        return "r"
+    if name in KERNELS_CML_ONLY:
+        raise ValueError(
+            f"kernel={kernel!r}: cmlray cannot run {KERNELS_CML_ONLY[name]} workers;"
+            " use 'python3' (or 'r' with Rscript installed)"
+        )
+    raise ValueError(f"kernel must be 'python3' or 'r', got {kernel!r}")
+
+
+def check_env(env: object) -> dict[str, str]:
+    """A copy of ``env`` if it maps str names to str values."""
+    if env is None:
+        return {}
+    if not isinstance(env, Mapping):
+        raise TypeError(f"env must be a dict of str to str, got {type(env).__name__}")
+    checked: dict[str, str] = {}
+    for key, value in env.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"env must map str to str, got {key!r}: {type(value).__name__}")
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            raise ValueError(f"env has an invalid variable name or value: {key!r}")
+        if key in RESERVED_VARIABLES:
+            raise ValueError(f"env may not set {key}: cmlray sets it for each worker")
+        checked[key] = value
+    return checked
+
+
+def check_program(script: object, code: object, project_dir: str) -> tuple[str, str]:
+    """(absolute script path, code); exactly one of them is non-empty."""
+    if script is None:
+        script = ""
+    if code is None:
+        code = ""
+    if not isinstance(script, str | os.PathLike):
+        raise TypeError(f"script must be a path to a Python file, got {script!r}")
+    if not isinstance(code, str):
+        raise TypeError(f"code must be a string of Python or '!shell' code, got {code!r}")
+    script = os.fspath(script)
+    if not script and not code.strip():
+        raise ValueError("launch_workers needs script= (a file) or code= (source or '!cmd')")
+    if not script:
+        return "", code
+    if code.strip():
+        warnings.warn("both script and code given: code is ignored (CML's rule)", stacklevel=4)
+    path = os.path.join(project_dir, os.path.expanduser(script))
+    if not os.path.isfile(path):
+        raise ValueError(f"script {script!r} not found (looked for {path})")
+    return os.path.abspath(path), ""
+
+
+def check_name(name: object) -> str | None:
+    if name is None:
+        return None
+    if not isinstance(name, str) or not name.strip():
+        raise TypeError(f"name must be a non-empty string, got {name!r}")
+    return name.strip()
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """A validated ``launch_workers`` request (all ``n`` workers share it)."""
+
+    n: int
+    cpu: float
+    memory_gib: float
+    nvidia_gpu: int
+    kernel: str
+    script: str
+    code: str
+    env: Mapping[str, str]
+    name: str | None
+    grace_period_s: float
+    accelerator_type: str | None = None
+
+    @classmethod
+    def from_call(cls, project_dir: str, **kwargs: Any) -> WorkerSpec:
+        """Validate ``launch_workers``' arguments (raises before anything starts)."""
+        script, code = check_program(kwargs["script"], kwargs["code"], project_dir)
+        accelerator = kwargs.get("accelerator_label_id")
+        if accelerator is not None and not isinstance(accelerator, str | int):
+            raise TypeError(f"accelerator_label_id must be a string, got {accelerator!r}")
+        return cls(
+            n=check_count("n", kwargs["n"], 1),
+            cpu=check_positive("cpu", kwargs["cpu"], "cores"),
+            memory_gib=check_positive("memory", kwargs["memory"], "GiB"),
+            nvidia_gpu=check_count("nvidia_gpu", kwargs["nvidia_gpu"], 0),
+            kernel=check_kernel(kwargs["kernel"]),
+            script=script,
+            code=code,
+            env=check_env(kwargs["env"]),
+            name=check_name(kwargs.get("name")),
+            grace_period_s=check_non_negative("grace_period_s", kwargs["grace_period_s"]),
+            accelerator_type=str(accelerator) if accelerator not in (None, "") else None,
+        )
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.memory_gib * GIB)
+
+    def argv(self, python: str = sys.executable) -> list[str]:
+        """The program's command line."""
+        return _process.build_argv(
+            kernel=self.kernel, script=self.script, code=self.code, python=python
+        )
+
+    def command_text(self) -> str:
+        """The program in words, for errors and the CLI."""
+        return self.script or self.code.strip().splitlines()[0][:120]
+
+    def actor_options(self) -> dict[str, Any]:
+        """Ray options for the worker's actor: the request, nothing retried."""
+        options: dict[str, Any] = {
+            "num_cpus": self.cpu,
+            "num_gpus": self.nvidia_gpu,
+            "memory": self.memory_bytes,
+            "max_concurrency": 4,
+            "max_restarts": 0,
+            "max_task_retries": 0,
+        }
+        if self.accelerator_type:
+            options["accelerator_type"] = self.accelerator_type
+        return options
+
+    def worker_env(self, base: Mapping[str, str], identity: Mapping[str, str]) -> dict[str, str]:
+        """The environment of one worker's program, less its node's variables.
+
+        Precedence, lowest first: the session's environment, cmlray's defaults
+        (thread counts from ``cpu``, unbuffered Python, the session's
+        interpreter first on PATH), the user's ``env``, then the worker's
+        identity (``CDSW_ENGINE_ID``, ``CML_MASTER_IP``, ...).
+        """
+        threads = str(max(1, math.floor(self.cpu)))
+        env = dict(base)
+        env.update({variable: threads for variable in THREAD_VARIABLES})
+        env["PYTHONUNBUFFERED"] = "1"
+        bin_dir = os.path.dirname(sys.executable)
+        env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", os.defpath)])
+        env.update(self.env)
+        env.update(identity)
+        return env

@@ -1,0 +1,79 @@
+"""Exceptions raised by cmlray.
+
+Bad arguments raise the built-in ``TypeError`` or ``ValueError`` (as CML
+callers expect), naming the argument and what was expected. Everything
+cmlray raises beyond those derives from :class:`CmlrayError`::
+
+    Exception
+    +-- CmlrayError                     anything cmlray itself reports
+    |   +-- SessionError                the Ray session could not start or is gone
+    |   +-- WorkerError                 a worker could not be started or controlled
+    +-- ValueError
+        +-- InfeasibleRequestError      no node of the cluster could ever hold the request
+            (also a CmlrayError)
+
+Errors coming from Ray are translated here, at one boundary
+(:func:`translate_ray_error`), and chained with ``raise ... from exc`` so the
+original stays visible.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CmlrayError",
+    "InfeasibleRequestError",
+    "SessionError",
+    "WorkerError",
+    "translate_ray_error",
+]
+
+
+class CmlrayError(Exception):
+    """Base class of the errors cmlray raises (besides TypeError/ValueError)."""
+
+
+class SessionError(CmlrayError):
+    """The session's Ray head could not be started, attached to, or reached."""
+
+
+class WorkerError(CmlrayError):
+    """A worker could not be started or controlled.
+
+    Attributes:
+        worker_id: the worker concerned, when there is one.
+    """
+
+    def __init__(self, message: str, *, worker_id: str | None = None) -> None:
+        super().__init__(f"worker {worker_id}: {message}" if worker_id else message)
+        self.worker_id = worker_id
+
+
+class InfeasibleRequestError(CmlrayError, ValueError):
+    """A launch asked for more than the largest node of the cluster has.
+
+    Ray would leave such a request pending forever; cmlray refuses it at once.
+    """
+
+
+def translate_ray_error(exc: BaseException, context: str) -> CmlrayError:
+    """Turn an exception raised by Ray into the cmlray error a user should see.
+
+    Args:
+        exc: the exception Ray raised.
+        context: what cmlray was doing, e.g. ``"starting the Ray head"``.
+
+    Returns:
+        The error to raise, with ``from exc`` at the call site.
+    """
+    name = type(exc).__name__
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    if "Authentication" in name or "authentication" in first.lower():
+        hint = (
+            " (the cluster requires a token: set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH"
+            " as for `ray` itself)"
+        )
+        return SessionError(f"{context} failed: {name}: {first}{hint}")
+    if "ActorDied" in name or "ActorUnavailable" in name:
+        return WorkerError(f"{context} failed: the worker's actor is gone ({first})")
+    return SessionError(f"{context} failed: {name}: {first}")

@@ -1,0 +1,100 @@
+"""Shared fixtures: one cmlray session per test module, and a leak check.
+
+Every process this test run starts (Ray's head, actors, guards, workers'
+programs and their children) inherits ``CMLRAY_TEST_RUN`` in its
+environment. After each module's session has ended, no such process may be
+left: the check waits for them to go (up to ``LEAK_WAIT_S``) and fails the
+module's last test otherwise, naming what was left.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+import uuid
+from collections.abc import Iterator
+
+import psutil
+import pytest
+from rich.console import Console
+
+import cmlray
+
+RUN_MARK = "CMLRAY_TEST_RUN"
+os.environ.setdefault(RUN_MARK, uuid.uuid4().hex)
+LEAK_WAIT_S = 15.0
+
+
+def marked_processes(mark: str | None = None) -> list[psutil.Process]:
+    """Live processes (not this one) that inherited this run's mark."""
+    needle = f"{RUN_MARK}={mark or os.environ[RUN_MARK]}".encode()
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{proc.pid}/environ", "rb") as f:
+                if needle in f.read().split(b"\0") and proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc)
+        except (OSError, psutil.Error):
+            continue
+    return found
+
+
+def wait_no_marked_processes(timeout_s: float = LEAK_WAIT_S, mark: str | None = None) -> list[str]:
+    """Wait until no marked process is left; returns descriptions of those still there."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = marked_processes(mark)
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    described = []
+    for proc in left:
+        try:
+            described.append(f"{proc.pid} {' '.join(proc.cmdline())[:150]}")
+        except psutil.Error:
+            continue
+    return described
+
+
+@pytest.fixture(scope="module")
+def no_leaks() -> Iterator[None]:
+    """Fails the module if any process it started is still alive after it."""
+    yield
+    left = wait_no_marked_processes()
+    for line in left:  # don't leave them for the next module either
+        pid = int(line.split()[0])
+        try:
+            psutil.Process(pid).kill()
+        except psutil.Error:
+            pass
+    assert not left, "processes left behind:\n" + "\n".join(left)
+
+
+class Captured:
+    """The session's console output, captured in memory."""
+
+    def __init__(self) -> None:
+        self.file = io.StringIO()
+        self.console = Console(file=self.file, force_terminal=False, width=200)
+
+    def text(self) -> str:
+        return self.file.getvalue()
+
+
+@pytest.fixture(scope="module")
+def captured() -> Captured:
+    return Captured()
+
+
+@pytest.fixture(scope="module")
+def session(no_leaks: None, captured: Captured, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A cmlray session with its own head (4 CPUs); yields its project dir."""
+    project = tmp_path_factory.mktemp("project")
+    cmlray.init(num_cpus=4, project_dir=str(project), console=captured.console)
+    try:
+        yield str(project)
+    finally:
+        cmlray.shutdown()
