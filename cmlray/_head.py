@@ -78,7 +78,13 @@ def _enable_token_auth(token_path: str) -> dict[str, str | None]:
     os.environ.pop("RAY_AUTH_TOKEN", None)
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN_PATH"] = token_path
-    try:  # Ray caches its config and token per process: make it read ours.
+    _refresh_ray_auth()
+    return saved
+
+
+def _refresh_ray_auth() -> None:
+    """Make Ray re-read its auth settings (it caches them per process at import)."""
+    try:
         from ray._raylet import (  # type: ignore[attr-defined]
             AuthenticationTokenLoader,
             Config,
@@ -88,7 +94,6 @@ def _enable_token_auth(token_path: str) -> dict[str, str | None]:
         AuthenticationTokenLoader.instance().reset_cache()
     except (ImportError, AttributeError):
         pass
-    return saved
 
 
 def _head_processes(temp_dir: str) -> list[list[int | None]]:
@@ -154,6 +159,7 @@ def attach(address: str) -> Head:
     """Connect to an existing Ray cluster at ``address``."""
     import ray
 
+    _refresh_ray_auth()
     try:
         context = ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     except Exception as exc:

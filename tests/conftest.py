@@ -9,6 +9,7 @@ module's last test otherwise, naming what was left.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import time
@@ -66,10 +67,8 @@ def no_leaks() -> Iterator[None]:
     left = wait_no_marked_processes()
     for line in left:  # don't leave them for the next module either
         pid = int(line.split()[0])
-        try:
+        with contextlib.suppress(psutil.Error):
             psutil.Process(pid).kill()
-        except psutil.Error:
-            pass
     assert not left, "processes left behind:\n" + "\n".join(left)
 
 
@@ -90,7 +89,9 @@ def captured() -> Captured:
 
 
 @pytest.fixture(scope="module")
-def session(no_leaks: None, captured: Captured, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def session(
+    no_leaks: None, captured: Captured, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """A cmlray session with its own head (4 CPUs); yields its project dir."""
     project = tmp_path_factory.mktemp("project")
     cmlray.init(num_cpus=4, project_dir=str(project), console=captured.console)

@@ -157,7 +157,10 @@ def _started_marker(worker_id: str, text: str) -> bool:
 
 
 def test_stop_ends_the_whole_tree_including_setsid_children() -> None:
-    code = "!sleep 300 | cat & setsid sleep 301 & python -c 'import time; time.sleep(302)' & echo up; sleep 303"
+    code = (
+        "!sleep 300 | cat & setsid sleep 301 & python -c 'import time; time.sleep(302)' & "
+        "echo up; sleep 303"
+    )
     (worker,) = cdsw.launch_workers(1, cpu=0.25, memory=0.1, code=code)
     assert _started_marker(worker["id"], "up")
     tree = _tree_pids(worker["id"])
@@ -166,12 +169,17 @@ def test_stop_ends_the_whole_tree_including_setsid_children() -> None:
     assert result.status_code == 200 and result.ok
     assert result.status == "stopped" and result.worker is not None
     assert result.worker["exit_code"] == -15 and result.worker["reason"] == "stopped by user"
-    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in tree)
+    assert not any(
+        psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in tree
+    )
     assert cdsw.list_workers()[-1]["status"] == "stopped"
 
 
 def test_stop_escalates_to_sigkill_after_grace() -> None:
-    code = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('armored')\ntime.sleep(300)"
+    code = (
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('armored')\ntime.sleep(300)"
+    )
     (worker,) = cdsw.launch_workers(1, cpu=0.25, memory=0.1, code=code, grace_period_s=0.5)
     assert _started_marker(worker["id"], "armored")
     (result,) = cdsw.stop_workers(worker)
@@ -319,4 +327,13 @@ def test_signature_keeps_cml_parameters() -> None:
                  "accelerator_label_id", "resource_profile_id", "resource_group_id", "name",
                  "rdma_network_selections"):  # fmt: skip
         assert name in parameters
-    assert list(parameters)[:8] == ["n", "cpu", "memory", "nvidia_gpu", "kernel", "script", "code", "env"]
+    assert list(parameters)[:8] == [
+        "n",
+        "cpu",
+        "memory",
+        "nvidia_gpu",
+        "kernel",
+        "script",
+        "code",
+        "env",
+    ]

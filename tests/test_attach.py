@@ -1,0 +1,141 @@
+"""Attach mode: a session on a Ray cluster started elsewhere (SPEC: Session lifetime).
+
+The test starts a head with ``ray start --head`` (its own temp dir and port,
+token auth on). A session that attaches runs workers; when
+its process is SIGKILLed, its workers and everything they started end, while
+the cluster keeps running with no cmlray actor left. Another session on the
+same cluster can neither list nor stop the first one's workers.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import ray
+
+import cmlray
+from cmlray import _process
+from tests.conftest import marked_processes, wait_no_marked_processes
+from tests.test_lifetime import GONE_WITHIN_S, Driver
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leaks")]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _head_processes(temp: Path) -> list[psutil.Process]:
+    """The external head's processes: those with a file open in its temp dir."""
+    found = []
+    for pid in _process.holders_of(str(temp)):
+        try:
+            found.append(psutil.Process(pid))
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """An external Ray head; yields its address and temp dir. Killed by pid after."""
+    temp = tmp_path_factory.mktemp("cluster")
+    token = temp / "token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    port = _free_port()
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    subprocess.run(
+        [ray_cli, "start", "--head", f"--port={port}",
+         f"--temp-dir={temp / 'ray'}", "--include-dashboard=false", "--num-cpus=2",
+         "--disable-usage-stats"],
+        env=dict(os.environ, **auth), check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    saved = {key: os.environ.get(key) for key in auth}
+    os.environ.update(auth)
+    try:
+        yield f"127.0.0.1:{port}", temp / "ray"
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        _stop_head(temp / "ray")
+
+
+def _stop_head(temp: Path) -> None:
+    """End the external head by pid (never `ray stop`: it would end every Ray here)."""
+    for proc in _head_processes(temp):
+        proc.terminate()
+    _, alive = psutil.wait_procs(_head_processes(temp), timeout=GONE_WITHIN_S)
+    for proc in alive:
+        proc.kill()
+
+
+def _names(procs: list[psutil.Process]) -> set[str]:
+    names = set()
+    for proc in procs:
+        try:
+            names.add(proc.name())
+        except psutil.Error:
+            continue
+    return names
+
+
+def test_killed_attached_session_ends_only_its_workers(cluster: tuple[str, Path]) -> None:
+    address, temp = cluster
+    driver = Driver("wait", address)
+    try:
+        commands = driver.commands()
+        assert sum(c.startswith("sleep 30") for c in commands) == 8, commands
+        assert not any("raylet" in c for c in commands)  # attached: no head of its own
+        assert driver.info["temp_dir"] is None
+
+        cmlray.init(address=address)  # a second session on the same cluster
+        try:
+            assert cmlray.list_workers() == []
+            results = cmlray.stop_workers(*driver.info["ids"])
+            assert [r.status_code for r in results] == [404, 404]
+        finally:
+            cmlray.shutdown()
+        assert sum(c.startswith("sleep 30") for c in driver.commands()) == 8
+
+        os.kill(driver.proc.pid, signal.SIGKILL)
+        driver.finish()
+        left = wait_no_marked_processes(GONE_WITHIN_S, driver.mark)
+        assert not left, "left behind:\n" + "\n".join(left)
+    finally:
+        for proc in marked_processes(driver.mark):
+            proc.kill()
+    assert {"gcs_server", "raylet"} <= _names(_head_processes(temp)), (
+        "the cluster must keep running"
+    )
+    assert not any("WorkerActor" in " ".join(p.cmdline()) for p in _head_processes(temp))
+
+
+def test_attached_session_runs_workers_on_the_cluster(cluster: tuple[str, Path]) -> None:
+    address, temp = cluster
+    cmlray.init(address=address)
+    try:
+        workers = cmlray.launch_workers(2, cpu=0.5, memory=0.1, code="!echo $CML_MASTER_IP")
+        done = cmlray.await_workers(workers)["workers"]
+        node_ips = {node["NodeManagerAddress"] for node in ray.nodes()}
+        # Attached: the master IP is the session's node address as the cluster knows it.
+        assert len(done) == 2 and all(w["ip_address"] in node_ips for w in done)
+        assert [w["tail"] for w in done] == [[done[0]["ip_address"]]] * 2
+    finally:
+        cmlray.shutdown()
+    assert {"gcs_server", "raylet"} <= _names(_head_processes(temp))
