@@ -70,9 +70,8 @@ def launch_workers(
             worker (the message gives the largest node's capacity).
     """
     del resource_profile_id, resource_group_id, rdma_network_selections
-    session = _session.require()
     spec = WorkerSpec.from_call(
-        session.project_dir,
+        _session.project_dir(),
         n=n,
         cpu=cpu,
         memory=memory,
@@ -85,7 +84,7 @@ def launch_workers(
         accelerator_label_id=accelerator_label_id,
         grace_period_s=grace_period_s,
     )
-    return session.launch(spec)
+    return _session.require().launch(spec)
 
 
 def list_workers() -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cmlray._ids import iso_utc
+from cmlray._lines import is_progress
 
 TAIL_LINES = 100
 PENDING = ("scheduling", "starting")
@@ -154,7 +155,8 @@ def _started(record: WorkerRecord, event: dict[str, Any]) -> None:
 
 
 def _lines(record: WorkerRecord, lines: list[str]) -> None:
-    record.tail.extend(lines)
+    # A progress state is an open line's passing state, not a line the program printed.
+    record.tail.extend(line for line in lines if not is_progress(line))
 
 
 def _exited(record: WorkerRecord, event: dict[str, Any]) -> None:

@@ -1,50 +1,211 @@
 """The console relay: workers' lines, prefixed and coloured, in the session.
 
-Each line a worker prints is shown as ``name | text`` with the worker's own
-colour on a terminal (stderr marked in red), and as plain ``[name] text`` /
-``[name:err] text`` elsewhere (files, pipes, CI logs). A worker's text is
-shown literally: Rich markup in it is not interpreted.
+Two modes, chosen per batch from the console:
+
+- *Styled* (a terminal, or Jupyter): ``[name] text``, the name in a colour of
+  its own, stderr as ``[name:err]`` with ``:err`` in bold red. The worker's
+  own colours (SGR) survive; every other escape sequence and control
+  character is removed (:mod:`cmlray._sanitize`). A batch is one ``print``
+  of one renderable that yields Rich segments directly (Rich's ``Text``
+  splits and re-renders every line, measured about 6 times slower). A
+  worker's colours are decoded line by line, so they never leak into the
+  next line or into the prefix.
+- *Plain* (files, pipes, CI logs): exactly ``[name] text`` or
+  ``[name:err] text`` per line, every escape sequence removed, colours too.
+  A batch is one string and one ``write``, with no Rich rendering: this
+  path handles millions of lines per second (``benchmarks/bench_relay.py``).
+
+Either way the text is shown literally: it is never parsed as Rich markup.
+
+Progress bars: :mod:`cmlray._lines` reduces a ``\\r``-line to its latest
+state and sends an open line's states as *progress states*. The relay shows
+at most one progress state per worker stream per ``progress_interval_s``
+(default 1 s), in both modes; the newest state held back is shown when the
+interval is over (a timer), unless its line finishes first. A finished line is
+always shown at once, except when it is exactly the progress state already
+on screen as that stream's latest output (so tqdm's final state is not
+printed twice). Progress states are printed as ordinary lines rather than
+redrawn in place: several workers and the user's own prints share the
+console, and redrawing would need to take the console over (a Rich ``Live``
+display), which clashes with the user's own live displays.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import re
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
-from rich.console import Console
+from rich.ansi import AnsiDecoder
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
 
+from cmlray._lines import is_progress, last_state
+from cmlray._sanitize import is_clean, keep_colours, strip_escapes
+
+# Colours for 256-colour and truecolor consoles: cube colours, so a terminal
+# theme does not remap them; hues spread so the first eight stay apart; no
+# red (stderr's mark).
 PALETTE = (
-    "cyan",
+    "color(33)",
+    "color(178)",
+    "color(170)",
+    "color(41)",
+    "color(37)",
+    "color(208)",
+    "color(99)",
+    "color(112)",
+    "color(205)",
+    "color(75)",
+    "color(130)",
+    "color(144)",
+)
+# For 16-colour consoles, where the cube colours above would collapse.
+PALETTE_16 = (
+    "blue",
+    "yellow",
     "magenta",
     "green",
-    "yellow",
-    "blue",
-    "bright_red",
-    "bright_cyan",
+    "cyan",
+    "bright_blue",
+    "bright_yellow",
     "bright_magenta",
     "bright_green",
-    "bright_yellow",
-    "bright_blue",
-    "orange1",
+    "bright_cyan",
 )
+ERR_STYLE = "bold red"
+_SGR = re.compile(r"\x1b\[([0-9;:]*)m")
+PROGRESS_INTERVAL_S = 1.0
+
+Key = tuple[str, str]
+Schedule = Callable[[float, Callable[[], None]], object]
+
+
+def daemon_timer(delay_s: float, callback: Callable[[], None]) -> threading.Timer:
+    """Run ``callback`` once after ``delay_s`` on a daemon thread (never blocks exit).
+
+    Errors writing to a console closed meanwhile (interpreter exit) are ignored.
+    """
+
+    def run() -> None:
+        with contextlib.suppress(ValueError, OSError):
+            callback()
+
+    timer = threading.Timer(max(0.0, delay_s), run)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+@dataclass
+class _StreamProgress:
+    """One worker stream's progress display state."""
+
+    shown_at: float | None = None  # when a progress state was last shown
+    on_screen: str | None = None  # the progress state shown last, if nothing followed it
+    pending: str | None = None  # the newest state held back
+
+
+class ProgressThinner:
+    """Decides which lines and progress states of a batch to show (no I/O).
+
+    Args:
+        interval_s: the least time between two progress states of one stream.
+        clock: monotonic seconds; injectable so tests need no sleeping.
+    """
+
+    def __init__(self, interval_s: float, clock: Callable[[], float]) -> None:
+        self._interval_s = interval_s
+        self._clock = clock
+        self._streams: dict[Key, _StreamProgress] = {}
+
+    def admit(self, key: Key, lines: Sequence[str]) -> list[str]:
+        """The lines of ``key``'s batch to show now, progress states as plain text.
+
+        A progress state that is not the batch's last one is already stale;
+        the last one is shown or held back by the interval.
+        """
+        if not lines:
+            return []
+        state = self._streams.setdefault(key, _StreamProgress())
+        finished = [line for line in lines if not is_progress(line)]
+        shown = self._finished(state, finished) if finished else []
+        if is_progress(lines[-1]):
+            shown += self._progress(state, lines[-1][:-1])
+        return shown
+
+    def _finished(self, state: _StreamProgress, lines: list[str]) -> list[str]:
+        """Finished lines: the first one ends the open progress line."""
+        on_screen, state.on_screen, state.pending = state.on_screen, None, None
+        if lines[0] == on_screen:
+            return lines[1:]
+        return lines
+
+    def _progress(self, state: _StreamProgress, text: str) -> list[str]:
+        now = self._clock()
+        if state.shown_at is not None and now - state.shown_at < self._interval_s:
+            state.pending = text
+            return []
+        state.shown_at, state.on_screen, state.pending = now, text, None
+        return [text]
+
+    def next_due(self) -> float | None:
+        """Seconds until the earliest held-back state may be shown; None if none is."""
+        waits = [
+            state.shown_at + self._interval_s - self._clock()
+            for state in self._streams.values()
+            if state.pending is not None and state.shown_at is not None
+        ]
+        return max(0.0, min(waits)) if waits else None
+
+    def release_due(self) -> list[tuple[Key, str]]:
+        """The held-back states whose interval is over, now counted as shown."""
+        released: list[tuple[Key, str]] = []
+        for key, state in self._streams.items():
+            if state.pending is not None:
+                released += [(key, text) for text in self._progress(state, state.pending)]
+        return released
 
 
 class Relay:
     """Prints workers' output lines to a Rich console.
 
     Args:
-        console: where lines go; defaults to Rich's global console, so a test
-            can pass ``Console(file=io.StringIO(), ...)`` to capture them.
+        console: where lines go; defaults to Rich's global console (looked up
+            at each write), so a test can pass ``Console(file=io.StringIO())``.
+        progress_interval_s: the least time between two progress states shown
+            for one worker stream.
+        clock: monotonic seconds, for the progress interval (tests inject one).
+        schedule: ``schedule(delay_s, callback)`` runs ``callback`` later; shows
+            held-back progress states (tests inject one and call it themselves).
     """
 
-    def __init__(self, console: Console | None = None) -> None:
+    def __init__(
+        self,
+        console: Console | None = None,
+        *,
+        progress_interval_s: float = PROGRESS_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+        schedule: Schedule = daemon_timer,
+    ) -> None:
         self._console = console
-        self._lock = threading.Lock()
-        self._colours: dict[str, str] = {}
+        self._lock = threading.RLock()
+        self._colours: dict[str, int] = {}
+        self._tags: dict[Key, str] = {}
+        self._prefixes: dict[Key, list[Segment]] = {}
+        self._thinner = ProgressThinner(progress_interval_s, clock)
+        self._schedule = schedule
+        self._timer_armed = False
 
     @property
     def console(self) -> Console:
+        """The console lines go to."""
         if self._console is None:
             from rich import get_console
 
@@ -52,44 +213,152 @@ class Relay:
         return self._console
 
     def colour(self, name: str) -> str:
-        """A stable colour per worker name, in the order workers appear."""
+        """The worker's colour on this console: stable, assigned in order of appearance.
+
+        Calling it when a worker is launched fixes colours in launch order.
+        """
         with self._lock:
-            if name not in self._colours:
-                self._colours[name] = PALETTE[len(self._colours) % len(PALETTE)]
-            return self._colours[name]
+            index = self._colours.setdefault(name, len(self._colours))
+        palette = PALETTE_16 if self.console.color_system == "standard" else PALETTE
+        return palette[index % len(palette)]
 
     def lines(self, name: str, stream: str, lines: Sequence[str]) -> None:
-        """Show a batch of one worker's lines from ``stream`` ("out" or "err")."""
-        console = self.console
-        if console.is_terminal or console.is_jupyter:
-            console.print(self._styled(name, stream, lines), soft_wrap=True)
-        else:
-            tag = f"[{name}:err]" if stream == "err" else f"[{name}]"
-            text = "".join(f"{tag} {line}\n" for line in lines)
-            with self._lock:
-                console.file.write(text)
-                console.file.flush()
+        """Show a batch of one worker's lines from ``stream`` ("out" or "err").
 
-    def _styled(self, name: str, stream: str, lines: Iterable[str]) -> Text:
-        colour = self.colour(name)
-        prefix = Text(name, style=f"bold {colour}")
-        prefix.append(
-            " ! " if stream == "err" else " | ", style="red" if stream == "err" else colour
-        )
-        out = Text()
-        for line in lines:
-            out.append_text(prefix)
-            out.append(line, style="red" if stream == "err" else "")
-            out.append("\n")
-        out.rstrip()
-        return out
+        ``lines`` carry no newline; progress states (see :mod:`cmlray._lines`)
+        are thinned.
+        """
+        with self._lock:
+            shown = self._thinner.admit((name, stream), lines)
+            if shown:
+                self._show(name, stream, shown)
+            self._arm_timer()
 
     def notice(self, message: str) -> None:
         """A line from cmlray itself (a worker started, failed, ...)."""
+        message = strip_escapes(message)
+        with self._lock:
+            console = self.console
+            if _styled(console):
+                console.print(Text(message, style="dim"), soft_wrap=True)
+            else:
+                _write(console, f"[cmlray] {message}\n")
+
+    def _arm_timer(self) -> None:
+        """Make sure a timer will show the held-back progress states when due."""
+        if self._timer_armed:
+            return
+        delay = self._thinner.next_due()
+        if delay is not None:
+            self._timer_armed = True
+            self._schedule(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        with self._lock:
+            self._timer_armed = False
+            for (name, stream), text in self._thinner.release_due():
+                self._show(name, stream, [text])
+            self._arm_timer()
+
+    def _show(self, name: str, stream: str, lines: Sequence[str]) -> None:
         console = self.console
-        if console.is_terminal or console.is_jupyter:
-            console.print(Text(message, style="dim"), soft_wrap=True)
+        if _styled(console):
+            console.print(_StyledBatch(self._prefix(name, stream), lines), soft_wrap=True)
         else:
-            with self._lock:
-                console.file.write(f"[cmlray] {message}\n")
-                console.file.flush()
+            _write(console, _plain_batch(self._tag(name, stream), lines))
+
+    def _tag(self, name: str, stream: str) -> str:
+        """``[name] `` or ``[name:err] `` for plain output (cached)."""
+        tag = self._tags.get((name, stream))
+        if tag is None:
+            shown = strip_escapes(name)
+            tag = f"[{shown}:err] " if stream == "err" else f"[{shown}] "
+            self._tags[(name, stream)] = tag
+        return tag
+
+    def _prefix(self, name: str, stream: str) -> list[Segment]:
+        """The styled prefix: ``[name]`` in the worker's colour, ``:err`` in red (cached)."""
+        prefix = self._prefixes.get((name, stream))
+        if prefix is None:
+            style = Style.parse(f"bold {self.colour(name)}")
+            prefix = _styled_prefix(strip_escapes(name), stream, style)
+            self._prefixes[(name, stream)] = prefix
+        return prefix
+
+
+def _styled(console: Console) -> bool:
+    """Whether the console shows styles: a terminal, or Jupyter."""
+    return console.is_terminal or console.is_jupyter
+
+
+def _write(console: Console, text: str) -> None:
+    """One write and flush to the console's file, bypassing Rich's rendering."""
+    file = console.file
+    file.write(text)
+    file.flush()
+
+
+def _styled_prefix(name: str, stream: str, style: Style) -> list[Segment]:
+    if stream == "err":
+        return [
+            Segment("[" + name, style),
+            Segment(":err", Style.parse(ERR_STYLE)),
+            Segment("]", style),
+            Segment(" "),
+        ]
+    return [Segment(f"[{name}]", style), Segment(" ")]
+
+
+def _plain_batch(tag: str, lines: Sequence[str]) -> str:
+    """``tag`` + line + newline for each line, escapes removed, as one string."""
+    text = tag + ("\n" + tag).join(lines) + "\n"
+    if is_clean(text):
+        return text
+    return tag + ("\n" + tag).join([strip_escapes(last_state(line)) for line in lines]) + "\n"
+
+
+class _StyledBatch:
+    """A batch of one worker stream's lines, rendered straight to Rich segments.
+
+    Each line becomes the prefix, the line shown literally and a newline: no
+    markup parsing, no wrapping (the terminal wraps long lines itself), none
+    of ``Text``'s per-line splitting, which measured several times slower. A
+    line's own SGR colours become styles of that line only.
+    """
+
+    def __init__(self, prefix: Sequence[Segment], lines: Sequence[str]) -> None:
+        self._prefix = prefix
+        self._lines = lines
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        newline = Segment.line()
+        for line in self._lines:
+            yield from self._prefix
+            if is_clean(line):
+                yield Segment(line)
+            else:
+                yield from _coloured(keep_colours(last_state(line)))
+            yield newline
+
+
+def _coloured(line: str) -> Iterator[Segment]:
+    """Segments for a line whose only escapes are SGR; its styles start afresh."""
+    style = Style.null()
+    for index, part in enumerate(_SGR.split(line)):
+        if index % 2:
+            style = _after_sgr(style, part)
+        elif part:
+            yield Segment(part, style or None)
+
+
+@functools.lru_cache(maxsize=1024)
+def _after_sgr(style: Style, params: str) -> Style:
+    """The style after SGR ``params`` applied to ``style``, as Rich's AnsiDecoder reads it.
+
+    Cached: a program uses few distinct colour changes, and decoding each
+    line afresh with ``Text.from_ansi`` measured about 20 times slower.
+    """
+    decoder = AnsiDecoder()
+    decoder.style = style
+    decoder.decode_line(f"\x1b[{params}m")
+    return decoder.style

@@ -223,6 +223,12 @@ def current(create: bool = True) -> Session | None:
         return _current
 
 
+def project_dir() -> str:
+    """The running session's project dir, or the one a session started now would get."""
+    with _lock:
+        return _current.project_dir if _current is not None else os.path.abspath(os.getcwd())
+
+
 def require() -> Session:
     session = current(create=True)
     assert session is not None

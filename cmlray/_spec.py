@@ -125,11 +125,11 @@ def check_program(script: object, code: object, project_dir: str) -> tuple[str, 
         raise ValueError("launch_workers needs script= (a file) or code= (source or '!cmd')")
     if not script:
         return "", code
-    if code.strip():
-        warnings.warn("both script and code given: code is ignored (CML's rule)", stacklevel=4)
     path = os.path.join(project_dir, os.path.expanduser(script))
     if not os.path.isfile(path):
         raise ValueError(f"script {script!r} not found (looked for {path})")
+    if code.strip():
+        warnings.warn("both script and code given: code is ignored (CML's rule)", stacklevel=4)
     return os.path.abspath(path), ""
 
 
