@@ -1,0 +1,37 @@
+"""Developer tasks: ``nox -s tests``, ``lint``, ``typecheck``, ``bench``."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite against real Ray and real subprocesses."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and formatting."""
+    session.install("ruff")
+    session.run("ruff", "check", "cmlray", "tests", "benchmarks", "examples", "noxfile.py")
+    session.run("ruff", "format", "--check", "cmlray", "tests", "benchmarks", "examples")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the library."""
+    session.install("-e", ".", "mypy")
+    session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmarks, cmlray side by side with raw Ray; tables on stdout, JSON in results/."""
+    session.install("-e", ".[test]")
+    for script in ("benchmarks/launch.py", "benchmarks/bench_relay.py"):
+        session.run("python", script, *session.posargs)
