@@ -15,15 +15,20 @@ from cmlray._init import init, shutdown
 from cmlray.errors import (
     CmlrayError,
     InfeasibleRequestError,
+    QueueError,
     SessionError,
     WorkerError,
 )
+from cmlray.queue import Queue, QueueResult
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CmlrayError",
     "InfeasibleRequestError",
+    "Queue",
+    "QueueError",
+    "QueueResult",
     "SessionError",
     "StopResult",
     "WorkerError",

@@ -25,11 +25,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cmlray import _ports
+from cmlray._channel import CHANNEL_ENV
 from cmlray._lines import LineSplitter
+from cmlray._services import ProgramServices, serve_channel
 
 Event = tuple[str, Any]
 
@@ -57,7 +59,7 @@ class WorkerLaunch:
     env: dict[str, str]
     cwd: str
     grace_period_s: float = 5.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    payload: bytes | None = None  # a cloudpickled (fn, args, kwargs), for fn= workers
 
 
 def ray_placement() -> Placement:
@@ -83,6 +85,7 @@ class WorkerActor:
         self._ctl: socket.socket | None = None
         self._stop: dict[str, Any] | None = None
         self._port_lease: _ports.PortLease | None = None
+        self.services = ProgramServices(launch.worker_id, launch.payload)
 
     def ready(self) -> bool:
         """Answers once the actor is placed (used by tests and the session)."""
@@ -126,9 +129,10 @@ class WorkerActor:
 
     def _run_program(self, placement: Placement) -> Iterator[list[Event]]:
         ctl, guard_ctl = socket.socketpair()
+        channel, program_channel = socket.socketpair()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        fds = (guard_ctl.fileno(), out_w, err_w)
+        fds = (guard_ctl.fileno(), out_w, err_w, program_channel.fileno())
         with self._lock:
             if self._stop is not None:
                 yield [("exited", _final(None, self._stop["status"], self._stop["reason"]))]
@@ -143,17 +147,27 @@ class WorkerActor:
         for fd in (out_w, err_w):
             os.close(fd)
         guard_ctl.close()
+        env = self._program_env(placement)
+        env[CHANNEL_ENV] = str(program_channel.fileno())
         spec = {
             "argv": self.launch.argv,
-            "env": self._program_env(placement),
+            "env": env,
             "cwd": self.launch.cwd,
             "grace_period_s": self.launch.grace_period_s,
+            "pass_fds": [program_channel.fileno()],
         }
+        program_channel.close()
+        serve_channel(channel, self.services)
         ctl.sendall(json.dumps(spec).encode() + b"\n")
         with self._lock:
             if self._stop is not None:  # stop() came before the spec: resend it after
                 ctl.sendall(json.dumps(self._stop).encode() + b"\n")
-        yield from _Stream(ctl, out_r, err_r).events()
+        stream = _Stream(ctl, out_r, err_r)
+        for batch in stream.events():
+            kind, final = batch[-1]
+            if kind == "exited":
+                final.update(self.services.final_fields())
+            yield batch
 
 
 def _final(exit_code: int | None, status: str, reason: str) -> dict[str, Any]:

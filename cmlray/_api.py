@@ -8,7 +8,7 @@ wherever an id is taken.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,9 @@ def launch_workers(
     rdma_network_selections: Any = None,
     *,
     grace_period_s: float = 5.0,
+    fn: Callable[..., Any] | None = None,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Launch ``n`` workers, each running a script, Python code or a shell command.
 
@@ -59,6 +62,12 @@ def launch_workers(
             default ``worker-<k>``.
         rdma_network_selections: accepted for CML compatibility; ignored.
         grace_period_s: on stop, seconds between SIGTERM and SIGKILL.
+        fn: beyond CML: a callable to run as the worker's program, instead
+            of ``script``/``code`` (cloudpickled, so closures work). Its
+            return value lands in the worker dict's ``result``; an exception
+            in its ``reason`` and ``tail``.
+        args: positional arguments for ``fn``.
+        kwargs: keyword arguments for ``fn``.
 
     Returns:
         One description dict per worker, in launch order.
@@ -83,6 +92,9 @@ def launch_workers(
         name=name,
         accelerator_label_id=accelerator_label_id,
         grace_period_s=grace_period_s,
+        fn=fn,
+        args=args,
+        kwargs=kwargs,
     )
     return _session.require().launch(spec)
 

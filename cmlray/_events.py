@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +41,7 @@ class EventPump:
         self._registry = registry
         self._relay = relay
         self._on_finished = on_finished
+        self._console_broken = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="cmlray-events", daemon=True)
         self._thread.start()
@@ -68,7 +70,17 @@ class EventPump:
         self._registry.apply(worker_id, batch)
         for kind, payload in batch:
             if kind in _OUTPUT:
-                self._relay.lines(name, kind, payload)
+                self._show(name, kind, payload)
+
+    def _show(self, name: str, stream: str, lines: list[str]) -> None:
+        """Print lines; a broken console (closed pipe) must not fail the worker."""
+        if self._console_broken:
+            return
+        try:
+            self._relay.lines(name, stream, lines)
+        except (OSError, ValueError) as exc:  # ValueError: write to a closed file
+            self._console_broken = True
+            print(f"cmlray: cannot show workers' output any more: {exc}", file=sys.stderr)
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop the loop; streams still open are abandoned (their actors are killed apart)."""

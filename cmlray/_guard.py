@@ -1,6 +1,7 @@
 """The guard: the process that owns a worker's program and outlives its actor.
 
-Run by the worker's actor as ``python -I -S _guard.py CTL_FD OUT_FD ERR_FD``.
+Run by the worker's actor as ``python -I -S _guard.py CTL_FD OUT_FD ERR_FD [FD...]``
+(the further fds are passed on to the program: its channel to the actor).
 It forks once more and the first process exits, so the guard is no longer a
 child of the actor: when the actor's process ends, Ray SIGKILLs that
 process's direct children, and a supervisor that is one cannot clean up
@@ -152,7 +153,7 @@ def _detach() -> None:
 
 
 def main(argv: list[str]) -> int:
-    ctl_fd, out_fd, err_fd = (int(arg) for arg in argv[1:4])
+    ctl_fd, out_fd, err_fd, *extra_fds = (int(arg) for arg in argv[1:])
     _detach()
     proc.become_subreaper()
     for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
@@ -173,14 +174,19 @@ def main(argv: list[str]) -> int:
         return 0
     try:
         guard.program = proc.spawn(
-            spec["argv"], env=spec["env"], cwd=spec["cwd"], stdout_fd=out_fd, stderr_fd=err_fd
+            spec["argv"],
+            env=spec["env"],
+            cwd=spec["cwd"],
+            stdout_fd=out_fd,
+            stderr_fd=err_fd,
+            pass_fds=spec.get("pass_fds", ()),
         )
     except OSError as exc:
         guard.send({"error": f"cannot start {spec['argv'][0]!r}: {exc.strerror or exc}"})
         return 1
     finally:
-        os.close(out_fd)
-        os.close(err_fd)
+        for fd in (out_fd, err_fd, *extra_fds):
+            os.close(fd)
     guard.send({"pid": guard.program.pid, "time": time.time()})
     guard.serve(wake_r)
     return 0

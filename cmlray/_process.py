@@ -111,7 +111,13 @@ def _child_setup() -> None:
 
 
 def spawn(
-    argv: Sequence[str], *, env: dict[str, str], cwd: str, stdout_fd: int, stderr_fd: int
+    argv: Sequence[str],
+    *,
+    env: dict[str, str],
+    cwd: str,
+    stdout_fd: int,
+    stderr_fd: int,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.Popen[bytes]:
     """Start a program in its own session and process group.
 
@@ -128,6 +134,7 @@ def spawn(
         start_new_session=True,
         preexec_fn=_child_setup,  # noqa: PLW1509 - the guard is single threaded
         close_fds=True,
+        pass_fds=tuple(pass_fds),
     )
 
 

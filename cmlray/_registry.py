@@ -15,8 +15,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import cloudpickle
+
 from cmlray._ids import iso_utc
 from cmlray._lines import is_progress
+from cmlray._sanitize import strip_escapes
 
 TAIL_LINES = 100
 PENDING = ("scheduling", "starting")
@@ -45,6 +48,8 @@ class WorkerRecord:
     reason: str | None = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
     handle: Any = None
+    result_payload: bytes | None = None
+    _result: Any = None
 
     @property
     def final(self) -> bool:
@@ -78,7 +83,17 @@ class WorkerRecord:
             "exit_code": self.exit_code,
             "reason": self.reason,
             "tail": list(self.tail),
+            "result": self.result(),
         }
+
+    def result(self) -> Any:
+        """What a ``fn=`` worker returned (unpickled once), else None."""
+        if self.result_payload is not None and self._result is None:
+            try:
+                self._result = cloudpickle.loads(self.result_payload)
+            except Exception as exc:  # a class the session cannot import, say
+                self._result = f"<result could not be unpickled: {exc}>"
+        return self._result
 
 
 class Registry:
@@ -156,7 +171,8 @@ def _started(record: WorkerRecord, event: dict[str, Any]) -> None:
 
 def _lines(record: WorkerRecord, lines: list[str]) -> None:
     # A progress state is an open line's passing state, not a line the program printed.
-    record.tail.extend(line for line in lines if not is_progress(line))
+    # Escapes stripped: a tail printed later must not move a terminal's cursor.
+    record.tail.extend(strip_escapes(line) for line in lines if not is_progress(line))
 
 
 def _exited(record: WorkerRecord, event: dict[str, Any]) -> None:
@@ -164,6 +180,9 @@ def _exited(record: WorkerRecord, event: dict[str, Any]) -> None:
         return
     record.status = event["status"]
     record.reason = event["reason"]
+    if event.get("error") and record.status == "failed":
+        record.reason = f"{event['error']} ({event['reason']})"
+    record.result_payload = event.get("result")
     record.exit_code = event.get("exit_code")
     record.finished_at = event.get("time") or time.time()
 

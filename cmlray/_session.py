@@ -27,7 +27,7 @@ from cmlray._ids import new_id
 from cmlray._registry import FINAL, Registry, WorkerRecord
 from cmlray._relay import Relay
 from cmlray._spec import WorkerSpec
-from cmlray.errors import SessionError, translate_ray_error
+from cmlray.errors import QueueError, SessionError, translate_ray_error
 
 STOP_SLACK_S = 15.0
 _BACKPRESSURE_BATCHES = 32
@@ -51,6 +51,7 @@ class Session:
         self._actor_class: Any = ray.remote(WorkerActor)
         self._closed = False
         self._graces: dict[str, float] = {}
+        self._queues: dict[str, Any] = {}
 
     def identity(self, worker_id: str) -> dict[str, str]:
         """The variables that tell a worker who it and its session are."""
@@ -72,10 +73,13 @@ class Session:
             records.append(self._record(spec, worker_id, index))
             env = spec.worker_env(base_env, self.identity(worker_id))
             launches.append(
-                WorkerLaunch(worker_id, argv, env, self.project_dir, spec.grace_period_s)
+                WorkerLaunch(
+                    worker_id, argv, env, self.project_dir, spec.grace_period_s, spec.payload
+                )
             )
         self.registry.add(records)
         for record, launch in zip(records, launches, strict=True):
+            self.relay.colour(record.name)  # colours in launch order, not first output
             self._start_actor(spec, record, launch)
         return self.registry.describe(r.id for r in records)
 
@@ -107,7 +111,7 @@ class Session:
         self.pump.follow(record.id, record.name, stream)
 
     def _release(self, worker_id: str) -> None:
-        """The worker's stream ended: free its actor's resources at once."""
+        """The worker's stream ended: free its actor, return its queue items at once."""
         import ray
 
         record = self.registry.get(worker_id)
@@ -115,6 +119,26 @@ class Session:
         if handle is not None:
             with contextlib.suppress(Exception):
                 ray.kill(handle, no_restart=True)
+        why = f"its worker {record.name} ended ({record.status}: {record.reason})"
+        for queue in list(self._queues.values()):
+            with contextlib.suppress(Exception):
+                queue.release_worker.remote(worker_id, why)
+
+    def create_queue(self, actor_name: str, actor_class: type, *args: Any) -> Any:
+        """Start a queue's actor (named, so workers' actors find it); one per name."""
+        import ray
+
+        self._check_open()
+        if actor_name in self._queues:
+            raise QueueError(
+                f"this session already has a queue named {actor_name.split(':', 1)[1]!r}"
+            )
+        try:
+            handle = ray.remote(actor_class).options(name=actor_name, num_cpus=0).remote(*args)
+        except Exception as exc:
+            raise translate_ray_error(exc, "starting a queue") from exc
+        self._queues[actor_name] = handle
+        return handle
 
     def stop(
         self, worker_ids: Iterable[str], grace_period_s: float | None = None
@@ -164,7 +188,16 @@ class Session:
             pending = [i for i in self.registry.ids() if self.registry.status(i) not in FINAL]
             self.stop(pending)
         self.pump.close()
+        self._kill_queues()
         self.head.close()
+
+    def _kill_queues(self) -> None:
+        import ray
+
+        for handle in self._queues.values():
+            with contextlib.suppress(Exception):
+                ray.kill(handle)
+        self._queues.clear()
 
     def _check_open(self) -> None:
         if self._closed:

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import cloudpickle
+
 from cmlray import _process
 
 GIB = 1 << 30
@@ -133,6 +135,26 @@ def check_program(script: object, code: object, project_dir: str) -> tuple[str, 
     return os.path.abspath(path), ""
 
 
+def check_function(fn: object, args: object, kwargs: object) -> bytes | None:
+    """The cloudpickled ``(fn, args, kwargs)`` of a function worker, or None."""
+    if fn is None:
+        if args or kwargs:
+            raise ValueError("args= and kwargs= need fn= (a callable to run)")
+        return None
+    if not callable(fn):
+        raise TypeError(f"fn must be a callable, got {fn!r}")
+    if not isinstance(args, tuple | list):
+        raise TypeError(f"args must be a tuple of arguments for fn, got {args!r}")
+    if kwargs is not None and not (
+        isinstance(kwargs, Mapping) and all(isinstance(k, str) for k in kwargs)
+    ):
+        raise TypeError(f"kwargs must be a dict of str to value for fn, got {kwargs!r}")
+    try:
+        return bytes(cloudpickle.dumps((fn, tuple(args), dict(kwargs or {}))))
+    except Exception as exc:
+        raise TypeError(f"fn and its arguments must be picklable: {exc}") from exc
+
+
 def check_name(name: object) -> str | None:
     if name is None:
         return None
@@ -156,10 +178,16 @@ class WorkerSpec:
     name: str | None
     grace_period_s: float
     accelerator_type: str | None = None
+    payload: bytes | None = None
 
     @classmethod
     def from_call(cls, project_dir: str, **kwargs: Any) -> WorkerSpec:
         """Validate ``launch_workers``' arguments (raises before anything starts)."""
+        payload = check_function(kwargs.get("fn"), kwargs.get("args", ()), kwargs.get("kwargs"))
+        if payload is not None:
+            if kwargs["script"] or kwargs["code"]:
+                raise ValueError("give one of script=, code= or fn=, not several")
+            kwargs = {**kwargs, "code": "pass"}  # validated as a program below; fn runs instead
         script, code = check_program(kwargs["script"], kwargs["code"], project_dir)
         accelerator = kwargs.get("accelerator_label_id")
         if accelerator is not None and not isinstance(accelerator, str | int):
@@ -176,6 +204,7 @@ class WorkerSpec:
             name=check_name(kwargs.get("name")),
             grace_period_s=check_non_negative("grace_period_s", kwargs["grace_period_s"]),
             accelerator_type=str(accelerator) if accelerator not in (None, "") else None,
+            payload=payload,
         )
 
     @property
@@ -184,12 +213,16 @@ class WorkerSpec:
 
     def argv(self, python: str = sys.executable) -> list[str]:
         """The program's command line."""
+        if self.payload is not None:
+            return [python, "-u", "-m", "cmlray._fnrun"]
         return _process.build_argv(
             kernel=self.kernel, script=self.script, code=self.code, python=python
         )
 
     def command_text(self) -> str:
         """The program in words, for errors and the CLI."""
+        if self.payload is not None:
+            return "fn"
         return self.script or self.code.strip().splitlines()[0][:120]
 
     def actor_options(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ cmlray raises beyond those derives from :class:`CmlrayError`::
     +-- CmlrayError                     anything cmlray itself reports
     |   +-- SessionError                the Ray session could not start or is gone
     |   +-- WorkerError                 a worker could not be started or controlled
+    |   +-- QueueError                  a queue is closed, unknown, or unreachable
     +-- ValueError
         +-- InfeasibleRequestError      no node of the cluster could ever hold the request
             (also a CmlrayError)
@@ -22,6 +23,7 @@ from __future__ import annotations
 __all__ = [
     "CmlrayError",
     "InfeasibleRequestError",
+    "QueueError",
     "SessionError",
     "WorkerError",
     "translate_ray_error",
@@ -46,6 +48,10 @@ class WorkerError(CmlrayError):
     def __init__(self, message: str, *, worker_id: str | None = None) -> None:
         super().__init__(f"worker {worker_id}: {message}" if worker_id else message)
         self.worker_id = worker_id
+
+
+class QueueError(CmlrayError):
+    """A queue operation failed: put after close, an unknown queue name, ..."""
 
 
 class InfeasibleRequestError(CmlrayError, ValueError):

@@ -20,7 +20,7 @@ from tests.conftest import Captured
 pytestmark = pytest.mark.usefixtures("session")
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-SPEC_KEYS = {
+SPEC_KEYS = {"result",
     "id", "name", "status", "created_at", "running_at", "finished_at", "duration",
     "ip_address", "node_id", "app_url", "cpu", "memory", "nvidia_gpu", "exit_code",
     "reason", "tail",

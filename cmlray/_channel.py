@@ -1,0 +1,46 @@
+"""The local channel between a worker's program and its actor.
+
+A worker's program does not join Ray (that would cost it seconds and about
+100 MB): what it needs from the session (queue items, its function payload,
+its result) goes through a socket its actor created and the guard passed
+down, named by ``CMLRAY_CHANNEL_FD``. Messages are length-prefixed pickles;
+the program sends a request tuple ``(op, *args)`` and reads one reply
+``("ok", value)`` or ``("error", kind, message)``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import struct
+from typing import Any
+
+CHANNEL_ENV = "CMLRAY_CHANNEL_FD"
+_HEADER = struct.Struct("!I")
+
+
+class ChannelClosedError(EOFError):
+    """The other end of the channel is gone."""
+
+
+def send(sock: socket.socket, message: Any) -> None:
+    """Send one message (a picklable object)."""
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    sock.sendall(_HEADER.pack(len(data)) + data)
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = sock.recv(min(size, 1 << 20))
+        if not chunk:
+            raise ChannelClosedError("the channel was closed")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def receive(sock: socket.socket) -> Any:
+    """Read one message; raises ChannelClosedError at end of stream."""
+    (size,) = _HEADER.unpack(_read_exactly(sock, _HEADER.size))
+    return pickle.loads(_read_exactly(sock, size))

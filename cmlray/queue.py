@@ -1,0 +1,193 @@
+"""The parameter queue, session side: put items, close, join, read results.
+
+CML's documentation tells users to build a queue themselves so that workers
+"pull parameters off the queue, apply a function, and keep doing this until
+the queue is empty"; cmlray ships it::
+
+    q = cmlray.Queue("params")
+    q.put_many([{"alpha": a} for a in (0.1, 1, 10)])
+    q.close()                                   # no more items: workers end when it drains
+    cmlray.launch_workers(2, cpu=1, memory=1, code=(
+        "import cmlray.worker\\n"
+        "cmlray.worker.serve('params', lambda p: train(**p))"))
+    q.join()
+    for r in q.results(): print(r.item, r.result, r.error)
+
+Items and results may be anything cloudpickle handles. See ``_queue.py`` for
+the leasing rules that make sure no item is ever lost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+from cmlray import _session
+from cmlray._queue import QueueActor
+from cmlray._services import QUEUE_PREFIX as ACTOR_PREFIX
+from cmlray._spec import check_count, check_positive
+from cmlray.errors import QueueError
+
+_POLL_WAIT_S = 5.0
+
+
+@dataclass(frozen=True)
+class QueueResult:
+    """One item's outcome.
+
+    Attributes:
+        item: the item as put.
+        ok: True when ``fn`` returned; False when it failed ``max_attempts`` times.
+        result: what ``fn`` returned (None when failed).
+        error: the last error in words (None when ok).
+        traceback: the last error's traceback text, when ``fn`` raised.
+        attempts: how many times the item was handed to a worker.
+    """
+
+    item: Any
+    ok: bool
+    result: Any
+    error: str | None
+    traceback: str | None
+    attempts: int
+
+
+def _decode(raw: dict[str, Any]) -> QueueResult:
+    result = raw["result"]
+    return QueueResult(
+        item=cloudpickle.loads(raw["item"]),
+        ok=raw["ok"],
+        result=cloudpickle.loads(result) if result is not None else None,
+        error=raw["error"],
+        traceback=raw["traceback"],
+        attempts=raw["attempts"],
+    )
+
+
+def _pickle(item: Any, index: int) -> bytes:
+    try:
+        return bytes(cloudpickle.dumps(item))
+    except Exception as exc:
+        raise TypeError(f"item {index} cannot be pickled ({type(exc).__name__}: {exc})") from exc
+
+
+class Queue:
+    """A named queue of items that this session's workers serve.
+
+    Args:
+        name: how workers find it (``cmlray.worker.serve(name, fn)``).
+        max_attempts: how often an item is tried before it is recorded failed
+            (a worker dying while holding it counts as an attempt).
+        lease_timeout_s: an item a worker has held this long without news
+            goes back to the queue (a hung worker loses it).
+    """
+
+    def __init__(self, name: str, *, max_attempts: int = 3, lease_timeout_s: float = 300.0) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise TypeError(f"name must be a non-empty string, got {name!r}")
+        self.name = name
+        self.max_attempts = check_count("max_attempts", max_attempts, 1)
+        self.lease_timeout_s = check_positive("lease_timeout_s", lease_timeout_s, "seconds")
+        session = _session.require()
+        self._actor = session.create_queue(
+            ACTOR_PREFIX + name, QueueActor, self.max_attempts, self.lease_timeout_s
+        )
+        self._put_count = 0
+
+    def _call(self, method: str, *args: Any) -> Any:
+        import ray
+
+        try:
+            return ray.get(getattr(self._actor, method).remote(*args))
+        except Exception as exc:
+            if "QueueClosedError" in str(exc) or "QueueClosedError" in type(exc).__name__:
+                raise QueueError(
+                    f"queue {self.name!r} is closed: no more items can be put"
+                ) from exc
+            raise QueueError(f"queue {self.name!r}: {method} failed: {exc}") from exc
+
+    def put(self, item: Any) -> None:
+        """Add one item."""
+        self.put_many([item])
+
+    def put_many(self, items: Iterable[Any]) -> None:
+        """Add items, in order. Raises TypeError (nothing added) if one cannot be pickled."""
+        payloads = [_pickle(item, self._put_count + i) for i, item in enumerate(items)]
+        if payloads:
+            self._call("put_many", payloads)
+            self._put_count += len(payloads)
+
+    def close(self) -> None:
+        """No more items: workers end once every item is done or failed."""
+        self._call("close")
+
+    def stats(self) -> dict[str, int]:
+        """Counts: ``pending``, ``leased``, ``done``, ``failed``, ``requeued``, ``total``."""
+        return dict(self._call("stats"))
+
+    def join(self, timeout: float | None = None, *, progress: bool = False) -> None:
+        """Wait until every item put so far is done or failed.
+
+        Args:
+            timeout: seconds; None waits without limit.
+            progress: show a live Rich progress bar meanwhile.
+
+        Raises:
+            TimeoutError: items were still pending or in flight at the deadline.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        display = _progress_display(self) if progress else None
+        try:
+            while not self._call(
+                "wait_settled", _wait_slice(deadline, 0.5 if display else _POLL_WAIT_S)
+            ):
+                if display is not None:
+                    display.update(self.stats())
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"queue {self.name!r}: {self.stats()} after {timeout} s")
+        finally:
+            if display is not None:
+                display.finish(self.stats())
+
+    def results(self) -> list[QueueResult]:
+        """Every finished item's outcome so far, in completion order."""
+        out: list[QueueResult] = []
+        while True:
+            batch, _ = self._call("results_since", len(out), 0.0)
+            if not batch:
+                return out
+            out.extend(_decode(raw) for raw in batch)
+
+    def as_completed(self, timeout: float | None = None) -> Iterator[QueueResult]:
+        """Outcomes as items finish, until the queue is closed and drained."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen = 0
+        while True:
+            batch, drained = self._call("results_since", seen, _wait_slice(deadline, _POLL_WAIT_S))
+            seen += len(batch)
+            yield from (_decode(raw) for raw in batch)
+            if drained and not batch:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"queue {self.name!r}: not drained after {timeout} s")
+
+    __iter__ = as_completed
+
+    def __repr__(self) -> str:
+        return f"Queue({self.name!r})"
+
+
+def _wait_slice(deadline: float | None, longest_s: float) -> float:
+    if deadline is None:
+        return longest_s
+    return max(0.0, min(longest_s, deadline - time.monotonic()))
+
+
+def _progress_display(queue: Queue) -> Any:
+    from cmlray._queue_progress import QueueProgress
+
+    return QueueProgress(queue.name, _session.require().relay.console)
