@@ -71,6 +71,17 @@ def python_with_shell_lines(code: str) -> str:
     return "\n".join(out) + "\n"
 
 
+CODE_FILENAME = "<worker code>"
+# Runs code given as the next argument under a file name whose lines
+# tracebacks can show (``python -c`` shows none).
+_CODE_RUNNER = (
+    "import linecache, sys; __s = sys.argv.pop(1); "
+    f"linecache.cache[{CODE_FILENAME!r}] = "
+    f"(len(__s), None, __s.splitlines(True), {CODE_FILENAME!r}); "
+    f"del linecache; exec(compile(__s, {CODE_FILENAME!r}, 'exec'))"
+)
+
+
 def build_argv(*, kernel: str, script: str, code: str, python: str) -> list[str]:
     """The command line that runs a worker's program.
 
@@ -86,7 +97,7 @@ def build_argv(*, kernel: str, script: str, code: str, python: str) -> list[str]
         return [shell_path(), "-c", shell_script(code)]
     if kernel == "r":
         return ["Rscript", "-e", code]
-    return [python, "-u", "-c", python_with_shell_lines(code)]
+    return [python, "-u", "-c", _CODE_RUNNER, python_with_shell_lines(code)]
 
 
 def _libc() -> ctypes.CDLL:

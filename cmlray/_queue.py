@@ -181,7 +181,7 @@ class QueueState:
         else:
             self._move(item, PENDING)
             item.worker = None
-            self.pending.append(item.id)
+            self.pending.appendleft(item.id)  # first in line: stragglers finish sooner
             self.requeued += 1
 
     def _finish(self, item: Item, state: str, result: bytes | None = None) -> None:

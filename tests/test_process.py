@@ -29,9 +29,12 @@ def test_argv_for_script_code_and_shell() -> None:
     assert _process.build_argv(kernel="python3", script="/p/a.py", code="", python=PY) == [
         PY, "-u", "/p/a.py",
     ]  # fmt: skip
-    assert _process.build_argv(kernel="python3", script="", code="print(1)", python=PY) == [
-        PY, "-u", "-c", "print(1)",
-    ]  # fmt: skip
+    argv = _process.build_argv(kernel="python3", script="", code="print(1)", python=PY)
+    assert argv[:3] == [PY, "-u", "-c"] and argv[-1] == "print(1)"
+    done = subprocess.run(
+        [*argv[:-1], "x = 1\nraise SystemExit(f'{x}')"], capture_output=True, text=True
+    )
+    assert (done.returncode, done.stderr) == (1, "1\n")
     shell = _process.build_argv(kernel="python3", script="", code="!echo a\n\n  !echo b", python=PY)
     assert shell == [_process.shell_path(), "-c", "echo a\necho b"]
     assert _process.build_argv(kernel="r", script="/p/a.R", code="", python=PY) == [
