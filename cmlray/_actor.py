@@ -60,6 +60,8 @@ class WorkerLaunch:
     cwd: str
     grace_period_s: float = 5.0
     payload: bytes | None = None  # a cloudpickled (fn, args, kwargs), for fn= workers
+    memory_limit_bytes: int | None = None
+    timeout_s: float | None = None
 
 
 def ray_placement() -> Placement:
@@ -155,6 +157,9 @@ class WorkerActor:
             "cwd": self.launch.cwd,
             "grace_period_s": self.launch.grace_period_s,
             "pass_fds": [program_channel.fileno()],
+            "memory_limit_bytes": self.launch.memory_limit_bytes,
+            "timeout_s": self.launch.timeout_s,
+            "cleanup_paths": [self._port_lease.claim_path] if self._port_lease else [],
         }
         program_channel.close()
         serve_channel(channel, self.services)
@@ -251,3 +256,4 @@ class _Stream:
                 self.final = _final(None, "failed", message["error"])
             elif "status" in message:
                 self.final = _final(message["exit_code"], message["status"], message["reason"])
+                self.final["time"] = message.get("time", self.final["time"])

@@ -34,6 +34,7 @@ def launch_workers(
     rdma_network_selections: Any = None,
     *,
     grace_period_s: float = 5.0,
+    timeout_s: float | None = None,
     fn: Callable[..., Any] | None = None,
     args: Sequence[Any] = (),
     kwargs: Mapping[str, Any] | None = None,
@@ -43,7 +44,9 @@ def launch_workers(
     Args:
         n: how many workers (>= 1).
         cpu: cores each worker holds (> 0; fractions allowed).
-        memory: GiB each worker holds (> 0).
+        memory: GiB each worker holds (> 0). Enforced: a worker whose
+            program tree's resident memory exceeds it is stopped and
+            reported failed ("exceeded memory: used X GiB of Y GiB").
         nvidia_gpu: GPUs each worker holds (whole number >= 0).
         kernel: ``"python3"`` (this session's interpreter), or ``"r"`` when
             ``Rscript`` is installed. CML's ``"python2"`` and ``"scala"``
@@ -62,6 +65,8 @@ def launch_workers(
             default ``worker-<k>``.
         rdma_network_selections: accepted for CML compatibility; ignored.
         grace_period_s: on stop, seconds between SIGTERM and SIGKILL.
+        timeout_s: a run time limit; a worker still running after it is
+            stopped with status ``timedout``. None: no limit.
         fn: beyond CML: a callable to run as the worker's program, instead
             of ``script``/``code`` (cloudpickled, so closures work). Its
             return value lands in the worker dict's ``result``; an exception
@@ -92,6 +97,7 @@ def launch_workers(
         name=name,
         accelerator_label_id=accelerator_label_id,
         grace_period_s=grace_period_s,
+        timeout_s=timeout_s,
         fn=fn,
         args=args,
         kwargs=kwargs,

@@ -39,6 +39,9 @@ from typing import Any
 
 _LEFTOVER_GRACE_S = 2.0
 _ORPHAN_GRACE_S = 3.0
+_MEMORY_CHECK_S = 0.25
+_MEMORY_GRACE_S = 1.0
+GIB = 1 << 30
 
 
 def _load_process_module() -> ModuleType:
@@ -63,6 +66,10 @@ class Guard:
         self.exit_status: int | None = None
         self.final: dict[str, Any] | None = None
         self.terminated = False
+        self.spec: dict[str, Any] = {}
+        self.started = time.monotonic()
+        self.peak_rss_bytes = 0
+        self.ended_at = time.time()
 
     def send(self, message: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
@@ -91,6 +98,7 @@ class Guard:
     def record(self, reaped: dict[int, int]) -> None:
         if self.program is not None and self.program.pid in reaped:
             self.exit_status = reaped[self.program.pid]
+            self.ended_at = time.time()
 
     def stop(self, grace_period_s: float, status: str, reason: str) -> None:
         self.final = {"status": status, "reason": reason}
@@ -106,13 +114,37 @@ class Guard:
             status, reason = "succeeded", "exit code 0"
         else:
             status, reason = "failed", words
-        self.send({"exit_code": code, "status": status, "reason": reason})
+        self.send({"exit_code": code, "status": status, "reason": reason, "time": self.ended_at})
+
+    def tick_s(self) -> float:
+        """How long to wait for news before checking the limits again."""
+        if self.spec.get("memory_limit_bytes"):
+            return _MEMORY_CHECK_S
+        timeout_s = self.spec.get("timeout_s")
+        if timeout_s:
+            return max(0.0, min(1.0, self.started + float(timeout_s) - time.monotonic()))
+        return 1.0
+
+    def check_limits(self) -> None:
+        """Stop the program when it ran too long or its tree uses too much memory."""
+        timeout_s = self.spec.get("timeout_s")
+        grace_s = float(self.spec.get("grace_period_s", 5.0))
+        if timeout_s and time.monotonic() - self.started >= timeout_s:
+            self.stop(grace_s, "timedout", f"timed out after {timeout_s:g} s")
+            return
+        limit = self.spec.get("memory_limit_bytes")
+        if limit:
+            used = proc.tree_rss_bytes(os.getpid())
+            self.peak_rss_bytes = max(self.peak_rss_bytes, used)
+            if used > limit:
+                words = f"exceeded memory: used {used / GIB:.2f} GiB of {limit / GIB:.2f} GiB"
+                self.stop(min(grace_s, _MEMORY_GRACE_S), "failed", words)
 
     def serve(self, wake_fd: int) -> None:
-        """Wait for the program to end, a stop request, or the actor's death."""
+        """Wait for the program to end, a stop request, a limit, or the actor's death."""
         while self.exit_status is None:
             watched: list[Any] = [self.ctl, wake_fd]
-            readable = select.select(watched, [], [], 1.0)[0]
+            readable = select.select(watched, [], [], self.tick_s())[0]
             if wake_fd in readable:
                 _drain(wake_fd)
             self.record(proc.reap_children())
@@ -127,6 +159,8 @@ class Guard:
                 for message in messages:
                     if "stop" in message:
                         self.stop(float(message["stop"]), message["status"], message["reason"])
+            if self.exit_status is None and self.final is None:
+                self.check_limits()
         self.report_exit()
         proc.terminate_tree(os.getpid(), None, _LEFTOVER_GRACE_S, self.record)
         self.send({"done": True})
@@ -172,6 +206,18 @@ def main(argv: list[str]) -> int:
     spec = guard.read_spec()
     if spec is None:
         return 0
+    guard.spec = spec
+    try:
+        return _run(guard, spec, out_fd, err_fd, extra_fds, wake_r)
+    finally:
+        for path in spec.get("cleanup_paths", ()):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def _run(
+    guard: Guard, spec: dict[str, Any], out_fd: int, err_fd: int, extra_fds: list[int], wake_r: int
+) -> int:
     try:
         guard.program = proc.spawn(
             spec["argv"],
@@ -187,6 +233,7 @@ def main(argv: list[str]) -> int:
     finally:
         for fd in (out_fd, err_fd, *extra_fds):
             os.close(fd)
+    guard.started = time.monotonic()
     guard.send({"pid": guard.program.pid, "time": time.time()})
     guard.serve(wake_r)
     return 0

@@ -256,6 +256,19 @@ def describe_status(status: int) -> tuple[int, str]:
     return code, f"exit code {code}"
 
 
+def tree_rss_bytes(root_pid: int) -> int:
+    """Resident memory of every live descendant of ``root_pid``, summed."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    for pid in descendants(root_pid):
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as f:
+                total += int(f.read().split()[1]) * page
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (tells pids apart)."""
     try:

@@ -74,14 +74,34 @@ class Session:
             env = spec.worker_env(base_env, self.identity(worker_id))
             launches.append(
                 WorkerLaunch(
-                    worker_id, argv, env, self.project_dir, spec.grace_period_s, spec.payload
+                    worker_id,
+                    argv,
+                    env,
+                    self.project_dir,
+                    spec.grace_period_s,
+                    spec.payload,
+                    memory_limit_bytes=spec.memory_bytes,
+                    timeout_s=spec.timeout_s,
                 )
             )
         self.registry.add(records)
-        for record, launch in zip(records, launches, strict=True):
-            self.relay.colour(record.name)  # colours in launch order, not first output
-            self._start_actor(spec, record, launch)
+        try:
+            for record, launch in zip(records, launches, strict=True):
+                self.relay.colour(record.name)  # colours in launch order, not first output
+                self._start_actor(spec, record, launch)
+        except BaseException:
+            self._abandon(records)
+            raise
         return self.registry.describe(r.id for r in records)
+
+    def _abandon(self, records: list[WorkerRecord]) -> None:
+        """A launch failed part way: stop what started, mark the rest failed."""
+        started = [r.id for r in records if r.handle is not None and not r.final]
+        for record in records:
+            if record.handle is None:
+                self.registry.finish(record.id, "failed", "not started: its launch failed")
+        with contextlib.suppress(Exception):
+            self.stop(started, grace_period_s=0)
 
     def _record(self, spec: WorkerSpec, worker_id: str, index: int) -> WorkerRecord:
         if spec.name is None:

@@ -75,6 +75,13 @@ def check_non_negative(name: str, value: object) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
+def check_timeout(timeout_s: object) -> float | None:
+    """A run time limit in seconds (> 0), or None for none."""
+    if timeout_s is None:
+        return None
+    return check_positive("timeout_s", timeout_s, "seconds")
+
+
 def check_kernel(kernel: object) -> str:
     """The kernel name, normalised, if cmlray can run it here."""
     if not isinstance(kernel, str):
@@ -179,6 +186,7 @@ class WorkerSpec:
     grace_period_s: float
     accelerator_type: str | None = None
     payload: bytes | None = None
+    timeout_s: float | None = None
 
     @classmethod
     def from_call(cls, project_dir: str, **kwargs: Any) -> WorkerSpec:
@@ -205,6 +213,7 @@ class WorkerSpec:
             grace_period_s=check_non_negative("grace_period_s", kwargs["grace_period_s"]),
             accelerator_type=str(accelerator) if accelerator not in (None, "") else None,
             payload=payload,
+            timeout_s=check_timeout(kwargs.get("timeout_s")),
         )
 
     @property

@@ -1,0 +1,89 @@
+"""Faults and limits: enforced memory, run time limits, a killed actor, a soak."""
+
+from __future__ import annotations
+
+import os
+import resource
+
+import psutil
+import pytest
+
+import cmlray
+from cmlray import _session
+
+pytestmark = pytest.mark.usefixtures("session")
+
+HOG = "x = bytearray({size}); x[::4096] = b'1' * len(x[::4096]); print('allocated', flush=True)\nimport time; time.sleep(60)"
+
+
+def test_worker_over_its_memory_is_stopped_and_says_why() -> None:
+    code = HOG.format(size=400 << 20)  # 400 MiB resident, against a request of 0.25 GiB
+    (worker,) = cmlray.launch_workers(1, cpu=0.25, memory=0.25, code=code)
+    (failure,) = cmlray.await_workers(worker, timeout_seconds=120)["failures"]
+    assert failure["status"] == "failed"
+    assert failure["reason"].startswith("exceeded memory: used ")
+    assert failure["reason"].endswith(" GiB of 0.25 GiB")
+    used = float(failure["reason"].split()[3])
+    assert used > 0.25
+
+
+def test_worker_within_its_memory_is_left_alone() -> None:
+    code = HOG.format(size=50 << 20).replace("time.sleep(60)", "time.sleep(1)")
+    (worker,) = cmlray.launch_workers(1, cpu=0.25, memory=0.5, code=code)
+    (done,) = cmlray.await_workers(worker, timeout_seconds=120)["workers"]
+    assert done["status"] == "succeeded"
+
+
+def test_run_time_limit_gives_timedout() -> None:
+    workers = cmlray.launch_workers(1, cpu=0.25, memory=0.25, code="!sleep 60", timeout_s=1)
+    (failure,) = cmlray.await_workers(workers, timeout_seconds=120)["failures"]
+    assert failure["status"] == "timedout"
+    assert failure["reason"] == "timed out after 1 s"
+    assert failure["exit_code"] == -15
+
+
+def test_killed_actor_is_reported_and_its_program_ends() -> None:
+    import ray
+
+    (worker,) = cmlray.launch_workers(1, cpu=0.25, memory=0.25, code="!echo up; sleep 300")
+    registry = _session.require().registry
+    record = registry.get(worker["id"])
+    assert registry.wait_for(lambda: "up" in record.tail, 60)
+    program = psutil.Process(record.pid)
+    ray.kill(record.handle, no_restart=True)
+    (failure,) = cmlray.await_workers(worker, timeout_seconds=60)["failures"]
+    assert failure["status"] == "failed"
+    assert failure["reason"].startswith("actor died")
+    program.wait(timeout=30)  # raises TimeoutExpired if the guard did not end it
+
+
+def _open_fds() -> int:
+    return len(os.listdir(f"/proc/{os.getpid()}/fd"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_soak_300_short_workers_in_waves() -> None:
+    """300 workers in waves of 10: memory and fds stay bounded, every worker ends."""
+    wave = lambda: cmlray.launch_workers(10, cpu=0.25, memory=0.1, code="print('hi')")  # noqa: E731
+    cmlray.await_workers(wave(), timeout_seconds=120)  # warm up before the baseline
+    fds_before, rss_before = _open_fds(), psutil.Process().memory_info().rss
+    finished = []
+    for _ in range(29):
+        result = cmlray.await_workers(wave(), timeout_seconds=120)
+        assert not result["failures"], result["failures"][:1]
+        finished += result["workers"]
+    growth_fds = _open_fds() - fds_before
+    growth_mib = (psutil.Process().memory_info().rss - rss_before) / 2**20
+    print(
+        f"soak: fds {growth_fds:+d}, rss {growth_mib:+.1f} MiB, peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+    )
+    assert len(finished) == 290 and all(w["status"] == "succeeded" for w in finished)
+    assert growth_fds <= 20, growth_fds  # no fd per worker kept
+    assert growth_mib < 150, growth_mib  # bounded: not growing with every worker's stream
+    actors = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "WorkerActor" in " ".join(p.info["cmdline"] or [])
+    ]
+    assert not actors

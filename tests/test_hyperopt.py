@@ -1,0 +1,305 @@
+"""The hyperparameter sweep example (examples/hyperopt) through real cmlray workers.
+
+Sweeps run in this module's session (4 CPUs; 2 workers of 1 CPU each) on
+small, fast grids (SVC on digits, 3 folds), with every output under pytest's
+temp dirs. Checked: the scores and the best configuration equal
+scikit-learn's GridSearchCV; the SQLite file and snapshot layout; resuming
+after partial state and after an interruption does only what is missing and
+writes no duplicate row; Optuna's ask-and-tell keeps workers fed; bad input
+exits 2 before anything starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("sklearn")
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hyperopt"
+sys.path.insert(0, str(EXAMPLE))
+
+import joblib  # noqa: E402
+import samplers  # noqa: E402
+import searchspace  # noqa: E402
+import sweep  # noqa: E402
+from estimators import get_model, load_dataset, make_cv  # noqa: E402
+from studydb import StudyStore  # noqa: E402
+
+import cmlray  # noqa: E402
+from tests.conftest import Captured  # noqa: E402
+
+# Ties on purpose: C=10 and C=100 score the same at gamma=0.001 (and at 'scale').
+SVC_GRID = {"C": [1, 10, 100], "gamma": ["scale", 0.001]}
+BIGGER_GRID = {"C": [0.5, 1, 2, 4], "gamma": ["scale", 0.0005, 0.001]}
+
+
+def write_space(tmp_path: Path, space: dict[str, Any], name: str = "space.json") -> str:
+    path = tmp_path / name
+    path.write_text(json.dumps(space))
+    return str(path)
+
+
+def make_plan(runs: Path, *args: str) -> sweep.Plan:
+    argv = ["--model", "svc", "--folds", "3", "--runs-dir", str(runs), *args]
+    return sweep.prepare(sweep.build_parser().parse_args(argv), argv)
+
+
+def run_sweep(plan: sweep.Plan, captured: Captured) -> sweep.Summary:
+    return sweep.Sweep(plan, captured.console).run()
+
+
+def rows(study_dir: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(study_dir / "study.sqlite") as db:
+        return db.execute("SELECT config_id, status, mean_score FROM trials").fetchall()
+
+
+@pytest.fixture(scope="module")
+def grid_study(
+    session: str, captured: Captured, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[sweep.Plan, sweep.Summary]:
+    """The SVC grid, swept once through 2 workers."""
+    tmp = tmp_path_factory.mktemp("grid")
+    plan = make_plan(tmp / "runs", "--space", write_space(tmp, SVC_GRID), "--study", "grid")
+    return plan, run_sweep(plan, captured)
+
+
+def test_grid_equals_gridsearchcv(grid_study: tuple[sweep.Plan, sweep.Summary]) -> None:
+    from sklearn.model_selection import GridSearchCV
+
+    plan, summary = grid_study
+    assert (summary.ran, summary.failed, summary.done, summary.exit_code) == (6, 0, 6, 0)
+    features, labels = load_dataset("digits")
+    search = GridSearchCV(
+        get_model("svc").factory(), SVC_GRID, cv=make_cv(3), scoring="accuracy", n_jobs=1
+    ).fit(features, labels)
+    by_id = {t.config_id: t for t in StudyStore(plan.study_dir).trials()}
+    for index, params in enumerate(search.cv_results_["params"]):
+        trial = by_id[searchspace.config_id("svc", params)]
+        assert trial.number == index
+        assert abs(trial.mean_score - search.cv_results_["mean_test_score"][index]) <= 1e-12
+        assert abs(trial.std_score - search.cv_results_["std_test_score"][index]) <= 1e-12
+        for fold, score in enumerate(trial.fold_scores or []):
+            assert abs(score - search.cv_results_[f"split{fold}_test_score"][index]) <= 1e-12
+    assert summary.best is not None
+    assert summary.best.params == search.best_params_
+    assert summary.best.number == search.best_index_
+
+
+def test_sqlite_and_snapshot_layout(grid_study: tuple[sweep.Plan, sweep.Summary]) -> None:
+    plan, summary = grid_study
+    study = plan.study_dir
+    assert study == plan.study_dir.parent / "grid" and (study / "study.sqlite").is_file()
+    assert len(rows(study)) == 6 and {r[1] for r in rows(study)} == {"done"}
+    meta = StudyStore(study).meta()
+    assert meta["model"] == "svc" and meta["folds"] == 3 and meta["scoring"] == "accuracy"
+    for trial in StudyStore(study).trials():
+        where = study / "trials" / trial.config_id
+        assert trial.snapshot == f"trials/{trial.config_id}/model.joblib"
+        snapshot = joblib.load(study / trial.snapshot)
+        assert snapshot["params"] == trial.params and len(snapshot["fold_estimators"]) == 3
+        scores = json.loads((where / "scores.json").read_text())
+        assert (
+            scores["mean_score"] == trial.mean_score and scores["fold_scores"] == trial.fold_scores
+        )
+        assert not list(where.glob(".*tmp*"))
+    best = joblib.load(study / "best_model.joblib")
+    assert summary.best is not None and best["params"] == summary.best.params
+    features, labels = load_dataset("digits")
+    assert best["estimator"].score(features, labels) > 0.9
+    assert meta["best_config_id"] == summary.best.config_id
+
+
+def test_rerun_of_a_complete_study_trains_nothing(
+    grid_study: tuple[sweep.Plan, sweep.Summary], captured: Captured
+) -> None:
+    plan, _ = grid_study
+    again = sweep.Sweep(plan, captured.console)
+    assert again.first == []  # the CLI starts no session at all then
+    summary = again.run()
+    assert (summary.ran, summary.done, summary.exit_code) == (0, 6, 0)
+    assert len(rows(plan.study_dir)) == 6
+
+
+def test_resume_after_partial_state(
+    grid_study: tuple[sweep.Plan, sweep.Summary], captured: Captured, tmp_path: Path
+) -> None:
+    plan, _ = grid_study
+    runs = tmp_path / "runs"
+    shutil.copytree(plan.study_dir, runs / "grid")
+    before = {r[0]: r[2] for r in rows(runs / "grid")}
+    lost, orphan = sorted(before)[:2], sorted(before)[2]
+    with sqlite3.connect(runs / "grid" / "study.sqlite") as db:  # as if killed mid-run
+        db.executemany("DELETE FROM trials WHERE config_id = ?", [(i,) for i in [*lost, orphan]])
+    for config in lost:
+        shutil.rmtree(runs / "grid" / "trials" / config)
+    resumed = make_plan(runs, "--space", write_space(tmp_path, SVC_GRID), "--study", "grid")
+    summary = run_sweep(resumed, captured)
+    assert (summary.ran, summary.adopted, summary.done) == (2, 1, 6)
+    after = rows(runs / "grid")
+    assert len(after) == 6 and {r[0]: r[2] for r in after} == before
+
+
+def test_interrupted_sweep_keeps_results_and_resumes(
+    session: str, captured: Captured, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    space = write_space(tmp_path, BIGGER_GRID)
+    plan = make_plan(tmp_path / "runs", "--space", space, "--study", "stop")
+    real_update = sweep.SweepView.update
+
+    def interrupt_at_second(self: sweep.SweepView, finished: int, *args: Any) -> None:
+        real_update(self, finished, *args)
+        if finished >= 2:
+            raise KeyboardInterrupt  # what Ctrl-C raises in the session's main thread
+
+    monkeypatch.setattr(sweep.SweepView, "update", interrupt_at_second)
+    first = run_sweep(plan, captured)
+    monkeypatch.undo()
+    assert first.interrupted and first.exit_code == 130
+    ours = [w for w in cmlray.list_workers() if w["name"].startswith("trainer")]
+    assert all(w["status"] in sweep.FINAL for w in ours)
+    kept = rows(plan.study_dir)
+    assert 2 <= len(kept) <= 12 and {r[1] for r in kept} == {"done"}
+    for config, _, _ in kept:
+        assert (plan.study_dir / "trials" / config / "model.joblib").is_file()
+    second = run_sweep(make_plan(tmp_path / "runs", "--space", space, "--study", "stop"), captured)
+    assert second.ran == 12 - len(kept) and not second.interrupted
+    assert len(rows(plan.study_dir)) == 12 == len({r[0] for r in rows(plan.study_dir)})
+
+
+def test_report_tells_how_to_resume(grid_study: tuple[sweep.Plan, sweep.Summary]) -> None:
+    plan, _ = grid_study
+    captured = Captured()
+    interrupted = sweep.Summary(plan.study_dir, total=6, done=3, ran=3, interrupted=True)
+    interrupted.timings = {"sweep_s": 1.0}
+    sweep.report(interrupted, plan, captured.console)
+    assert "resume with" in captured.text() and "--study grid" in captured.text()
+
+
+def test_tpe_asks_as_workers_free_up_and_resumes(
+    session: str, captured: Captured, tmp_path: Path
+) -> None:
+    pytest.importorskip("optuna")
+    space = write_space(tmp_path, {"C": {"low": 0.5, "high": 50, "log": True}, "gamma": ["scale"]})
+    args = ("--space", space, "--sampler", "tpe", "--study", "tpe")
+    plan = make_plan(tmp_path / "runs", *args, "--trials", "4")
+    summary = run_sweep(plan, captured)
+    assert (summary.ran, summary.done, summary.failed) == (4, 4, 0)
+    numbers = sorted(t.number for t in StudyStore(plan.study_dir).trials())
+    assert numbers == [0, 1, 2, 3]
+    more = run_sweep(make_plan(tmp_path / "runs", *args, "--trials", "6"), captured)
+    assert (more.ran, more.done) == (2, 6)  # the 4 done count toward the 6 and teach TPE
+    assert len({r[0] for r in rows(plan.study_dir)}) == 6
+
+
+def test_tpe_search_keeps_one_trial_per_worker_in_flight() -> None:
+    pytest.importorskip("optuna")
+    space = searchspace.parse_space({"C": {"low": 0.1, "high": 10, "log": True}}, "test")
+    search = samplers.TpeSearch("svc", space, trials=5, seed=0, done=[])
+    first = search.first(2)
+    assert len(first) == 2 and not search.exhausted
+    following = search.tell(first[0], 0.9)
+    assert len(following) == 1 and following[0].params != first[0].params
+    search.tell(first[1], 0.8)
+    search.tell(following[0], None)  # a failed trial is told as failed
+    assert search.exhausted and search.total == 5
+
+
+def test_random_sample_is_seeded_distinct_and_bounded() -> None:
+    space = searchspace.parse_space(
+        {"C": {"low": 0.1, "high": 10, "log": True}, "k": {"low": 1, "high": 3}, "g": ["a", "b"]},
+        "test",
+    )
+    first = searchspace.sample(space, 10, seed=3)
+    assert first == searchspace.sample(space, 10, seed=3) != searchspace.sample(space, 10, 4)
+    assert len({searchspace.canonical(p) for p in first}) == 10
+    assert all(0.1 <= p["C"] <= 10 and p["k"] in (1, 2, 3) and p["g"] in "ab" for p in first)
+    assert len(searchspace.sample(searchspace.parse_space({"g": ["a", "b"]}, "t"), 10, 0)) == 2
+
+
+def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(EXAMPLE / "sweep.py"), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_bad_input_exits_2_before_anything_starts(tmp_path: Path) -> None:
+    """The CLI itself (subprocesses, run side by side): exit 2, the problem named."""
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"C": [1, 10,')
+    empty = write_space(tmp_path, {}, "empty.json")
+    fake = tmp_path / "fake" / "optuna"  # an optuna that fails to import, as if missing
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named optuna')\n")
+    no_optuna = {**os.environ, "PYTHONPATH": str(fake.parent)}
+    cases = {
+        "unknown model 'nope': choose one of gradient_boosting": (["--model", "nope"], None),
+        f"space file '{broken}' is not valid JSON (line 1": (["--space", str(broken)], None),
+        f"the search space ({empty}) is empty": (["--space", empty], None),
+        "--sampler tpe needs optuna, which is not installed: pip install optuna": (
+            ["--sampler", "tpe"],
+            no_optuna,
+        ),
+    }
+    running = {message: cli(*args, cwd=tmp_path, env=env) for message, (args, env) in cases.items()}
+    for message, proc in running.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, (message, out, err)
+        assert f"sweep.py: error: {message}" in err
+        assert out == ""  # no session, no worker: nothing printed
+    assert not (tmp_path / "runs").exists()
+
+
+BAD_ARGS = [
+    (["--space", "{tmp}/bad.toml"], "is not valid TOML"),
+    (["--space", "{tmp}/novalues.json"], "has no values: the space is empty"),
+    (["--space", "{tmp}/unknown.json"], "unknown parameter 'colour' for model svc (SVC)"),
+    (["--space", "{tmp}/badvalue.json"], "bad value -1 for parameter 'C'"),
+    (["--space", "{tmp}/range.json"], "the grid sampler needs values for 'C'"),
+    (["--space", "{tmp}/missing.json"], "cannot read space file"),
+    (["--space", "{tmp}/space.yaml"], "must end in .json or .toml"),
+    (["--trials", "3"], "--trials is for --sampler random or tpe"),
+    (["--scoring", "nonsense"], "unknown --scoring 'nonsense'"),
+    (["--folds", "1"], "--folds must be between 2 and"),
+    (["--study", "a/b"], "--study 'a/b'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_ARGS, ids=[m for _, m in BAD_ARGS])
+def test_bad_input_messages(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In-process (no interpreter start per case): main() returns 2 before any session."""
+    (tmp_path / "bad.toml").write_text("C = [1, 2\n")
+    (tmp_path / "novalues.json").write_text('{"C": []}')
+    (tmp_path / "unknown.json").write_text('{"colour": ["red"]}')
+    (tmp_path / "badvalue.json").write_text('{"C": [1, -1]}')
+    (tmp_path / "range.json").write_text('{"C": {"low": 1, "high": 10}}')
+    argv = ["--model", "svc", "--runs-dir", str(tmp_path / "runs")]
+    argv += [a.format(tmp=tmp_path) for a in args]
+    assert sweep.main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_study_keeps_one_protocol(
+    grid_study: tuple[sweep.Plan, sweep.Summary], capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan, _ = grid_study
+    argv = ["--model", "svc", "--folds", "4", "--study", "grid"]
+    argv += ["--runs-dir", str(plan.study_dir.parent)]
+    assert sweep.main(argv) == 2
+    assert "study 'grid' was run with folds=3, not 4" in capsys.readouterr().err
