@@ -1,0 +1,725 @@
+"""Benchmark: cmlray against raw Ray doing the same work, side by side in one run.
+
+Every Ray session lives in a fresh child process of this script
+(``python benchmarks/launch.py --child MODE``): Ray cannot be re-initialised
+cleanly many times in one process. Each child prints one JSON line for the
+parent. What is measured:
+
+1. Session start and end. cmlray: ``import cmlray``, then ``import ray``
+   (cmlray imports Ray lazily; timing it apart keeps it out of init), both
+   counted as import time; then ``cmlray.init(num_cpus=2)``; then
+   ``cmlray.shutdown()``. Raw Ray: token authentication turned on exactly
+   as cmlray does it (``RAY_AUTH_MODE=token``, ``RAY_AUTH_TOKEN_PATH`` naming
+   a 0600 file with a random hex token in a private temp dir, also Ray's
+   ``_temp_dir``, set before Ray is imported), ``import ray``, then
+   ``ray.init(address="local", num_cpus=2, include_dashboard=False,
+   log_to_driver=False, logging_level=WARNING)`` (cmlray's own call), then
+   ``ray.shutdown()``. The ``start-*`` children only do this; the launch
+   children below time their import and init the same way, so import and
+   init medians pool both kinds of children (all fresh processes doing the
+   same thing), while shutdown is reported for an idle session (``start-*``)
+   and after launches (``launch-*``) apart.
+2. Launch to done of 8 workers of 0.25 CPU each printing one line, in a
+   session already up. cmlray: ``launch_workers(8, cpu=0.25, memory=0.1,
+   code="print('hello')")`` then ``await_workers`` (all must succeed with
+   the right output). Raw Ray: 8 actors ``@ray.remote(num_cpus=0.25)``
+   whose method runs the same program with ``subprocess.run`` and returns
+   its output; timed until all 8 outputs are in, then each is ``ray.kill``-ed.
+   Each launch child does one untimed warm-up launch, then its timed ones,
+   waiting (untimed) before each until all the head's CPUs are free again.
+   Phases come from per-worker wall-clock stamps: for cmlray the worker
+   dicts' ``running_at`` (its program spawned) and ``finished_at``; for raw
+   Ray the actor method's entry and the subprocess's end.
+3. await latency (cmlray only, in the cmlray launch children): one worker
+   runs ``import time; time.sleep(1)``; the gap between its ``finished_at``
+   (ISO-8601 UTC, ms) and the moment ``await_workers`` returned (goal: p50
+   <= 100 ms).
+
+The two sides take turns going first, round after round, to cancel drift
+(the machine is shared and noisy); results are medians and ratios cmlray /
+raw Ray (goals: session start and launch ratios <= 1.1). A table is printed
+with Rich and everything, raw samples included, is written to
+``benchmarks/results/launch.json``. Every child shuts its session down.
+Every process of the run inherits a mark (``CMLRAY_BENCH_RUN`` in its
+environment): after each child the parent waits until none is left, and at
+the end any left over is reported (Ray's own ``raylet``, ``gcs_server``,
+``ray::`` by name) and killed by pid; never ``ray stop``, which would end
+every Ray on the machine.
+
+Usage: ``python benchmarks/launch.py [--rounds N] [--quick]``: N launch
+children per side (default 3, each 2 timed launches; 2 start-only children
+per side); ``--quick`` for a CI smoke run (1 of each, 1 timed launch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import io
+import json
+import logging
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+NUM_CPUS = 2
+N_WORKERS = 8
+WORKER_CPU = 0.25
+WORKER_MEMORY_GIB = 0.1
+HELLO_CODE = "print('hello')"
+SLEEP_CODE = "import time; time.sleep(1)"
+AWAIT_GOAL_S = 0.100
+RATIO_GOAL = 1.1
+AWAIT_SAMPLES = 10
+
+RESULT_PREFIX = "BENCH_RESULT "
+RUN_MARK = "CMLRAY_BENCH_RUN"
+CHILD_TIMEOUT_S = 240.0
+IDLE_TIMEOUT_S = 30.0
+LEAK_WAIT_S = 15.0
+SETTLE_S = 10.0
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_PATH = REPO / "benchmarks" / "results" / "launch.json"
+
+Json = dict[str, Any]
+
+
+# --------------------------------------------------------------------------
+# Children: each runs in a fresh interpreter and prints one JSON result line.
+# --------------------------------------------------------------------------
+
+
+def _emit(result: Json) -> None:
+    """The child's answer to the parent: one marked JSON line on stdout."""
+    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def _timer(into: Json, key: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    into[key] = time.perf_counter() - start
+
+
+def _enable_token_auth() -> str:
+    """Token auth as cmlray sets it up: a 0600 file with a random hex token.
+
+    Returns the private temp dir holding it (also used as Ray's temp dir).
+    """
+    temp_dir = tempfile.mkdtemp(prefix="bench-ray-")
+    path = os.path.join(temp_dir, "auth_token")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = path
+    return temp_dir
+
+
+def _ray_init(temp_dir: str) -> None:
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=NUM_CPUS,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        _temp_dir=temp_dir,
+    )
+
+
+def _quiet_console() -> Any:
+    """A Rich console that keeps workers' lines off stdout (still formatted)."""
+    from rich.console import Console
+
+    return Console(file=io.StringIO(), force_terminal=False, width=120)
+
+
+def _open_cmlray(timings: Json, quiet: bool = False) -> None:
+    """Import cmlray (and Ray, which it imports lazily) and start a session, timed.
+
+    ``quiet``: workers' lines go to a console in memory instead of stdout.
+    """
+    with _timer(timings, "import_cmlray_s"):
+        import cmlray
+    with _timer(timings, "import_ray_s"):
+        import ray  # noqa: F401  (cmlray.init would import it: keep it out of init_s)
+    timings["import_s"] = timings["import_cmlray_s"] + timings["import_ray_s"]
+    console = _quiet_console() if quiet else None
+    with _timer(timings, "init_s"):
+        cmlray.init(num_cpus=NUM_CPUS, console=console)
+
+
+def _open_ray(timings: Json) -> str:
+    """Turn token auth on, import Ray and start a head, timed; returns its temp dir."""
+    temp_dir = _enable_token_auth()  # before Ray is imported: it caches its config
+    with _timer(timings, "import_s"):
+        import ray  # noqa: F401
+    with _timer(timings, "init_s"):
+        _ray_init(temp_dir)
+    return temp_dir
+
+
+def _close_ray(timings: Json, key: str, temp_dir: str) -> None:
+    import ray
+
+    try:
+        with _timer(timings, key):
+            ray.shutdown()
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def child_start_cmlray() -> Json:
+    result: Json = {}
+    _open_cmlray(result)
+    import cmlray  # already imported (and timed) by _open_cmlray
+
+    with _timer(result, "shutdown_s"):
+        cmlray.shutdown()
+    return result
+
+
+def child_start_ray() -> Json:
+    result: Json = {}
+    _close_ray(result, "shutdown_s", _open_ray(result))
+    return result
+
+
+def _wait_idle() -> None:
+    """Wait (untimed) until every CPU of the head is free again."""
+    import ray
+
+    deadline = time.monotonic() + IDLE_TIMEOUT_S
+    while ray.available_resources().get("CPU", 0.0) < NUM_CPUS - 1e-6:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"CPUs still busy after {IDLE_TIMEOUT_S:g} s")
+        time.sleep(0.02)
+
+
+def _iso_to_unix(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def _phases(t0: float, t_end: float, started: list[float], ended: list[float]) -> Json:
+    """Where one launch's time went, from per-worker wall-clock stamps."""
+    return {
+        "to_first_running_s": min(started) - t0,
+        "to_last_running_s": max(started) - t0,
+        "program_median_s": statistics.median(e - s for s, e in zip(started, ended, strict=True)),
+        "last_exit_to_done_s": t_end - max(ended),
+    }
+
+
+def _cmlray_launch_round() -> Json:
+    import cmlray as cdsw
+
+    t0_wall, t0 = time.time(), time.perf_counter()
+    workers = cdsw.launch_workers(
+        N_WORKERS, cpu=WORKER_CPU, memory=WORKER_MEMORY_GIB, code=HELLO_CODE
+    )
+    t_launched = time.perf_counter()
+    outcome = cdsw.await_workers(workers)
+    elapsed, t_end_wall = time.perf_counter() - t0, time.time()
+    done = outcome["workers"]
+    if outcome["failures"] or len(done) != N_WORKERS:
+        raise RuntimeError(f"cmlray workers failed: {outcome['failures']}")
+    if any(w["tail"] != ["hello"] for w in done):
+        raise RuntimeError(f"unexpected worker output: {[w['tail'] for w in done]}")
+    started = [_iso_to_unix(w["running_at"]) for w in done]
+    ended = [_iso_to_unix(w["finished_at"]) for w in done]
+    phases = _phases(t0_wall, t_end_wall, started, ended)
+    phases["launch_call_s"] = t_launched - t0
+    return {"elapsed_s": elapsed, "phases": phases}
+
+
+def _await_sample() -> float:
+    """Seconds between a worker's finished_at and await_workers returning."""
+    import cmlray as cdsw
+
+    workers = cdsw.launch_workers(1, cpu=WORKER_CPU, memory=WORKER_MEMORY_GIB, code=SLEEP_CODE)
+    outcome = cdsw.await_workers(workers)
+    returned = time.time()
+    if outcome["failures"]:
+        raise RuntimeError(f"await sample failed: {outcome['failures']}")
+    return returned - _iso_to_unix(outcome["workers"][0]["finished_at"])
+
+
+def _timed_rounds(one_round: Callable[[], Json], timed: int) -> list[Json]:
+    _wait_idle()
+    one_round()  # warm-up, untimed
+    rounds = []
+    for _ in range(timed):
+        _wait_idle()
+        rounds.append(one_round())
+    return rounds
+
+
+def child_launch_cmlray(timed: int, await_samples: int) -> Json:
+    result: Json = {}
+    _open_cmlray(result, quiet=True)
+    import cmlray  # already imported (and timed) by _open_cmlray
+
+    try:
+        result["rounds"] = _timed_rounds(_cmlray_launch_round, timed)
+        result["await_gaps_s"] = []
+        for _ in range(await_samples):
+            _wait_idle()
+            result["await_gaps_s"].append(_await_sample())
+    finally:
+        with _timer(result, "shutdown_after_use_s"):
+            cmlray.shutdown()
+    return result
+
+
+class RawWorker:
+    """The raw-Ray worker: an actor running the program as a subprocess."""
+
+    def run(self, code: str) -> Json:
+        entered = time.time()
+        proc = subprocess.run(
+            [sys.executable, "-u", "-c", code], capture_output=True, text=True, check=False
+        )
+        return {
+            "entered": entered,
+            "exited": time.time(),
+            "returncode": proc.returncode,
+            "stdout": proc.stdout,
+        }
+
+
+@functools.cache
+def _raw_actor_class() -> Any:
+    """``@ray.remote(num_cpus=0.25)`` on RawWorker, once per session (as cmlray does)."""
+    import ray
+
+    return ray.remote(num_cpus=WORKER_CPU)(RawWorker)
+
+
+def _ray_launch_round() -> Json:
+    import ray
+
+    remote_class = _raw_actor_class()
+    t0_wall, t0 = time.time(), time.perf_counter()
+    actors = [remote_class.remote() for _ in range(N_WORKERS)]
+    outputs = ray.get([actor.run.remote(HELLO_CODE) for actor in actors])
+    elapsed, t_end_wall = time.perf_counter() - t0, time.time()
+    for actor in actors:
+        ray.kill(actor)
+    if any(o["returncode"] != 0 or o["stdout"] != "hello\n" for o in outputs):
+        raise RuntimeError(f"raw Ray workers failed: {outputs}")
+    started = [o["entered"] for o in outputs]
+    ended = [o["exited"] for o in outputs]
+    return {"elapsed_s": elapsed, "phases": _phases(t0_wall, t_end_wall, started, ended)}
+
+
+def child_launch_ray(timed: int) -> Json:
+    result: Json = {}
+    temp_dir = _open_ray(result)
+    try:
+        result["rounds"] = _timed_rounds(_ray_launch_round, timed)
+    finally:
+        _close_ray(result, "shutdown_after_use_s", temp_dir)
+    return result
+
+
+def run_child(args: argparse.Namespace) -> int:
+    """Entry point of a child process (``--child MODE``)."""
+    modes: dict[str, Callable[[], Json]] = {
+        "start-cmlray": child_start_cmlray,
+        "start-ray": child_start_ray,
+        "launch-cmlray": lambda: child_launch_cmlray(args.timed, args.await_samples),
+        "launch-ray": lambda: child_launch_ray(args.timed),
+    }
+    _emit(modes[args.child]())
+    return 0
+
+
+# --------------------------------------------------------------------------
+# Parent: schedules children, alternating sides, and reports.
+# --------------------------------------------------------------------------
+
+SIDES = ("cmlray", "ray")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure: children per side and what each child does."""
+
+    start_trials: int
+    launch_rounds: int
+    launches_per_child: int
+    await_samples: int
+
+    def awaits_of_child(self, index: int) -> int:
+        """await samples the ``index``-th cmlray launch child takes (>= 1)."""
+        share, extra = divmod(self.await_samples, self.launch_rounds)
+        return max(1, share + (1 if index < extra else 0))
+
+
+def make_plan(rounds: int | None, quick: bool) -> Plan:
+    launch_rounds = rounds or (1 if quick else 3)
+    return Plan(
+        start_trials=1 if quick else 2,
+        launch_rounds=launch_rounds,
+        launches_per_child=1 if quick else 2,
+        await_samples=3 if quick else AWAIT_SAMPLES,
+    )
+
+
+def spawn_child(mode: str, *extra: str) -> Json:
+    """Run ``--child mode`` in a fresh interpreter; its parsed JSON result.
+
+    Afterwards, waits (up to ``SETTLE_S``) until no process of the run is left,
+    so the next child starts on a quiet machine; the wait is recorded as
+    ``settle_s`` (how long the child's processes outlived it).
+    """
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", mode, *extra]
+    try:
+        proc = subprocess.run(
+            command, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, cwd=REPO, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"child {mode} timed out after {CHILD_TIMEOUT_S:g} s") from exc
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(proc.stderr.splitlines()[-30:])
+        raise RuntimeError(f"child {mode} failed (exit {proc.returncode}):\n{tail}")
+    result: Json = json.loads(lines[-1][len(RESULT_PREFIX) :])
+    settled = time.perf_counter()
+    result["lingering"] = wait_gone(os.environ[RUN_MARK], SETTLE_S)
+    result["settle_s"] = time.perf_counter() - settled
+    return result
+
+
+def alternating(index: int) -> tuple[str, str]:
+    """Which side goes first in round ``index``: they take turns."""
+    return SIDES if index % 2 == 0 else SIDES[::-1]
+
+
+def progress(message: str) -> None:
+    print(f"  {message}", file=sys.stderr, flush=True)
+
+
+def _brief(result: Json) -> str:
+    keys = ("import_s", "init_s", "shutdown_s", "shutdown_after_use_s")
+    parts = [f"{k.removesuffix('_s')} {result[k]:.2f}" for k in keys if k in result]
+    parts += [f"launch {r['elapsed_s']:.2f}" for r in result.get("rounds", [])]
+    return ", ".join(parts)
+
+
+def new_results() -> dict[str, dict[str, list[Json]]]:
+    """Every child's result: ``{"start" | "launch": {side: [result, ...]}}``."""
+    return {"start": {side: [] for side in SIDES}, "launch": {side: [] for side in SIDES}}
+
+
+def measure(plan: Plan, results: dict[str, dict[str, list[Json]]]) -> None:
+    """Run every child, sides alternating; fills ``results`` as they finish."""
+    launch_args = ["--timed", str(plan.launches_per_child)]
+    for index in range(plan.start_trials):
+        for side in alternating(index):
+            results["start"][side].append(spawn_child(f"start-{side}"))
+            brief = _brief(results["start"][side][-1])
+            progress(f"start trial {index + 1}/{plan.start_trials} {side}: {brief}")
+    for index in range(plan.launch_rounds):
+        for side in alternating(index + plan.start_trials):
+            awaits = str(plan.awaits_of_child(index))
+            extra = ["--await-samples", awaits] if side == "cmlray" else []
+            results["launch"][side].append(spawn_child(f"launch-{side}", *launch_args, *extra))
+            brief = _brief(results["launch"][side][-1])
+            progress(f"launch round {index + 1}/{plan.launch_rounds} {side}: {brief}")
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def _medians(rows: Sequence[Json], key: str) -> float | None:
+    values = [row[key] for row in rows if key in row]
+    return statistics.median(values) if values else None
+
+
+def summarize(results: dict[str, dict[str, list[Json]]]) -> Json:
+    """Medians per side and ratios cmlray / raw Ray.
+
+    Import and init come from every child (each is a fresh process doing the
+    same import and init); shutdown of an idle session from the start
+    children, shutdown after launches from the launch children.
+    """
+    fresh = {side: results["start"][side] + results["launch"][side] for side in SIDES}
+    rounds = {side: [r for c in results["launch"][side] for r in c["rounds"]] for side in SIDES}
+    medians: dict[str, dict[str, float | None]] = {}
+    for key in ("import_s", "init_s"):
+        medians[key] = {side: _medians(fresh[side], key) for side in SIDES}
+    medians["shutdown_s"] = {side: _medians(results["start"][side], "shutdown_s") for side in SIDES}
+    medians["shutdown_after_use_s"] = {
+        side: _medians(results["launch"][side], "shutdown_after_use_s") for side in SIDES
+    }
+    medians["launch_s"] = {side: _medians(rounds[side], "elapsed_s") for side in SIDES}
+    phase_keys = list(dict.fromkeys(k for side in SIDES for r in rounds[side] for k in r["phases"]))
+    for key in phase_keys:
+        medians[f"phase:{key}"] = {
+            side: _medians([r["phases"] for r in rounds[side]], key) for side in SIDES
+        }
+    gaps = [g for c in results["launch"]["cmlray"] for g in c["await_gaps_s"]]
+    launches = results["launch"]
+    return {
+        "medians": medians,
+        "ratios": {key: _ratio(pair) for key, pair in medians.items()},
+        "paired_ratios": {
+            "import_s": _paired(fresh, lambda c: c.get("import_s")),
+            "init_s": _paired(fresh, lambda c: c.get("init_s")),
+            "shutdown_s": _paired(results["start"], lambda c: c.get("shutdown_s")),
+            "shutdown_after_use_s": _paired(launches, lambda c: c.get("shutdown_after_use_s")),
+            "launch_s": _paired(launches, lambda c: _medians(c["rounds"], "elapsed_s")),
+        },
+        "samples_per_side": {
+            "init": len(fresh["cmlray"]),
+            "idle_shutdown": len(results["start"]["cmlray"]),
+            "launch": len(rounds["cmlray"]),
+        },
+        "await": {
+            "samples": len(gaps),
+            "p50_s": statistics.median(gaps),
+            "p90_s": percentile(gaps, 0.9),
+            "max_s": max(gaps),
+            "gaps_s": gaps,
+        },
+        "goals": {
+            "session_start_ratio": RATIO_GOAL,
+            "launch_ratio": RATIO_GOAL,
+            "await_p50_s": AWAIT_GOAL_S,
+        },
+    }
+
+
+def _paired(children: dict[str, list[Json]], value: Callable[[Json], float | None]) -> float | None:
+    """Median over rounds of cmlray / raw Ray, each round's two children side by side.
+
+    The two children of a round ran one right after the other, so this
+    ratio shrugs off load that comes and goes between rounds.
+    """
+    ratios = []
+    for cml, raw in zip(children["cmlray"], children["ray"], strict=False):
+        a, b = value(cml), value(raw)
+        if a is not None and b:
+            ratios.append(a / b)
+    return statistics.median(ratios) if ratios else None
+
+
+def _ratio(pair: dict[str, float | None]) -> float | None:
+    cml, raw = pair["cmlray"], pair["ray"]
+    return cml / raw if cml is not None and raw else None
+
+
+def _verdict(ok: bool) -> str:
+    return "[green]ok[/]" if ok else "[bold red]MISSED[/]"
+
+
+_LABELS = {
+    "import_s": "import",
+    "init_s": "session start (init)",
+    "shutdown_s": "shutdown (idle session)",
+    "shutdown_after_use_s": "shutdown (after launches)",
+    "launch_s": f"launch {N_WORKERS} x {WORKER_CPU} CPU -> all done",
+    "phase:launch_call_s": "  phase: launch_workers() call",
+    "phase:to_first_running_s": "  phase: start -> first running",
+    "phase:to_last_running_s": "  phase: start -> last running",
+    "phase:program_median_s": "  phase: program run (median)",
+    "phase:last_exit_to_done_s": "  phase: last exit -> all done",
+}
+_GOALS = {"init_s": "session_start_ratio", "launch_s": "launch_ratio"}
+
+
+def _times(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} s"
+
+
+def print_table(summary: Json) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    counts = summary["samples_per_side"]
+    table = Table(
+        title=f"cmlray vs raw Ray, {NUM_CPUS} CPUs (medians; per side: {counts['init']} inits,"
+        f" {counts['idle_shutdown']} idle shutdowns, {counts['launch']} launches)"
+    )
+    columns = ("measure", "cmlray", "raw Ray", "cmlray / raw", "paired by round", "goal")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("measure", "goal") else "right")
+    for key, pair in summary["medians"].items():
+        ratio = summary["ratios"][key]
+        goal = ""
+        if key in _GOALS and ratio is not None:
+            goal = f"<= {RATIO_GOAL} {_verdict(ratio <= RATIO_GOAL)}"
+        table.add_row(
+            _LABELS.get(key, key),
+            _seconds(pair["cmlray"]),
+            _seconds(pair["ray"]),
+            _times(ratio),
+            _times(summary["paired_ratios"].get(key)),
+            goal,
+        )
+    gaps = summary["await"]
+    table.add_row(
+        f"await return - finished_at (p50; max of {gaps['samples']})",
+        f"{gaps['p50_s'] * 1000:.0f} ms; {gaps['max_s'] * 1000:.0f} ms",
+        "",
+        "",
+        "",
+        f"<= {AWAIT_GOAL_S * 1000:.0f} ms {_verdict(gaps['p50_s'] <= AWAIT_GOAL_S)}",
+    )
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)
+    console.print(table)
+
+
+# --------------------------------------------------------------------------
+# Leftover processes: everything this run started carries RUN_MARK.
+# --------------------------------------------------------------------------
+
+
+def marked_processes(mark: str) -> list[Any]:
+    """Live processes (other than this one) whose environment carries the run's mark."""
+    import psutil
+
+    needle = f"{RUN_MARK}={mark}".encode()
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{proc.pid}/environ", "rb") as f:
+                marked = needle in f.read().split(b"\0")
+            if marked and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (OSError, psutil.Error):
+            continue
+    return found
+
+
+def _describe(proc: Any) -> str:
+    import psutil
+
+    try:
+        return f"{proc.pid} {' '.join(proc.cmdline())[:150] or proc.name()}"
+    except psutil.Error:
+        return f"{proc.pid} (gone)"
+
+
+def _survivors(mark: str, timeout_s: float) -> list[Any]:
+    deadline = time.monotonic() + timeout_s
+    while (left := marked_processes(mark)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def wait_gone(mark: str, timeout_s: float) -> list[str]:
+    """Wait until no process of this run is left; describes those still there."""
+    return [_describe(proc) for proc in _survivors(mark, timeout_s)]
+
+
+def check_leftovers(mark: str) -> list[str]:
+    """Wait for this run's processes to end; kill (by pid) and name any left."""
+    import psutil
+
+    left = _survivors(mark, LEAK_WAIT_S)
+    described = [_describe(proc) for proc in left]
+    for proc in left:  # psutil checks the pid still names the same process
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    return described
+
+
+def ray_named(described: Sequence[str]) -> list[str]:
+    """The leftovers that are Ray's own processes (raylet, gcs_server, ray::...)."""
+    return [d for d in described if any(n in d for n in ("raylet", "gcs_server", "ray::"))]
+
+
+# --------------------------------------------------------------------------
+
+
+def write_results(payload: Json) -> Path:
+    RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS_PATH.write_text(json.dumps(payload, indent=2) + "\n")
+    return RESULTS_PATH
+
+
+def run_parent(args: argparse.Namespace) -> int:
+    plan = make_plan(args.rounds, args.quick)
+    mark = uuid.uuid4().hex
+    os.environ[RUN_MARK] = mark  # inherited by every process this run starts
+    began = time.perf_counter()
+    results = new_results()
+    failure: str | None = None
+    try:
+        measure(plan, results)
+    except RuntimeError as exc:
+        failure = str(exc)
+    except KeyboardInterrupt:
+        failure = "interrupted"
+    leftovers = check_leftovers(mark)
+    payload: Json = {
+        "plan": plan.__dict__,
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "wall_s": time.perf_counter() - began,
+        "children": results,
+        "leftovers": leftovers,
+        "ray_leftovers": ray_named(leftovers),
+        "failure": failure,
+    }
+    if failure is None:
+        payload["summary"] = summarize(results)
+        print_table(payload["summary"])
+    path = write_results(payload)
+    print(f"results: {path} (wall {payload['wall_s']:.0f} s, processes left: {len(leftovers)})")
+    if leftovers:
+        print("processes left behind (killed):\n  " + "\n  ".join(leftovers), file=sys.stderr)
+    if failure is not None:
+        print(f"benchmark failed: {failure}", file=sys.stderr)
+    return 1 if failure or leftovers else 0
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="launch children per side (default 3)"
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (CI smoke run)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--timed", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--await-samples", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_child(args) if args.child else run_parent(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
