@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from cmlray._registry import Registry
 from cmlray._relay import Relay
 
 _OUTPUT = ("out", "err")
+NODE_DEATH_WAIT_S = 30.0
 
 
 def describe_actor_death(exc: BaseException) -> str:
@@ -30,6 +32,34 @@ def describe_actor_death(exc: BaseException) -> str:
     if "node" in lowered and ("died" in lowered or "dead" in lowered or "lost" in lowered):
         return "node lost"
     return f"actor died: {type(exc).__name__}: {text[:300]}"
+
+
+def _node_alive(node_id: str) -> bool:
+    import ray
+
+    return any(n.get("NodeID") == node_id and n.get("Alive") for n in ray.nodes())
+
+
+def death_reason(exc: BaseException, node_id: str | None, wait_s: float = NODE_DEATH_WAIT_S) -> str:
+    """Why a worker's stream broke: its node died, or its actor did.
+
+    Ray reports a lost node's actors as "temporarily unavailable" before the
+    cluster has noticed the node is gone, so the node's liveness decides, for
+    up to ``wait_s`` (the cluster's health checks take a few seconds).
+    """
+    reason = describe_actor_death(exc)
+    if node_id is None or reason == "node lost":
+        return reason
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            if not _node_alive(node_id):
+                return "node lost"
+        except Exception:
+            return reason
+        if "Unavailable" not in type(exc).__name__ or time.monotonic() >= deadline:
+            return reason
+        time.sleep(0.5)
 
 
 class EventPump:
@@ -61,7 +91,9 @@ class EventPump:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a Ray error: the actor or its node is gone
-            self._registry.finish(worker_id, "failed", describe_actor_death(exc))
+            node_id = self._registry.get(worker_id).node_id
+            reason = await asyncio.to_thread(death_reason, exc, node_id)
+            self._registry.finish(worker_id, "failed", reason)
         finally:
             self._registry.finish(worker_id, "failed", "the worker's event stream ended early")
             self._on_finished(worker_id)

@@ -154,7 +154,8 @@ class Session:
                 f"this session already has a queue named {actor_name.split(':', 1)[1]!r}"
             )
         try:
-            handle = ray.remote(actor_class).options(name=actor_name, num_cpus=0).remote(*args)
+            options = {"name": actor_name, "num_cpus": 0, **_on_this_node()}
+            handle = ray.remote(actor_class).options(**options).remote(*args)
         except Exception as exc:
             raise translate_ray_error(exc, "starting a queue") from exc
         self._queues[actor_name] = handle
@@ -222,6 +223,22 @@ class Session:
     def _check_open(self) -> None:
         if self._closed:
             raise SessionError("this session has been shut down")
+
+
+def _on_this_node() -> dict[str, Any]:
+    """Actor options that pin an actor to the session's own node.
+
+    A queue lives with the session: a worker node that dies must not take
+    the queue's state with it.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    try:
+        node_id = ray.get_runtime_context().get_node_id()
+    except Exception:  # a Ray Client session has no node of its own
+        return {}
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)}
 
 
 _lock = threading.RLock()

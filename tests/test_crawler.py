@@ -122,7 +122,7 @@ def crawl(
     seeds: list[str],
     console: Console,
     on_result: Callable[[Crawler], None] | None = None,
-    **options: object,
+    **options: Any,
 ) -> Crawler:
     """Run one crawl to its end (or until ``on_result`` raises); returns the closed crawler."""
     fetch = {k: options.pop(k) for k in ("timeout", "max_bytes") if k in options}
@@ -131,9 +131,9 @@ def crawl(
         db=str(db),
         workers=2,
         worker_cpu=1.0,
-        max_depth=options.pop("max_depth", 100),  # type: ignore[arg-type]
-        fetch=FetchConfig(concurrency=8, per_host=8, **fetch),  # type: ignore[arg-type]
-        **options,  # type: ignore[arg-type]
+        max_depth=options.pop("max_depth", 100),
+        fetch=FetchConfig(concurrency=8, per_host=48, **fetch),
+        **options,
     )
     crawler = Crawler(config, console=console, on_result=on_result)
     try:
@@ -237,7 +237,7 @@ def edge(
                 db,
                 [server.url],
                 captured.console,
-                timeout=1.0,
+                timeout=3.0,  # generous: only /hang may time out, even on a busy machine
                 max_bytes=50_000,
                 retries=2,
                 backoff=0.05,

@@ -189,15 +189,18 @@ def test_tpe_asks_as_workers_free_up_and_resumes(
 ) -> None:
     pytest.importorskip("optuna")
     space = write_space(tmp_path, {"C": {"low": 0.5, "high": 50, "log": True}, "gamma": ["scale"]})
-    args = ("--space", space, "--sampler", "tpe", "--study", "tpe")
-    plan = make_plan(tmp_path / "runs", *args, "--trials", "4")
+    plan = make_plan(tmp_path / "runs", "--space", space, "--sampler", "tpe", "--trials", "4")
     summary = run_sweep(plan, captured)
     assert (summary.ran, summary.done, summary.failed) == (4, 4, 0)
-    numbers = sorted(t.number for t in StudyStore(plan.study_dir).trials())
-    assert numbers == [0, 1, 2, 3]
-    more = run_sweep(make_plan(tmp_path / "runs", *args, "--trials", "6"), captured)
-    assert (more.ran, more.done) == (2, 6)  # the 4 done count toward the 6 and teach TPE
-    assert len({r[0] for r in rows(plan.study_dir)}) == 6
+    done = StudyStore(plan.study_dir).trials()
+    assert sorted(t.number for t in done) == [0, 1, 2, 3]
+    # Resuming with --trials 6: the 4 done count toward the 6 and teach the sampler.
+    resumed = samplers.TpeSearch("svc", plan.space, trials=6, seed=0, done=done)
+    assert (resumed.done, resumed.total) == (4, 6)
+    more = resumed.first(5)
+    assert len(more) == 2 and resumed.exhausted
+    known = {t.config_id for t in done}
+    assert not {searchspace.config_id("svc", p.params) for p in more} & known
 
 
 def test_tpe_search_keeps_one_trial_per_worker_in_flight() -> None:

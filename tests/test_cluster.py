@@ -1,0 +1,182 @@
+"""Beyond one machine: placement across nodes, GPUs, node loss (simulated nodes).
+
+A ``ray.cluster_utils.Cluster`` on this machine: a head with 0 CPUs, a node
+of 2 CPUs, and a node of 2 CPUs declaring 2 GPUs of type T4. The session
+attaches to it by address, as users do with a real cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+import pytest
+
+import cmlray
+from cmlray import _head, _process, _session
+from tests.conftest import Captured
+
+pytestmark = pytest.mark.slow
+SLEEP = "!echo up; sleep 300"
+
+
+class Nodes:
+    def __init__(self, cluster: Any, cpu: Any, gpu: Any, temp: str) -> None:
+        self.cluster, self.cpu, self.gpu, self.temp = cluster, cpu, gpu, temp
+
+
+def _kill_holders(temp: str) -> None:
+    procs = []
+    for pid in _process.holders_of(temp):
+        with contextlib.suppress(psutil.Error):
+            procs.append(psutil.Process(pid))
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(procs, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def nodes(no_leaks: None, captured: Captured) -> Iterator[Nodes]:
+    from ray.cluster_utils import Cluster
+
+    temp = tempfile.mkdtemp(prefix="cmlc-")  # short: Ray's socket paths must fit 107 bytes
+    token = os.path.join(temp, "token")
+    with open(token, "w") as f:
+        f.write(secrets.token_hex(32))
+    os.chmod(token, 0o600)
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token)
+    _head._refresh_ray_auth()  # this process imported Ray before the variables were set
+    marker = "/tmp/ray/ray_current_cluster"
+    had_marker = os.path.exists(marker)
+    cluster = None
+    try:
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": temp})
+        cpu = cluster.add_node(num_cpus=2, temp_dir=temp)
+        gpu = cluster.add_node(
+            num_cpus=2, num_gpus=2, resources={"accelerator_type:T4": 1}, temp_dir=temp
+        )
+        cluster.wait_for_nodes()
+        cmlray.init(address=cluster.address, console=captured.console)
+        yield Nodes(cluster, cpu, gpu, temp)
+    finally:
+        cmlray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
+        _kill_holders(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+        if not had_marker:
+            with contextlib.suppress(OSError):
+                os.unlink(marker)
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+
+
+def _running(workers: list[dict]) -> list[dict]:
+    result = cmlray.await_workers(workers, wait_for_completion=False, timeout_seconds=120)
+    assert not result["failures"], result["failures"]
+    return result["workers"]
+
+
+def test_workers_spread_over_both_nodes(nodes: Nodes) -> None:
+    workers = _running(cmlray.launch_workers(4, cpu=1, memory=0.1, code=SLEEP))
+    by_node: dict[str, int] = {}
+    for worker in workers:
+        by_node[worker["node_id"]] = by_node.get(worker["node_id"], 0) + 1
+    assert by_node == {nodes.cpu.node_id: 2, nodes.gpu.node_id: 2}
+    assert {w["ip_address"] for w in workers} == {nodes.cpu.node_ip_address}
+    cmlray.stop_workers(*workers)
+
+
+def test_request_no_node_fits_fails_fast_naming_the_largest(nodes: Nodes) -> None:
+    with pytest.raises(
+        cmlray.InfeasibleRequestError, match=r"largest node has 2 CPU, .* 2 GPU \(T4\)"
+    ):
+        cmlray.launch_workers(1, cpu=3, memory=0.1, code="pass")
+    with pytest.raises(cmlray.InfeasibleRequestError, match=r"accelerator 'A100'"):
+        cmlray.launch_workers(
+            1, cpu=1, memory=0.1, nvidia_gpu=1, accelerator_label_id="A100", code="pass"
+        )
+
+
+def test_busy_cluster_keeps_a_worker_scheduling(nodes: Nodes) -> None:
+    busy = _running(cmlray.launch_workers(4, cpu=1, memory=0.1, code=SLEEP))
+    waiting = cmlray.launch_workers(1, cpu=1, memory=0.1, code="print('in')")
+    (failure,) = cmlray.await_workers(waiting, timeout_seconds=1)["failures"]
+    assert (failure["status"], failure["reason"]) == (
+        "scheduling",
+        "waiting for resources after 1 s",
+    )
+    cmlray.stop_workers(busy[0])
+    (done,) = cmlray.await_workers(waiting, timeout_seconds=120)["workers"]
+    assert done["tail"] == ["in"]
+    cmlray.stop_workers(*busy)
+
+
+def _visible(worker: dict) -> str:
+    return json.loads(worker["tail"][0])
+
+
+def test_gpu_workers_see_exactly_their_gpu(nodes: Nodes) -> None:
+    code = "import json, os, time\nprint(json.dumps(os.environ['CUDA_VISIBLE_DEVICES']), flush=True)\ntime.sleep(300)"
+    gpu_workers = _running(cmlray.launch_workers(2, cpu=0.5, memory=0.1, nvidia_gpu=1, code=code))
+    registry = _session.require().registry
+    assert registry.wait_for(lambda: all(registry.get(w["id"]).tail for w in gpu_workers), 60)
+    seen = sorted(
+        _visible(w) for w in cmlray.list_workers() if w["id"] in {g["id"] for g in gpu_workers}
+    )
+    assert seen == ["0", "1"]
+    assert {w["node_id"] for w in gpu_workers} == {nodes.gpu.node_id}
+    third = cmlray.launch_workers(1, cpu=0.5, memory=0.1, nvidia_gpu=1, code="pass")
+    assert cmlray.await_workers(third, timeout_seconds=1)["failures"][0]["status"] == "scheduling"
+    cpu_only = cmlray.launch_workers(
+        1,
+        cpu=0.5,
+        memory=0.1,
+        code="import json, os; print(json.dumps(os.environ['CUDA_VISIBLE_DEVICES']))",
+    )
+    (plain,) = cmlray.await_workers(cpu_only, timeout_seconds=120)["workers"]
+    assert _visible(plain) == ""
+    cmlray.stop_workers(*gpu_workers, *third)
+
+
+def test_accelerator_label_places_on_that_node(nodes: Nodes) -> None:
+    workers = cmlray.launch_workers(
+        1, cpu=0.5, memory=0.1, nvidia_gpu=1, accelerator_label_id="T4", code="pass"
+    )
+    (done,) = cmlray.await_workers(workers, timeout_seconds=120)["workers"]
+    assert done["node_id"] == nodes.gpu.node_id
+
+
+def test_node_loss_fails_its_workers_and_returns_their_items(nodes: Nodes) -> None:
+    doomed = nodes.cluster.add_node(
+        num_cpus=1, resources={"accelerator_type:DOOM": 1}, temp_dir=nodes.temp
+    )
+    nodes.cluster.wait_for_nodes()
+    q = cmlray.Queue("survive")
+    q.put_many(range(40))
+    q.close()
+    serve = "import time, cmlray.worker\ncmlray.worker.serve('survive', lambda x: (time.sleep(0.5), x)[1])"
+    (victim,) = cmlray.launch_workers(1, cpu=1, memory=0.2, accelerator_label_id="DOOM", code=serve)
+    _running([victim])
+    registry = _session.require().registry
+    assert registry.wait_for(lambda: registry.get(victim["id"]).status == "running", 60)
+    for _ in q.as_completed(timeout=120):  # the victim has finished one and holds another
+        break
+    nodes.cluster.remove_node(doomed, allow_graceful=False)
+    (failure,) = cmlray.await_workers(victim, timeout_seconds=120)["failures"]
+    assert (failure["status"], failure["reason"]) == ("failed", "node lost")
+    rescuers = cmlray.launch_workers(2, cpu=1, memory=0.2, code=serve)
+    q.join(timeout=180)
+    results = q.results()
+    assert sorted(r.item for r in results) == list(range(40)) and all(r.ok for r in results)
+    assert q.stats()["requeued"] >= 1
+    assert len(cmlray.await_workers(rescuers, timeout_seconds=120)["workers"]) == 2
