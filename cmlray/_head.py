@@ -66,7 +66,13 @@ def _restore_env(saved: dict[str, str | None]) -> None:
 
 
 def _write_token(temp_dir: str) -> str:
-    path = os.path.join(temp_dir, "auth_token")
+    """A fresh token, readable by this user only, in a dir of its own.
+
+    Not directly in Ray's temp dir: Ray opens that one to everyone (0777).
+    """
+    private = os.path.join(temp_dir, "private")
+    os.mkdir(private, 0o700)
+    path = os.path.join(private, "auth_token")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32))

@@ -1,0 +1,78 @@
+"""Security: token auth on, private token, no dashboard, no secret printed."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import psutil
+import pytest
+
+import cmlray
+from cmlray import _session
+from tests.conftest import Captured
+
+pytestmark = pytest.mark.usefixtures("session")
+SECRET = "s3cr3t-Value-0f-the-user"
+
+
+def test_own_head_uses_token_auth_with_a_private_token() -> None:
+    head = _session.require().head
+    assert head.owns_head and head.temp_dir is not None
+    token = os.environ["RAY_AUTH_TOKEN_PATH"]
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    assert token.startswith(head.temp_dir + os.sep)
+    assert stat.S_IMODE(os.stat(os.path.dirname(token)).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(token).st_mode) == 0o600
+    with open(token) as f:
+        assert len(f.read()) == 64
+
+
+def test_no_dashboard_is_served() -> None:
+    """Ray still runs its API head for usage stats, but with no frontend and no port."""
+    temp_dir = _session.require().head.temp_dir
+    assert temp_dir is not None
+    ours = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if temp_dir in cmdline:
+            ours.append((proc, cmdline))
+    assert ours, "the head's processes name its temp dir"
+    dashboards = [(p, c) for p, c in ours if "dashboard/dashboard.py" in c]
+    for proc, cmdline in dashboards:
+        assert "--disable-frontend" in cmdline and "--modules-to-load=UsageStatsHead" in cmdline
+        assert not [c for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+
+
+def _cmlray_helpers() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "cmlray/_guard.py" in cmdline or "cmlray/_reaper.py" in cmdline:
+            found.append(proc)
+    return found
+
+
+def test_cmlray_own_processes_open_no_network_socket() -> None:
+    workers = cmlray.launch_workers(2, cpu=0.25, memory=0.1, code="!echo up; sleep 300")
+    cmlray.await_workers(workers, wait_for_completion=False)
+    helpers = _cmlray_helpers()
+    assert len(helpers) >= 3  # two guards and the reaper
+    for proc in helpers:
+        assert proc.net_connections(kind="inet") == [], proc.cmdline()
+    cmlray.stop_workers(*workers)
+
+
+def test_secrets_in_env_are_never_printed(captured: Captured) -> None:
+    workers = cmlray.launch_workers(
+        1, cpu=0.25, memory=0.1, code="print('done')", env={"API_TOKEN": SECRET}
+    )
+    result = cmlray.await_workers(workers)
+    stopped = cmlray.stop_workers(*workers)
+    shown = json.dumps([result, cmlray.list_workers(), [s.json() for s in stopped]]) + repr(stopped)
+    assert SECRET not in shown
+    assert SECRET not in captured.text()
+    with pytest.raises(ValueError) as info:
+        cmlray.launch_workers(1, cpu=0.25, memory=0.1, code="pass", env={"CDSW_ENGINE_ID": SECRET})
+    assert SECRET not in str(info.value)
