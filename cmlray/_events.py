@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cmlray._logs import WorkerLogs
 from cmlray._registry import Registry
 from cmlray._relay import Relay
 
@@ -66,12 +67,17 @@ class EventPump:
     """Consumes workers' event streams on a background thread."""
 
     def __init__(
-        self, registry: Registry, relay: Relay, on_finished: Callable[[str], None]
+        self,
+        registry: Registry,
+        relay: Relay,
+        on_finished: Callable[[str], None],
+        logs: WorkerLogs | None = None,
     ) -> None:
         self._registry = registry
         self._relay = relay
         self._on_finished = on_finished
         self._console_broken = False
+        self._logs = logs
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="cmlray-events", daemon=True)
         self._thread.start()
@@ -96,6 +102,8 @@ class EventPump:
             self._registry.finish(worker_id, "failed", reason)
         finally:
             self._registry.finish(worker_id, "failed", "the worker's event stream ended early")
+            if self._logs is not None:
+                self._logs.close(worker_id)
             self._on_finished(worker_id)
 
     def _handle(self, worker_id: str, name: str, batch: list[tuple[str, Any]]) -> None:
@@ -103,6 +111,8 @@ class EventPump:
         for kind, payload in batch:
             if kind in _OUTPUT:
                 self._show(name, kind, payload)
+                if self._logs is not None:
+                    self._logs.write(worker_id, name, payload)
 
     def _show(self, name: str, stream: str, lines: list[str]) -> None:
         """Print lines; a broken console (closed pipe) must not fail the worker."""

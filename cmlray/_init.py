@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 from rich.console import Console
@@ -29,6 +30,17 @@ def _check_resources(resources: object) -> dict[str, float] | None:
     return checked
 
 
+def _check_log_dir(log_dir: object) -> str | None:
+    if log_dir is None:
+        return None
+    if not isinstance(log_dir, str | os.PathLike):
+        raise TypeError(f"log_dir must be a directory path, got {log_dir!r}")
+    path = os.path.abspath(os.fspath(log_dir))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"log_dir must be a directory, and {path} is a file")
+    return path
+
+
 def init(
     address: str | None = None,
     num_cpus: int | None = None,
@@ -37,6 +49,7 @@ def init(
     project_dir: str | None = None,
     *,
     console: Console | None = None,
+    log_dir: str | os.PathLike[str] | None = None,
 ) -> None:
     """Start this process's cmlray session explicitly.
 
@@ -52,6 +65,7 @@ def init(
         project_dir: the workers' working directory and the base of relative
             script paths (default: the current directory).
         console: where workers' output is shown (default: Rich's console).
+        log_dir: keep every worker's full output in ``<log_dir>/<name>-<id>.log``.
 
     Raises:
         SessionError: a session is already running, or Ray could not start.
@@ -69,6 +83,7 @@ def init(
         resources=_check_resources(resources),
         project_dir=project_dir,
         console=console,
+        log_dir=_check_log_dir(log_dir),
     )
 
 

@@ -24,6 +24,7 @@ from cmlray import _cluster, _head
 from cmlray._actor import WorkerActor, WorkerLaunch
 from cmlray._events import EventPump
 from cmlray._ids import new_id
+from cmlray._logs import WorkerLogs
 from cmlray._registry import FINAL, Registry, WorkerRecord
 from cmlray._relay import Relay
 from cmlray._spec import WorkerSpec
@@ -36,7 +37,13 @@ _BACKPRESSURE_BATCHES = 32
 class Session:
     """A live session; use ``cmlray.init`` / ``cmlray.shutdown`` rather than this."""
 
-    def __init__(self, head: _head.Head, project_dir: str, console: Console | None) -> None:
+    def __init__(
+        self,
+        head: _head.Head,
+        project_dir: str,
+        console: Console | None,
+        log_dir: str | None = None,
+    ) -> None:
         import ray
 
         self.id = new_id()
@@ -46,7 +53,8 @@ class Session:
         self.master_ip = "127.0.0.1" if head.owns_head else ray.util.get_node_ip_address()
         self.registry = Registry()
         self.relay = Relay(console)
-        self.pump = EventPump(self.registry, self.relay, self._release)
+        self.logs = WorkerLogs(log_dir) if log_dir else None
+        self.pump = EventPump(self.registry, self.relay, self._release, self.logs)
         self._names = itertools.count(1)
         self._actor_class: Any = ray.remote(WorkerActor)
         self._closed = False
@@ -209,6 +217,8 @@ class Session:
             pending = [i for i in self.registry.ids() if self.registry.status(i) not in FINAL]
             self.stop(pending)
         self.pump.close()
+        if self.logs is not None:
+            self.logs.close_all()
         self._kill_queues()
         self.head.close()
 
@@ -253,6 +263,7 @@ def start(
     resources: dict[str, float] | None = None,
     project_dir: str | None = None,
     console: Console | None = None,
+    log_dir: str | None = None,
 ) -> Session:
     """Start this process's session (see ``cmlray.init``)."""
     global _current
@@ -262,7 +273,8 @@ def start(
         project = os.path.abspath(project_dir or os.getcwd())
         if not os.path.isdir(project):
             raise ValueError(f"project_dir must be an existing directory, got {project_dir!r}")
-        _current = Session(_connect(address, num_cpus, num_gpus, resources), project, console)
+        head = _connect(address, num_cpus, num_gpus, resources)
+        _current = Session(head, project, console, log_dir)
         # After ray.init, so this runs before Ray's own exit hook (atexit is LIFO).
         atexit.unregister(_at_exit)
         atexit.register(_at_exit)

@@ -94,7 +94,8 @@ def session(
 ) -> Iterator[str]:
     """A cmlray session with its own head (4 CPUs); yields its project dir."""
     project = tmp_path_factory.mktemp("project")
-    cmlray.init(num_cpus=4, project_dir=str(project), console=captured.console)
+    logs = tmp_path_factory.mktemp("logs")
+    cmlray.init(num_cpus=4, project_dir=str(project), console=captured.console, log_dir=logs)
     try:
         yield str(project)
     finally:

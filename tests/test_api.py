@@ -337,3 +337,21 @@ def test_signature_keeps_cml_parameters() -> None:
         "code",
         "env",
     ]
+
+
+def test_log_dir_keeps_every_line_of_every_worker() -> None:
+    from cmlray import _session
+
+    code = "import sys\nfor i in range(300):\n    print('line', i, file=sys.stderr if i % 7 == 0 else sys.stdout)"
+    workers = cdsw.launch_workers(2, cpu=0.25, memory=0.1, code=code, name="logged")
+    done = cdsw.await_workers(workers)["workers"]
+    logs = _session.require().logs
+    assert logs is not None
+    for worker in done:
+        with open(logs.path(worker["id"], worker["name"])) as f:
+            numbers = [int(line.split()[1]) for line in f.read().splitlines()]
+        # Everything, each stream in order (two pipes: no order between them).
+        assert sorted(numbers) == list(range(300))
+        assert [n for n in numbers if n % 7] == [n for n in range(300) if n % 7]
+        assert [n for n in numbers if not n % 7] == [n for n in range(300) if not n % 7]
+        assert len(worker["tail"]) == 100 and worker["tail"][-1] == "line 299"
