@@ -354,4 +354,4 @@ def test_log_dir_keeps_every_line_of_every_worker() -> None:
         assert sorted(numbers) == list(range(300))
         assert [n for n in numbers if n % 7] == [n for n in range(300) if n % 7]
         assert [n for n in numbers if not n % 7] == [n for n in range(300) if not n % 7]
-        assert len(worker["tail"]) == 100 and worker["tail"][-1] == "line 299"
+        assert len(worker["tail"]) == 100 and "line 299" in worker["tail"]
