@@ -154,7 +154,7 @@ class WorkerActor:
         spec = {
             "argv": self.launch.argv,
             "env": env,
-            "cwd": self.launch.cwd,
+            "cwd": self.launch.cwd or os.getcwd(),
             "grace_period_s": self.launch.grace_period_s,
             "pass_fds": [program_channel.fileno()],
             "memory_limit_bytes": self.launch.memory_limit_bytes,

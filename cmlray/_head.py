@@ -134,7 +134,11 @@ def _start_reaper(temp_dir: str) -> subprocess.Popen[bytes]:
 
 
 def start_own_head(
-    *, num_cpus: int | None, num_gpus: int | None, resources: dict[str, float] | None
+    *,
+    num_cpus: int | None,
+    num_gpus: int | None,
+    resources: dict[str, float] | None,
+    runtime_env: dict[str, Any] | None = None,
 ) -> Head:
     """Start a Ray head inside this process's session (see module docstring)."""
     import ray
@@ -151,6 +155,7 @@ def start_own_head(
             log_to_driver=False,
             logging_level=logging.WARNING,
             _temp_dir=temp_dir,
+            runtime_env=runtime_env,
         )
     except Exception as exc:
         _restore_env(saved)
@@ -161,13 +166,18 @@ def start_own_head(
     return head
 
 
-def attach(address: str) -> Head:
+def attach(address: str, runtime_env: dict[str, Any] | None = None) -> Head:
     """Connect to an existing Ray cluster at ``address``."""
     import ray
 
     _refresh_ray_auth()
     try:
-        context = ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        context = ray.init(
+            address=address,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            runtime_env=runtime_env,
+        )
     except Exception as exc:
         raise translate_ray_error(exc, f"attaching to the Ray cluster at {address}") from exc
     return Head(address=_address_of(context) or address, owns_head=False)

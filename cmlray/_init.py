@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 
 from rich.console import Console
 
@@ -30,6 +31,22 @@ def _check_resources(resources: object) -> dict[str, float] | None:
     return checked
 
 
+def _check_runtime_env(runtime_env: object) -> dict[str, Any] | None:
+    if runtime_env is None:
+        return None
+    if not isinstance(runtime_env, Mapping):
+        raise TypeError(f"runtime_env must be a dict (Ray's runtime_env), got {runtime_env!r}")
+    env = dict(runtime_env)
+    working_dir = env.get("working_dir")
+    if working_dir is not None:
+        if not isinstance(working_dir, str) or not os.path.isdir(working_dir):
+            raise ValueError(
+                f"runtime_env['working_dir'] must be an existing directory, got {working_dir!r}"
+            )
+        env["working_dir"] = os.path.abspath(working_dir)
+    return env
+
+
 def _check_log_dir(log_dir: object) -> str | None:
     if log_dir is None:
         return None
@@ -50,6 +67,7 @@ def init(
     *,
     console: Console | None = None,
     log_dir: str | os.PathLike[str] | None = None,
+    runtime_env: Mapping[str, Any] | None = None,
 ) -> None:
     """Start this process's cmlray session explicitly.
 
@@ -66,6 +84,10 @@ def init(
             script paths (default: the current directory).
         console: where workers' output is shown (default: Rich's console).
         log_dir: keep every worker's full output in ``<log_dir>/<name>-<id>.log``.
+        runtime_env: a Ray runtime environment for the workers' actors. With a
+            ``working_dir`` (usually the project dir), Ray ships that directory
+            to every node (512 MiB at most; ``excludes`` trims it) and workers
+            run in their node's copy: the way to use files on a remote cluster.
 
     Raises:
         SessionError: a session is already running, or Ray could not start.
@@ -84,6 +106,7 @@ def init(
         project_dir=project_dir,
         console=console,
         log_dir=_check_log_dir(log_dir),
+        runtime_env=_check_runtime_env(runtime_env),
     )
 
 

@@ -60,6 +60,9 @@ class Session:
         self._closed = False
         self._graces: dict[str, float] = {}
         self._queues: dict[str, Any] = {}
+        # True when Ray ships the project dir to each node (runtime_env working_dir):
+        # workers then run in their node's copy, and scripts resolve against it.
+        self.ships_project = False
 
     def identity(self, worker_id: str) -> dict[str, str]:
         """The variables that tell a worker who it and its session are."""
@@ -75,6 +78,10 @@ class Session:
         self._check_open()
         _cluster.check_feasible(spec, _cluster.alive_nodes())
         argv, base_env = spec.argv(), dict(os.environ)
+        cwd = self.project_dir
+        if self.ships_project:
+            argv = [_relative(arg, self.project_dir) for arg in argv]
+            cwd = ""  # the actor's own working dir: its node's copy of the project
         records, launches = [], []
         for index in range(spec.n):
             worker_id = new_id()
@@ -85,7 +92,7 @@ class Session:
                     worker_id,
                     argv,
                     env,
-                    self.project_dir,
+                    cwd,
                     spec.grace_period_s,
                     spec.payload,
                     memory_limit_bytes=spec.memory_bytes,
@@ -235,6 +242,13 @@ class Session:
             raise SessionError("this session has been shut down")
 
 
+def _relative(arg: str, project_dir: str) -> str:
+    """A path inside the project dir made relative to it; anything else unchanged."""
+    if os.path.isabs(arg) and arg.startswith(project_dir + os.sep):
+        return os.path.relpath(arg, project_dir)
+    return arg
+
+
 def _on_this_node() -> dict[str, Any]:
     """Actor options that pin an actor to the session's own node.
 
@@ -264,17 +278,20 @@ def start(
     project_dir: str | None = None,
     console: Console | None = None,
     log_dir: str | None = None,
+    runtime_env: dict[str, Any] | None = None,
 ) -> Session:
     """Start this process's session (see ``cmlray.init``)."""
     global _current
     with _lock:
         if _current is not None:
             raise SessionError("a cmlray session is already running: call cmlray.shutdown() first")
-        project = os.path.abspath(project_dir or os.getcwd())
+        shipped = (runtime_env or {}).get("working_dir")
+        project = os.path.abspath(shipped or project_dir or os.getcwd())
         if not os.path.isdir(project):
             raise ValueError(f"project_dir must be an existing directory, got {project_dir!r}")
-        head = _connect(address, num_cpus, num_gpus, resources)
+        head = _connect(address, num_cpus, num_gpus, resources, runtime_env)
         _current = Session(head, project, console, log_dir)
+        _current.ships_project = bool(shipped)
         # After ray.init, so this runs before Ray's own exit hook (atexit is LIFO).
         atexit.unregister(_at_exit)
         atexit.register(_at_exit)
@@ -286,15 +303,18 @@ def _connect(
     num_cpus: int | None,
     num_gpus: int | None,
     resources: dict[str, float] | None,
+    runtime_env: dict[str, Any] | None = None,
 ) -> _head.Head:
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is not None:
-        return _head.attach(address)
+        return _head.attach(address, runtime_env)
     if ray.is_initialized():  # the user connected Ray themselves: use that connection
         return _head.Head(address=None, owns_head=False, disconnect=False)
-    return _head.start_own_head(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources)
+    return _head.start_own_head(
+        num_cpus=num_cpus, num_gpus=num_gpus, resources=resources, runtime_env=runtime_env
+    )
 
 
 def current(create: bool = True) -> Session | None:
