@@ -5,7 +5,7 @@ A worker's program does not join Ray (that would cost it seconds and about
 its result) goes through a socket its actor created and the guard passed
 down, named by ``CMLRAY_CHANNEL_FD``. Messages are length-prefixed pickles;
 the program sends a request tuple ``(op, *args)`` and reads one reply
-``("ok", value)`` or ``("error", kind, message)``.
+``("ok", value)`` or ``("error", message)``.
 """
 
 from __future__ import annotations

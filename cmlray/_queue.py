@@ -190,7 +190,7 @@ class QueueState:
         self.results[item.id] = result
         self.finished.append(item.id)
 
-    def report(self, start: int, limit: int = 1000) -> list[dict[str, Any]]:
+    def report(self, start: int, limit: int = 20_000) -> list[dict[str, Any]]:
         """Finished items from completion index ``start`` on, as plain dicts."""
         out = []
         for item_id in self.finished[start : start + limit]:

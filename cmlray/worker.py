@@ -41,7 +41,7 @@ from cmlray.errors import QueueError
 __all__ = ["Task", "serve", "tasks"]
 
 _TARGET_BATCH_S = 0.05
-_MAX_BATCH = 512
+_MAX_BATCH = 4096
 _WAIT_S = 10.0
 
 
