@@ -16,10 +16,12 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import RUN_MARK, marked_processes, wait_no_marked_processes
@@ -76,10 +78,23 @@ def kill_leftovers() -> Iterator[list[Driver]]:
             proc.kill()
 
 
+def _stale_port_claims() -> list[str]:
+    """CDSW_APP_PORT claim files whose owner is gone (temp files left behind)."""
+    directory = os.path.join(tempfile.gettempdir(), f"cmlray-ports-{os.getuid()}")
+    stale = []
+    for name in os.listdir(directory) if os.path.isdir(directory) else []:
+        with open(os.path.join(directory, name)) as f:
+            owner = int(f.read().strip() or 0)
+        if not psutil.pid_exists(owner):
+            stale.append(name)
+    return stale
+
+
 def _assert_nothing_left(driver: Driver) -> None:
     left = wait_no_marked_processes(GONE_WITHIN_S, driver.mark)
     assert not left, "left behind:\n" + "\n".join(left)
     assert driver.info["temp_dir"] is None or not os.path.exists(driver.info["temp_dir"])
+    assert not _stale_port_claims()
 
 
 def _start(mode: str, drivers: list[Driver]) -> Driver:
