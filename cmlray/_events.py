@@ -26,6 +26,9 @@ NODE_DEATH_WAIT_S = 30.0
 
 def describe_actor_death(exc: BaseException) -> str:
     """Why a worker's actor died, in words (node lost, out of memory, ...)."""
+    cause = getattr(exc, "cause", None)  # RayTaskError: the actor's own code raised
+    if isinstance(cause, BaseException) and "RayTaskError" in type(exc).__name__:
+        return f"could not run its program: {type(cause).__name__}: {cause}"[:400]
     text = " ".join(str(exc).split())
     lowered = text.lower()
     if "outofmemory" in type(exc).__name__.lower() or "out of memory" in lowered:

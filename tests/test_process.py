@@ -178,3 +178,18 @@ def test_guard_cleans_up_when_its_actor_dies() -> None:
     procs = [psutil.Process(p) for p in tree if psutil.pid_exists(p)]
     _, alive = psutil.wait_procs(procs, 10)
     assert not alive, alive
+
+
+def test_a_crash_inside_the_actor_is_described_as_such() -> None:
+    from cmlray._events import describe_actor_death
+
+    class RayTaskError(Exception):  # the shape of Ray's wrapper: the actor's error as .cause
+        cause = OSError("could not reserve a free TCP port")
+
+    assert describe_actor_death(RayTaskError("...")) == (
+        "could not run its program: OSError: could not reserve a free TCP port"
+    )
+    assert (
+        describe_actor_death(RuntimeError("The actor died because its node has died."))
+        == "node lost"
+    )
