@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sqlite3
 import statistics
 import subprocess
@@ -43,17 +41,15 @@ import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any
 
+from _common import BENCHMARKS, REPO, RESULTS_DIR, Json, machine, write_json
 from rich.console import Console
 from rich.table import Table
 
-REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 CRAWL = EXAMPLES / "crawler" / "crawl.py"
-SCRAPY = REPO / "benchmarks" / "crawler_scrapy.py"
-RESULTS_PATH = REPO / "benchmarks" / "results" / "crawler.json"
-Json = dict[str, Any]
+SCRAPY = BENCHMARKS / "crawler_scrapy.py"
+RESULTS_PATH = RESULTS_DIR / "crawler.json"
 
 
 @contextmanager
@@ -218,17 +214,16 @@ def main() -> int:
     summary = summarise(rounds)
     verdict = goals(summary, args.concurrency)
     Console(width=max(120, Console().width)).print(table(summary, verdict, identical))
-    RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "plan": vars(args),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine(),
         "wall_s": round(time.perf_counter() - started, 1),
         "stored_url_sets_identical": identical,
         "stored_pages": len(sets[0]),
         "runs": summary,
         "goals": verdict,
     }
-    RESULTS_PATH.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(RESULTS_PATH, report)
     return 0 if identical else 1
 
 

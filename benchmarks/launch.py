@@ -51,27 +51,25 @@ children per side (default 3, each 2 timed launches; 2 start-only children
 per side); ``--quick`` for a CI smoke run (1 of each, 1 timed launch).
 """
 
+# ruff: noqa: E402  (imports after the sys.path fix)
 from __future__ import annotations
 
+# Run as a script, this directory heads sys.path, and its queue.py would
+# shadow the standard library's queue, which Ray imports: _common (which
+# imports no queue) first, then it takes the directory off sys.path.
+import _common as common
+from _common import SIDES, Json
+
+common.leave_sys_path()
+
 import argparse
-import contextlib
 import functools
-import io
-import json
-import logging
-import os
-import secrets
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 NUM_CPUS = 2
@@ -83,17 +81,8 @@ SLEEP_CODE = "import time; time.sleep(1)"
 AWAIT_GOAL_S = 0.100
 RATIO_GOAL = 1.1
 AWAIT_SAMPLES = 10
-
-RESULT_PREFIX = "BENCH_RESULT "
-RUN_MARK = "CMLRAY_BENCH_RUN"
-CHILD_TIMEOUT_S = 240.0
 IDLE_TIMEOUT_S = 30.0
-LEAK_WAIT_S = 15.0
-SETTLE_S = 10.0
-REPO = Path(__file__).resolve().parent.parent
-RESULTS_PATH = REPO / "benchmarks" / "results" / "launch.json"
-
-Json = dict[str, Any]
+RESULTS_PATH = common.RESULTS_DIR / "launch.json"
 
 
 # --------------------------------------------------------------------------
@@ -101,88 +90,29 @@ Json = dict[str, Any]
 # --------------------------------------------------------------------------
 
 
-def _emit(result: Json) -> None:
-    """The child's answer to the parent: one marked JSON line on stdout."""
-    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
-    sys.stdout.flush()
-
-
-@contextlib.contextmanager
-def _timer(into: Json, key: str) -> Iterator[None]:
-    start = time.perf_counter()
-    yield
-    into[key] = time.perf_counter() - start
-
-
-def _enable_token_auth() -> str:
-    """Token auth as cmlray sets it up: a 0600 file with a random hex token.
-
-    Returns the private temp dir holding it (also used as Ray's temp dir).
-    """
-    temp_dir = tempfile.mkdtemp(prefix="bench-ray-")
-    path = os.path.join(temp_dir, "auth_token")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))
-    os.environ.pop("RAY_AUTH_TOKEN", None)
-    os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ["RAY_AUTH_TOKEN_PATH"] = path
-    return temp_dir
-
-
-def _ray_init(temp_dir: str) -> None:
-    import ray
-
-    ray.init(
-        address="local",
-        num_cpus=NUM_CPUS,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-        _temp_dir=temp_dir,
-    )
-
-
-def _quiet_console() -> Any:
-    """A Rich console that keeps workers' lines off stdout (still formatted)."""
-    from rich.console import Console
-
-    return Console(file=io.StringIO(), force_terminal=False, width=120)
-
-
 def _open_cmlray(timings: Json, quiet: bool = False) -> None:
     """Import cmlray (and Ray, which it imports lazily) and start a session, timed.
 
     ``quiet``: workers' lines go to a console in memory instead of stdout.
     """
-    with _timer(timings, "import_cmlray_s"):
+    with common.timer(timings, "import_cmlray_s"):
         import cmlray
-    with _timer(timings, "import_ray_s"):
+    with common.timer(timings, "import_ray_s"):
         import ray  # noqa: F401  (cmlray.init would import it: keep it out of init_s)
     timings["import_s"] = timings["import_cmlray_s"] + timings["import_ray_s"]
-    console = _quiet_console() if quiet else None
-    with _timer(timings, "init_s"):
+    console = common.quiet_console() if quiet else None
+    with common.timer(timings, "init_s"):
         cmlray.init(num_cpus=NUM_CPUS, console=console)
 
 
 def _open_ray(timings: Json) -> str:
     """Turn token auth on, import Ray and start a head, timed; returns its temp dir."""
-    temp_dir = _enable_token_auth()  # before Ray is imported: it caches its config
-    with _timer(timings, "import_s"):
+    temp_dir = common.enable_token_auth()  # before Ray is imported: it caches its config
+    with common.timer(timings, "import_s"):
         import ray  # noqa: F401
-    with _timer(timings, "init_s"):
-        _ray_init(temp_dir)
+    with common.timer(timings, "init_s"):
+        common.ray_init(temp_dir, NUM_CPUS)
     return temp_dir
-
-
-def _close_ray(timings: Json, key: str, temp_dir: str) -> None:
-    import ray
-
-    try:
-        with _timer(timings, key):
-            ray.shutdown()
-    finally:
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def child_start_cmlray() -> Json:
@@ -190,14 +120,14 @@ def child_start_cmlray() -> Json:
     _open_cmlray(result)
     import cmlray  # already imported (and timed) by _open_cmlray
 
-    with _timer(result, "shutdown_s"):
+    with common.timer(result, "shutdown_s"):
         cmlray.shutdown()
     return result
 
 
 def child_start_ray() -> Json:
     result: Json = {}
-    _close_ray(result, "shutdown_s", _open_ray(result))
+    common.ray_shutdown(result, "shutdown_s", _open_ray(result))
     return result
 
 
@@ -210,10 +140,6 @@ def _wait_idle() -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"CPUs still busy after {IDLE_TIMEOUT_S:g} s")
         time.sleep(0.02)
-
-
-def _iso_to_unix(stamp: str) -> float:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def _phases(t0: float, t_end: float, started: list[float], ended: list[float]) -> Json:
@@ -241,8 +167,8 @@ def _cmlray_launch_round() -> Json:
         raise RuntimeError(f"cmlray workers failed: {outcome['failures']}")
     if any(w["tail"] != ["hello"] for w in done):
         raise RuntimeError(f"unexpected worker output: {[w['tail'] for w in done]}")
-    started = [_iso_to_unix(w["running_at"]) for w in done]
-    ended = [_iso_to_unix(w["finished_at"]) for w in done]
+    started = [common.iso_to_unix(w["running_at"]) for w in done]
+    ended = [common.iso_to_unix(w["finished_at"]) for w in done]
     phases = _phases(t0_wall, t_end_wall, started, ended)
     phases["launch_call_s"] = t_launched - t0
     return {"elapsed_s": elapsed, "phases": phases}
@@ -257,7 +183,7 @@ def _await_sample() -> float:
     returned = time.time()
     if outcome["failures"]:
         raise RuntimeError(f"await sample failed: {outcome['failures']}")
-    return returned - _iso_to_unix(outcome["workers"][0]["finished_at"])
+    return returned - common.iso_to_unix(outcome["workers"][0]["finished_at"])
 
 
 def _timed_rounds(one_round: Callable[[], Json], timed: int) -> list[Json]:
@@ -282,7 +208,7 @@ def child_launch_cmlray(timed: int, await_samples: int) -> Json:
             _wait_idle()
             result["await_gaps_s"].append(_await_sample())
     finally:
-        with _timer(result, "shutdown_after_use_s"):
+        with common.timer(result, "shutdown_after_use_s"):
             cmlray.shutdown()
     return result
 
@@ -334,27 +260,13 @@ def child_launch_ray(timed: int) -> Json:
     try:
         result["rounds"] = _timed_rounds(_ray_launch_round, timed)
     finally:
-        _close_ray(result, "shutdown_after_use_s", temp_dir)
+        common.ray_shutdown(result, "shutdown_after_use_s", temp_dir)
     return result
 
 
-def run_child(args: argparse.Namespace) -> int:
-    """Entry point of a child process (``--child MODE``)."""
-    modes: dict[str, Callable[[], Json]] = {
-        "start-cmlray": child_start_cmlray,
-        "start-ray": child_start_ray,
-        "launch-cmlray": lambda: child_launch_cmlray(args.timed, args.await_samples),
-        "launch-ray": lambda: child_launch_ray(args.timed),
-    }
-    _emit(modes[args.child]())
-    return 0
-
-
 # --------------------------------------------------------------------------
-# Parent: schedules children, alternating sides, and reports.
+# Parent: the plan, the children (sides alternating), the summary and its table.
 # --------------------------------------------------------------------------
-
-SIDES = ("cmlray", "ray")
 
 
 @dataclass(frozen=True)
@@ -382,38 +294,9 @@ def make_plan(rounds: int | None, quick: bool) -> Plan:
     )
 
 
-def spawn_child(mode: str, *extra: str) -> Json:
-    """Run ``--child mode`` in a fresh interpreter; its parsed JSON result.
-
-    Afterwards, waits (up to ``SETTLE_S``) until no process of the run is left,
-    so the next child starts on a quiet machine; the wait is recorded as
-    ``settle_s`` (how long the child's processes outlived it).
-    """
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", mode, *extra]
-    try:
-        proc = subprocess.run(
-            command, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, cwd=REPO, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise RuntimeError(f"child {mode} timed out after {CHILD_TIMEOUT_S:g} s") from exc
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join(proc.stderr.splitlines()[-30:])
-        raise RuntimeError(f"child {mode} failed (exit {proc.returncode}):\n{tail}")
-    result: Json = json.loads(lines[-1][len(RESULT_PREFIX) :])
-    settled = time.perf_counter()
-    result["lingering"] = wait_gone(os.environ[RUN_MARK], SETTLE_S)
-    result["settle_s"] = time.perf_counter() - settled
-    return result
-
-
-def alternating(index: int) -> tuple[str, str]:
-    """Which side goes first in round ``index``: they take turns."""
-    return SIDES if index % 2 == 0 else SIDES[::-1]
-
-
-def progress(message: str) -> None:
-    print(f"  {message}", file=sys.stderr, flush=True)
+def _spawn(mode: str, *extra: str) -> Json:
+    """Run ``--child mode``; its result, with the wait for its processes as ``settle_s``."""
+    return common.spawn_child(__file__, mode, *extra, record_settle=True)
 
 
 def _brief(result: Json) -> str:
@@ -432,17 +315,17 @@ def measure(plan: Plan, results: dict[str, dict[str, list[Json]]]) -> None:
     """Run every child, sides alternating; fills ``results`` as they finish."""
     launch_args = ["--timed", str(plan.launches_per_child)]
     for index in range(plan.start_trials):
-        for side in alternating(index):
-            results["start"][side].append(spawn_child(f"start-{side}"))
+        for side in common.alternating(index, SIDES):
+            results["start"][side].append(_spawn(f"start-{side}"))
             brief = _brief(results["start"][side][-1])
-            progress(f"start trial {index + 1}/{plan.start_trials} {side}: {brief}")
+            common.progress(f"start trial {index + 1}/{plan.start_trials} {side}: {brief}")
     for index in range(plan.launch_rounds):
-        for side in alternating(index + plan.start_trials):
+        for side in common.alternating(index + plan.start_trials, SIDES):
             awaits = str(plan.awaits_of_child(index))
             extra = ["--await-samples", awaits] if side == "cmlray" else []
-            results["launch"][side].append(spawn_child(f"launch-{side}", *launch_args, *extra))
+            results["launch"][side].append(_spawn(f"launch-{side}", *launch_args, *extra))
             brief = _brief(results["launch"][side][-1])
-            progress(f"launch round {index + 1}/{plan.launch_rounds} {side}: {brief}")
+            common.progress(f"launch round {index + 1}/{plan.launch_rounds} {side}: {brief}")
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -451,8 +334,7 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 
 
 def _medians(rows: Sequence[Json], key: str) -> float | None:
-    values = [row[key] for row in rows if key in row]
-    return statistics.median(values) if values else None
+    return common.median_or_none([row[key] for row in rows if key in row])
 
 
 def summarize(results: dict[str, dict[str, list[Json]]]) -> Json:
@@ -520,16 +402,12 @@ def _paired(children: dict[str, list[Json]], value: Callable[[Json], float | Non
         a, b = value(cml), value(raw)
         if a is not None and b:
             ratios.append(a / b)
-    return statistics.median(ratios) if ratios else None
+    return common.median_or_none(ratios)
 
 
 def _ratio(pair: dict[str, float | None]) -> float | None:
     cml, raw = pair["cmlray"], pair["ray"]
     return cml / raw if cml is not None and raw else None
-
-
-def _verdict(ok: bool) -> str:
-    return "[green]ok[/]" if ok else "[bold red]MISSED[/]"
 
 
 _LABELS = {
@@ -556,7 +434,6 @@ def _seconds(value: float | None) -> str:
 
 
 def print_table(summary: Json) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     counts = summary["samples_per_side"]
@@ -571,7 +448,7 @@ def print_table(summary: Json) -> None:
         ratio = summary["ratios"][key]
         goal = ""
         if key in _GOALS and ratio is not None:
-            goal = f"<= {RATIO_GOAL} {_verdict(ratio <= RATIO_GOAL)}"
+            goal = f"<= {RATIO_GOAL} {common.verdict(ratio <= RATIO_GOAL)}"
         table.add_row(
             _LABELS.get(key, key),
             _seconds(pair["cmlray"]),
@@ -587,118 +464,28 @@ def print_table(summary: Json) -> None:
         "",
         "",
         "",
-        f"<= {AWAIT_GOAL_S * 1000:.0f} ms {_verdict(gaps['p50_s'] <= AWAIT_GOAL_S)}",
+        f"<= {AWAIT_GOAL_S * 1000:.0f} ms {common.verdict(gaps['p50_s'] <= AWAIT_GOAL_S)}",
     )
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=120)
-    console.print(table)
+    common.table_console(120).print(table)
 
 
-# --------------------------------------------------------------------------
-# Leftover processes: everything this run started carries RUN_MARK.
-# --------------------------------------------------------------------------
-
-
-def marked_processes(mark: str) -> list[Any]:
-    """Live processes (other than this one) whose environment carries the run's mark."""
-    import psutil
-
-    needle = f"{RUN_MARK}={mark}".encode()
-    found = []
-    for proc in psutil.process_iter():
-        if proc.pid == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{proc.pid}/environ", "rb") as f:
-                marked = needle in f.read().split(b"\0")
-            if marked and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except (OSError, psutil.Error):
-            continue
-    return found
-
-
-def _describe(proc: Any) -> str:
-    import psutil
-
-    try:
-        return f"{proc.pid} {' '.join(proc.cmdline())[:150] or proc.name()}"
-    except psutil.Error:
-        return f"{proc.pid} (gone)"
-
-
-def _survivors(mark: str, timeout_s: float) -> list[Any]:
-    deadline = time.monotonic() + timeout_s
-    while (left := marked_processes(mark)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return left
-
-
-def wait_gone(mark: str, timeout_s: float) -> list[str]:
-    """Wait until no process of this run is left; describes those still there."""
-    return [_describe(proc) for proc in _survivors(mark, timeout_s)]
-
-
-def check_leftovers(mark: str) -> list[str]:
-    """Wait for this run's processes to end; kill (by pid) and name any left."""
-    import psutil
-
-    left = _survivors(mark, LEAK_WAIT_S)
-    described = [_describe(proc) for proc in left]
-    for proc in left:  # psutil checks the pid still names the same process
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    return described
-
-
-def ray_named(described: Sequence[str]) -> list[str]:
-    """The leftovers that are Ray's own processes (raylet, gcs_server, ray::...)."""
-    return [d for d in described if any(n in d for n in ("raylet", "gcs_server", "ray::"))]
-
-
-# --------------------------------------------------------------------------
-
-
-def write_results(payload: Json) -> Path:
-    RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_PATH.write_text(json.dumps(payload, indent=2) + "\n")
-    return RESULTS_PATH
-
-
-def run_parent(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """The parent: every child, sides alternating, then the table and the JSON."""
     plan = make_plan(args.rounds, args.quick)
-    mark = uuid.uuid4().hex
-    os.environ[RUN_MARK] = mark  # inherited by every process this run starts
-    began = time.perf_counter()
     results = new_results()
-    failure: str | None = None
-    try:
-        measure(plan, results)
-    except RuntimeError as exc:
-        failure = str(exc)
-    except KeyboardInterrupt:
-        failure = "interrupted"
-    leftovers = check_leftovers(mark)
-    payload: Json = {
-        "plan": plan.__dict__,
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-        "wall_s": time.perf_counter() - began,
-        "children": results,
-        "leftovers": leftovers,
-        "ray_leftovers": ray_named(leftovers),
-        "failure": failure,
-    }
-    if failure is None:
-        payload["summary"] = summarize(results)
-        print_table(payload["summary"])
-    path = write_results(payload)
-    print(f"results: {path} (wall {payload['wall_s']:.0f} s, processes left: {len(leftovers)})")
-    if leftovers:
-        print("processes left behind (killed):\n  " + "\n  ".join(leftovers), file=sys.stderr)
-    if failure is not None:
-        print(f"benchmark failed: {failure}", file=sys.stderr)
-    return 1 if failure or leftovers else 0
+
+    def report() -> Json:
+        summary = summarize(results)
+        print_table(summary)
+        return summary
+
+    return common.run_parent(
+        lambda: measure(plan, results),
+        report,
+        plan=plan.__dict__,
+        children=results,
+        results_path=RESULTS_PATH,
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -710,15 +497,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--timed", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--await-samples", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.rounds is not None and args.rounds < 1:
-        parser.error("--rounds must be >= 1")
-    return args
+    return common.checked_args(parser, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_child(args) if args.child else run_parent(args)
+    modes: dict[str, Callable[[], Json]] = {  # what a child (--child MODE) runs
+        "start-cmlray": child_start_cmlray,
+        "start-ray": child_start_ray,
+        "launch-cmlray": lambda: child_launch_cmlray(args.timed, args.await_samples),
+        "launch-ray": lambda: child_launch_ray(args.timed),
+    }
+    return common.child_or_parent(args.child, modes, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -64,31 +64,24 @@ rounds; ``--quick``: 1 round of 5,000 items).
 # ruff: noqa: E402  (the sys.path fix below must run before anything imports queue)
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
 # This file is named queue.py: run as a script, its directory heads sys.path
 # and would shadow the standard library's ``queue`` (which Ray imports), in
-# this process and in Ray's workers (they inherit the driver's sys.path).
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+# this process and in Ray's workers (they inherit the driver's sys.path). So
+# first _common, from this directory (it imports no queue), which then takes
+# the directory off sys.path.
+import _common as common
+from _common import SIDES, Json
+
+common.leave_sys_path()
 
 import argparse
-import contextlib
-import io
 import json
-import logging
-import os
-import secrets
-import shutil
 import statistics
 import subprocess
-import tempfile
+import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from typing import Any
 
 NUM_CPUS = 2
@@ -102,17 +95,8 @@ RAW_GET_TIMEOUT_S = 0.1
 EMPTY_EXCHANGES = 100
 RATIO_GOAL = 40.0
 NAMESPACE = "cmlray-bench"
-
-RESULT_PREFIX = "BENCH_RESULT "
 STAMP_PREFIX = "BENCH_STAMP "
-RUN_MARK = "CMLRAY_BENCH_RUN"
-CHILD_TIMEOUT_S = 240.0
-SETTLE_S = 10.0
-LEAK_WAIT_S = 15.0
-REPO = HERE.parent
-RESULTS_PATH = HERE / "results" / "queue.json"
-
-Json = dict[str, Any]
+RESULTS_PATH = common.RESULTS_DIR / "queue.json"
 
 # --------------------------------------------------------------------------
 # Worker programs (Python source run by cmlray workers).
@@ -197,23 +181,6 @@ print({prefix!r} + json.dumps(dict(empty_exchange_s=_empty_s, first=_first, last
 # --------------------------------------------------------------------------
 
 
-def _emit(result: Json) -> None:
-    """The child's answer to the parent: one marked JSON line on stdout."""
-    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
-    sys.stdout.flush()
-
-
-@contextlib.contextmanager
-def _timer(into: Json, key: str) -> Iterator[None]:
-    start = time.perf_counter()
-    yield
-    into[key] = time.perf_counter() - start
-
-
-def _iso_to_unix(stamp: str) -> float:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-
-
 def _stamp(worker: Json) -> Json:
     """The JSON a benchmark program printed last (from the worker's tail)."""
     for line in reversed(worker["tail"]):
@@ -225,12 +192,10 @@ def _stamp(worker: Json) -> Json:
 
 def _open_cmlray(timings: Json) -> None:
     """Start a cmlray session whose workers' lines go to a console in memory."""
-    from rich.console import Console
-
     import cmlray
 
-    with _timer(timings, "init_s"):
-        cmlray.init(num_cpus=NUM_CPUS, console=Console(file=io.StringIO(), width=120))
+    with common.timer(timings, "init_s"):
+        cmlray.init(num_cpus=NUM_CPUS, console=common.quiet_console())
 
 
 def _check_results(values: Sequence[Any], oks: Sequence[bool], n: int) -> None:
@@ -261,7 +226,7 @@ def _await_all(workers: list[Json]) -> list[Json]:
 def _cmlray_fill(name: str, n: int, result: Json) -> Any:
     import cmlray
 
-    with _timer(result, "fill_s"):
+    with common.timer(result, "fill_s"):
         queue = cmlray.Queue(name)
         queue.put_many(range(n))
         queue.close()
@@ -285,7 +250,7 @@ def _cmlray_timed_run(n: int) -> Json:
     t_end, t_end_wall = time.perf_counter(), time.time()
     _check_results([r.result for r in outcomes], [r.ok for r in outcomes], n)
     done = _await_all(workers)
-    started = [_iso_to_unix(w["running_at"]) for w in done]
+    started = [common.iso_to_unix(w["running_at"]) for w in done]
     result.update(elapsed_s=t_end - t0, join_s=joined - t0, results_s=t_end - joined)
     result["phases"] = _phases(t0_wall, t_end_wall, started)
     return result
@@ -314,7 +279,7 @@ def _hot_summary(stamps: list[Json], started: list[float], t0: float, joined: fl
         "items_per_worker": [s["count"] for s in stamps],
         "exchanges": [s["exchanges"] for s in stamps],
         "batch_sizes": [got for _, got, _ in serving],
-        "exchange_median_s": _median([secs for _, _, secs in serving]),
+        "exchange_median_s": common.median_or_none([secs for _, _, secs in serving]),
         "exchange_share": sum(secs for _, _, secs in serving) / busy_s if busy_s else None,
     }
 
@@ -333,7 +298,7 @@ def _cmlray_hot_run(n: int) -> Json:
     outcomes = queue.results()
     _check_results([r.result for r in outcomes], [r.ok for r in outcomes], n)
     done = _await_all(workers)
-    started = [_iso_to_unix(w["running_at"]) for w in done]
+    started = [common.iso_to_unix(w["running_at"]) for w in done]
     result.update(_hot_summary([_stamp(w) for w in done], started, t0, joined))
     return result
 
@@ -349,22 +314,9 @@ def child_cmlray(n: int, samples: int, first: str) -> Json:
         result["hot"] = _cmlray_hot_run(n)
         result["programs"] = _program_samples(samples, first)
     finally:
-        with _timer(result, "shutdown_s"):
+        with common.timer(result, "shutdown_s"):
             cmlray.shutdown()
     return result
-
-
-def _enable_token_auth() -> str:
-    """Token auth as cmlray sets it up; returns the private temp dir (also Ray's)."""
-    temp_dir = tempfile.mkdtemp(prefix="bench-ray-")
-    path = os.path.join(temp_dir, "auth_token")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))
-    os.environ.pop("RAY_AUTH_TOKEN", None)
-    os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ["RAY_AUTH_TOKEN_PATH"] = path
-    return temp_dir
 
 
 def noop(item: Any) -> Any:
@@ -393,7 +345,7 @@ def _ray_run(n: int) -> Json:
     from ray.util.queue import Queue
 
     result: Json = {}
-    with _timer(result, "fill_s"):
+    with common.timer(result, "fill_s"):
         queue = Queue(actor_options={"num_cpus": 0})
         queue.put_nowait_batch(list(range(n)))
     worker_class = ray.remote(num_cpus=WORKER_CPU)(RawWorker)
@@ -411,24 +363,15 @@ def _ray_run(n: int) -> Json:
 
 def child_ray(n: int) -> Json:
     result: Json = {}
-    temp_dir = _enable_token_auth()  # before Ray is imported: it caches its config
-    import ray
+    temp_dir = common.enable_token_auth()  # before Ray is imported: it caches its config
+    import ray  # noqa: F401  (untimed: init_s times ray.init alone)
 
     try:
-        with _timer(result, "init_s"):
-            ray.init(
-                address="local",
-                num_cpus=NUM_CPUS,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-                _temp_dir=temp_dir,
-            )
+        with common.timer(result, "init_s"):
+            common.ray_init(temp_dir, NUM_CPUS)
         result["run"] = _ray_run(n)
     finally:
-        with _timer(result, "shutdown_s"):
-            ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        common.ray_shutdown(result, "shutdown_s", temp_dir)
     return result
 
 
@@ -466,7 +409,10 @@ def _program_sample(kind: str, index: int) -> Json:
     stamp = _stamp(worker)
     if stamp["item"] != index:
         raise RuntimeError(f"{kind} program got item {stamp['item']!r}, not {index}")
-    spawned, finished = _iso_to_unix(worker["running_at"]), _iso_to_unix(worker["finished_at"])
+    spawned, finished = (
+        common.iso_to_unix(worker["running_at"]),
+        common.iso_to_unix(worker["finished_at"]),
+    )
     return {
         "to_first_item_s": stamp["first"] - spawned,
         "interpreter_s": stamp["code"] - spawned,
@@ -487,21 +433,9 @@ def _program_samples(samples: int, first: str) -> Json:
     return result
 
 
-def run_child(args: argparse.Namespace) -> int:
-    """Entry point of a child process (``--child MODE``)."""
-    modes: dict[str, Callable[[], Json]] = {
-        "cmlray": lambda: child_cmlray(args.items, args.samples, args.first),
-        "ray": lambda: child_ray(args.items),
-    }
-    _emit(modes[args.child]())
-    return 0
-
-
 # --------------------------------------------------------------------------
 # Parent: schedules children, alternating sides, and reports.
 # --------------------------------------------------------------------------
-
-SIDES = ("cmlray", "ray")
 
 
 @dataclass(frozen=True)
@@ -521,37 +455,6 @@ def make_plan(rounds: int | None, quick: bool) -> Plan:
     )
 
 
-def progress(message: str) -> None:
-    print(f"  {message}", file=sys.stderr, flush=True)
-
-
-def spawn_child(mode: str, *extra: str) -> Json:
-    """Run ``--child mode`` in a fresh interpreter; its JSON result.
-
-    Afterwards waits (up to ``SETTLE_S``) until no process of the run is left,
-    so the next child starts on a quiet machine.
-    """
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", mode, *extra]
-    try:
-        proc = subprocess.run(
-            command, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, cwd=REPO, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise RuntimeError(f"child {mode} timed out after {CHILD_TIMEOUT_S:g} s") from exc
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join(proc.stderr.splitlines()[-30:])
-        raise RuntimeError(f"child {mode} failed (exit {proc.returncode}):\n{tail}")
-    result: Json = json.loads(lines[-1][len(RESULT_PREFIX) :])
-    result["lingering"] = [_describe(p) for p in _survivors(os.environ[RUN_MARK], SETTLE_S)]
-    return result
-
-
-def alternating(index: int, pair: tuple[str, str]) -> tuple[str, str]:
-    """Which of ``pair`` goes first in round ``index``: they take turns."""
-    return pair if index % 2 == 0 else (pair[1], pair[0])
-
-
 def _brief(result: Json) -> str:
     run = result.get("run", {})
     parts = [f"init {result['init_s']:.1f} s"]
@@ -566,23 +469,21 @@ def _brief(result: Json) -> str:
 def measure(plan: Plan, results: dict[str, list[Json]]) -> None:
     """Run every child, sides alternating; fills ``results`` as they finish."""
     for index in range(plan.rounds):
-        first_program = alternating(index, PROGRAM_KINDS)[0]
+        first_program = common.alternating(index, PROGRAM_KINDS)[0]
         extra = {
             "cmlray": ("--samples", str(plan.program_samples), "--first", first_program),
             "ray": (),
         }
-        for side in alternating(index, SIDES):
-            results[side].append(spawn_child(side, "--items", str(plan.items), *extra[side]))
-            progress(f"round {index + 1}/{plan.rounds} {side}: {_brief(results[side][-1])}")
-
-
-def _median(values: Sequence[float]) -> float | None:
-    return statistics.median(values) if values else None
+        for side in common.alternating(index, SIDES):
+            results[side].append(
+                common.spawn_child(__file__, side, "--items", str(plan.items), *extra[side])
+            )
+            common.progress(f"round {index + 1}/{plan.rounds} {side}: {_brief(results[side][-1])}")
 
 
 def _paired(cml: Sequence[float], raw: Sequence[float]) -> float | None:
     """Median over rounds of cmlray / raw, each round's two children side by side."""
-    return _median([a / b for a, b in zip(cml, raw, strict=False) if b])
+    return common.median_or_none([a / b for a, b in zip(cml, raw, strict=False) if b])
 
 
 def _throughput_rows(results: dict[str, list[Json]], n: int) -> list[Json]:
@@ -621,7 +522,7 @@ def _throughput_rows(results: dict[str, list[Json]], n: int) -> list[Json]:
 def _summarize_rows(rows: list[Json]) -> list[Json]:
     out = []
     for row in rows:
-        cml, raw = _median(row["cmlray"]), _median(row["ray"])
+        cml, raw = common.median_or_none(row["cmlray"]), common.median_or_none(row["ray"])
         ratio = cml / raw if cml is not None and raw else None
         out.append(row | {"median_cmlray": cml, "median_ray": raw, "ratio": ratio,
                           "paired_ratio": _paired(row["cmlray"], row["ray"])})  # fmt: skip
@@ -632,10 +533,12 @@ def _hot_summary_of(results: dict[str, list[Json]]) -> Json:
     hots = [c["hot"] for c in results["cmlray"]]
     keys = ("empty_exchange_s", "exchange_median_s", "exchange_share", "to_first_running_s",
             "running_to_first_item_s", "first_to_last_item_s", "last_item_to_join_s")  # fmt: skip
-    summary: Json = {key: _median([h[key] for h in hots if h[key] is not None]) for key in keys}
-    summary["serving_exchanges"] = _median([len(h["batch_sizes"]) for h in hots])
+    summary: Json = {
+        key: common.median_or_none([h[key] for h in hots if h[key] is not None]) for key in keys
+    }
+    summary["serving_exchanges"] = common.median_or_none([len(h["batch_sizes"]) for h in hots])
     sizes = [size for h in hots for size in h["batch_sizes"]]
-    summary["batch_size_median"] = _median(sizes)
+    summary["batch_size_median"] = common.median_or_none(sizes)
     summary["batch_size_max"] = max(sizes, default=None)
     return summary
 
@@ -646,7 +549,7 @@ def _program_summary(results: dict[str, list[Json]]) -> Json:
             "first_item_to_exit_s", "peak_rss_mb")  # fmt: skip
     summary: Json = {"samples_per_kind": len(samples["worker"])}
     for key in keys:
-        medians = {k: _median([s[key] for s in samples[k]]) for k in PROGRAM_KINDS}
+        medians = {k: common.median_or_none([s[key] for s in samples[k]]) for k in PROGRAM_KINDS}
         worker, driver = medians["worker"], medians["ray-driver"]
         diff = driver - worker if worker is not None and driver is not None else None
         summary[key] = medians | {"difference": diff}
@@ -696,7 +599,7 @@ def _throughput_table(summary: Json, rounds: int) -> Any:
         goal = ""
         if row["key"] == "items_per_s" and row["ratio"] is not None:
             met = row["ratio"] >= RATIO_GOAL
-            goal = f">= {RATIO_GOAL:g}x " + ("[green]ok[/]" if met else "[bold red]MISSED[/]")
+            goal = f">= {RATIO_GOAL:g}x " + common.verdict(met)
         table.add_row(row["label"], _fmt(row["median_cmlray"], unit),
                       _fmt(row["median_ray"], unit), _ratio_text(row["ratio"]),
                       _ratio_text(row["paired_ratio"]), goal)  # fmt: skip
@@ -758,71 +661,10 @@ def _program_table(summary: Json) -> Any:
 
 
 def print_tables(summary: Json, rounds: int) -> None:
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=130)
+    console = common.table_console(130)
     console.print(_throughput_table(summary, rounds))
     console.print(_diagnostic_table(summary))
     console.print(_program_table(summary))
-
-
-# --------------------------------------------------------------------------
-# Leftover processes: everything this run started carries RUN_MARK.
-# --------------------------------------------------------------------------
-
-
-def marked_processes(mark: str) -> list[Any]:
-    """Live processes (other than this one) whose environment carries the run's mark."""
-    import psutil
-
-    needle = f"{RUN_MARK}={mark}".encode()
-    found = []
-    for proc in psutil.process_iter():
-        if proc.pid == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{proc.pid}/environ", "rb") as f:
-                marked = needle in f.read().split(b"\0")
-            if marked and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except (OSError, psutil.Error):
-            continue
-    return found
-
-
-def _describe(proc: Any) -> str:
-    import psutil
-
-    try:
-        return f"{proc.pid} {' '.join(proc.cmdline())[:150] or proc.name()}"
-    except psutil.Error:
-        return f"{proc.pid} (gone)"
-
-
-def _survivors(mark: str, timeout_s: float) -> list[Any]:
-    deadline = time.monotonic() + timeout_s
-    while (left := marked_processes(mark)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return left
-
-
-def check_leftovers(mark: str) -> list[str]:
-    """Wait for this run's processes to end; kill (by pid) and name any left."""
-    import psutil
-
-    left = _survivors(mark, LEAK_WAIT_S)
-    described = [_describe(proc) for proc in left]
-    for proc in left:  # psutil checks the pid still names the same process
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    return described
-
-
-def ray_named(described: Sequence[str]) -> list[str]:
-    """The leftovers that are Ray's own processes (raylet, gcs_server, ray::...)."""
-    return [d for d in described if any(n in d for n in ("raylet", "gcs_server", "ray::"))]
 
 
 # --------------------------------------------------------------------------
@@ -832,7 +674,9 @@ def code_state() -> Json:
     """Which cmlray was measured: the commit and the files changed since (shared tree)."""
 
     def git(*args: str) -> str:
-        run = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+        run = subprocess.run(
+            ["git", *args], cwd=common.REPO, capture_output=True, text=True, check=False
+        )
         return run.stdout.strip()
 
     return {
@@ -841,47 +685,25 @@ def code_state() -> Json:
     }
 
 
-def write_results(payload: Json) -> Path:
-    RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_PATH.write_text(json.dumps(payload, indent=2) + "\n")
-    return RESULTS_PATH
-
-
-def run_parent(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """The parent: every child, sides alternating, then the tables and the JSON."""
     plan = make_plan(args.rounds, args.quick)
-    mark = uuid.uuid4().hex
-    os.environ[RUN_MARK] = mark  # inherited by every process this run starts
     code = code_state()  # before: others may edit the shared tree meanwhile
-    began = time.perf_counter()
     results: dict[str, list[Json]] = {"cmlray": [], "ray": []}
-    failure: str | None = None
-    try:
-        measure(plan, results)
-    except RuntimeError as exc:
-        failure = str(exc)
-    except KeyboardInterrupt:
-        failure = "interrupted"
-    leftovers = check_leftovers(mark)
-    payload: Json = {
-        "plan": asdict(plan),
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-        "code": code,
-        "wall_s": time.perf_counter() - began,
-        "children": results,
-        "leftovers": leftovers,
-        "ray_leftovers": ray_named(leftovers),
-        "failure": failure,
-    }
-    if failure is None:
-        payload["summary"] = summarize(results, plan.items)
-        print_tables(payload["summary"], plan.rounds)
-    path = write_results(payload)
-    print(f"results: {path} (wall {payload['wall_s']:.0f} s, processes left: {len(leftovers)})")
-    if leftovers:
-        print("processes left behind (killed):\n  " + "\n  ".join(leftovers), file=sys.stderr)
-    if failure is not None:
-        print(f"benchmark failed: {failure}", file=sys.stderr)
-    return 1 if failure or leftovers else 0
+
+    def report() -> Json:
+        summary = summarize(results, plan.items)
+        print_tables(summary, plan.rounds)
+        return summary
+
+    return common.run_parent(
+        lambda: measure(plan, results),
+        report,
+        plan=asdict(plan),
+        children=results,
+        results_path=RESULTS_PATH,
+        extra={"code": code},
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -892,15 +714,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--items", type=int, default=ITEMS, help=argparse.SUPPRESS)
     parser.add_argument("--samples", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--first", choices=PROGRAM_KINDS, default="worker", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.rounds is not None and args.rounds < 1:
-        parser.error("--rounds must be >= 1")
-    return args
+    return common.checked_args(parser, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_child(args) if args.child else run_parent(args)
+    modes: dict[str, Callable[[], Json]] = {  # what a child (--child MODE) runs
+        "cmlray": lambda: child_cmlray(args.items, args.samples, args.first),
+        "ray": lambda: child_ray(args.items),
+    }
+    return common.child_or_parent(args.child, modes, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,372 @@
+"""Helpers shared by the benchmark scripts (launch.py, queue.py, crawler.py).
+
+The cmlray-against-raw-Ray benchmarks (launch.py, queue.py) share one shape: a
+parent process marks its run (``RUN_MARK`` in the environment, inherited by
+every process it starts), runs each Ray session in a fresh child process of
+the same script (``--child MODE``) that prints one marked JSON line, waits
+after each child until none of the run's processes is left, kills (by pid,
+never ``ray stop``) and reports any left at the end, and writes everything to
+a JSON file under ``benchmarks/results/``. This module holds those pieces,
+the raw-Ray session set up as cmlray sets up its own (token auth), and a few
+small reporting helpers.
+
+Imports: only the standard library at module level, and only modules the
+scripts imported themselves before this module existed: the launch children
+time ``import cmlray`` in a fresh interpreter, so importing this module must
+not import early anything cmlray or Ray would import (psutil, Rich, Ray are
+imported inside the functions that use them). None of them may import
+``queue`` either: the scripts import this module first, while this folder,
+with its queue.py, still heads sys.path (see ``leave_sys_path``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import psutil
+    from rich.console import Console
+
+Json = dict[str, Any]
+T = TypeVar("T")
+
+BENCHMARKS = Path(__file__).resolve().parent
+REPO = BENCHMARKS.parent
+RESULTS_DIR = BENCHMARKS / "results"
+
+SIDES = ("cmlray", "ray")
+RESULT_PREFIX = "BENCH_RESULT "
+RUN_MARK = "CMLRAY_BENCH_RUN"
+CHILD_TIMEOUT_S = 240.0
+SETTLE_S = 10.0
+LEAK_WAIT_S = 15.0
+
+
+def leave_sys_path() -> None:
+    """Take this folder off sys.path, before anything imports ``queue``.
+
+    Run as ``python benchmarks/NAME.py``, a script has this folder at the head
+    of sys.path, where benchmarks/queue.py shadows the standard library's
+    ``queue`` (Ray imports it): in the script's process, and in Ray's workers,
+    since ``ray.init`` hands them the driver's script directory, at the head of
+    their sys.path, when it is on the driver's. So a script imports this module
+    first (its own imports import no ``queue``) and calls this right away.
+    """
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCHMARKS]
+    shadow = getattr(sys.modules.get("queue"), "__file__", None)
+    if shadow and Path(shadow).resolve().parent == BENCHMARKS:
+        raise ImportError(f"{shadow} was imported as the standard library's queue")
+
+
+# --------------------------------------------------------------------------
+# Children: a fresh interpreter per Ray session, answering with one JSON line.
+# --------------------------------------------------------------------------
+
+
+def emit(result: Json) -> None:
+    """The child's answer to the parent: one marked JSON line on stdout."""
+    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def timer(into: Json, key: str) -> Iterator[None]:
+    """Time the block (``time.perf_counter``) into ``into[key]``, in seconds."""
+    start = time.perf_counter()
+    yield
+    into[key] = time.perf_counter() - start
+
+
+def iso_to_unix(stamp: str) -> float:
+    """Unix time of an ISO-8601 stamp such as a worker dict's ``running_at`` (``...Z``)."""
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def quiet_console() -> Console:
+    """A Rich console that keeps workers' lines off stdout (still formatted)."""
+    from rich.console import Console
+
+    return Console(file=io.StringIO(), force_terminal=False, width=120)
+
+
+def enable_token_auth() -> str:
+    """Token auth for raw Ray as cmlray sets it up: a 0600 file with a random hex token.
+
+    Call it before Ray is imported (Ray caches its config). Returns the
+    private temp dir holding the token, to be Ray's ``_temp_dir`` too.
+    """
+    temp_dir = tempfile.mkdtemp(prefix="bench-ray-")
+    path = os.path.join(temp_dir, "auth_token")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = path
+    return temp_dir
+
+
+def ray_init(temp_dir: str, num_cpus: int) -> None:
+    """Start a raw Ray head with cmlray's own ``ray.init`` arguments."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        _temp_dir=temp_dir,
+    )
+
+
+def ray_shutdown(timings: Json, key: str, temp_dir: str) -> None:
+    """``ray.shutdown()``, timed into ``timings[key]``; then remove ``temp_dir``."""
+    import ray
+
+    try:
+        with timer(timings, key):
+            ray.shutdown()
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------
+# Processes of the run: everything the parent starts carries RUN_MARK.
+# --------------------------------------------------------------------------
+
+
+def mark_run() -> str:
+    """Give this run a fresh mark, inherited by every process it starts; returns it."""
+    mark = uuid.uuid4().hex
+    os.environ[RUN_MARK] = mark
+    return mark
+
+
+def marked_processes(mark: str) -> list[psutil.Process]:
+    """Live processes (other than this one) whose environment carries the run's mark."""
+    import psutil
+
+    needle = f"{RUN_MARK}={mark}".encode()
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{proc.pid}/environ", "rb") as f:
+                marked = needle in f.read().split(b"\0")
+            if marked and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (OSError, psutil.Error):
+            continue
+    return found
+
+
+def describe(proc: psutil.Process) -> str:
+    """``pid command line`` (cut to 150 characters) of a process, for reports."""
+    import psutil
+
+    try:
+        return f"{proc.pid} {' '.join(proc.cmdline())[:150] or proc.name()}"
+    except psutil.Error:
+        return f"{proc.pid} (gone)"
+
+
+def survivors(mark: str, timeout_s: float) -> list[psutil.Process]:
+    """Wait up to ``timeout_s`` for the run's processes to end; those still alive."""
+    deadline = time.monotonic() + timeout_s
+    while (left := marked_processes(mark)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def wait_gone(mark: str, timeout_s: float) -> list[str]:
+    """Wait until no process of this run is left; describes those still there."""
+    return [describe(proc) for proc in survivors(mark, timeout_s)]
+
+
+def check_leftovers(mark: str, timeout_s: float = LEAK_WAIT_S) -> list[str]:
+    """Wait for this run's processes to end; kill (by pid) and name any left."""
+    import psutil
+
+    left = survivors(mark, timeout_s)
+    described = [describe(proc) for proc in left]
+    for proc in left:  # psutil checks the pid still names the same process
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    return described
+
+
+def ray_named(described: Sequence[str]) -> list[str]:
+    """The leftovers that are Ray's own processes (raylet, gcs_server, ray::...)."""
+    return [d for d in described if any(n in d for n in ("raylet", "gcs_server", "ray::"))]
+
+
+# --------------------------------------------------------------------------
+# Parent: children, the run as a whole, results.
+# --------------------------------------------------------------------------
+
+
+def spawn_child(script: str | Path, mode: str, *extra: str, record_settle: bool = False) -> Json:
+    """Run ``script --child mode *extra`` in a fresh interpreter; its parsed JSON result.
+
+    The child runs from the repository root and must print its result with
+    ``emit``; a non-zero exit, no result line or more than ``CHILD_TIMEOUT_S``
+    raise RuntimeError. Afterwards waits (up to ``SETTLE_S``) until no process
+    of the run is left, so the next child starts on a quiet machine: those
+    still there are the result's ``lingering``; ``record_settle`` also records
+    the wait as ``settle_s`` (how long the child's processes outlived it).
+    """
+    command = [sys.executable, str(Path(script).resolve()), "--child", mode, *extra]
+    try:
+        proc = subprocess.run(
+            command, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, cwd=REPO, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"child {mode} timed out after {CHILD_TIMEOUT_S:g} s") from exc
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(proc.stderr.splitlines()[-30:])
+        raise RuntimeError(f"child {mode} failed (exit {proc.returncode}):\n{tail}")
+    result: Json = json.loads(lines[-1][len(RESULT_PREFIX) :])
+    settled = time.perf_counter()
+    result["lingering"] = wait_gone(os.environ[RUN_MARK], SETTLE_S)
+    if record_settle:
+        result["settle_s"] = time.perf_counter() - settled
+    return result
+
+
+def alternating(index: int, pair: tuple[T, T]) -> tuple[T, T]:
+    """Which of ``pair`` goes first in round ``index``: they take turns."""
+    return pair if index % 2 == 0 else (pair[1], pair[0])
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr (stdout is for the tables)."""
+    print(f"  {message}", file=sys.stderr, flush=True)
+
+
+def machine() -> Json:
+    """What the run ran on: CPU count and Python version."""
+    return {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+
+
+def write_json(path: Path, payload: Json) -> Path:
+    """Write ``payload`` to ``path`` as indented JSON (creating its folder); returns ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def run_parent(
+    measure: Callable[[], None],
+    report: Callable[[], Json],
+    *,
+    plan: Json,
+    children: object,
+    results_path: Path,
+    extra: Json | None = None,
+) -> int:
+    """A parent's whole run: mark it, measure, clean up, report, write the JSON.
+
+    ``measure`` runs every child, filling ``children`` as they finish; a
+    RuntimeError from it (or Ctrl-C) becomes the run's ``failure``. Then every
+    process of the run must end: any left is killed by pid and named. Without
+    a failure, ``report`` summarises and prints the tables and returns the
+    summary (the payload's ``summary``). The payload (``plan``, ``machine``,
+    the ``extra`` fields, ``wall_s``, ``children``, ``leftovers``,
+    ``ray_leftovers``, ``failure``) goes to ``results_path``. Returns the exit
+    code: 1 on a failure or leftovers, else 0.
+    """
+    mark = mark_run()
+    began = time.perf_counter()
+    failure: str | None = None
+    try:
+        measure()
+    except RuntimeError as exc:
+        failure = str(exc)
+    except KeyboardInterrupt:
+        failure = "interrupted"
+    leftovers = check_leftovers(mark)
+    payload: Json = {
+        "plan": plan,
+        "machine": machine(),
+        **(extra or {}),
+        "wall_s": time.perf_counter() - began,
+        "children": children,
+        "leftovers": leftovers,
+        "ray_leftovers": ray_named(leftovers),
+        "failure": failure,
+    }
+    if failure is None:
+        payload["summary"] = report()
+    path = write_json(results_path, payload)
+    print(f"results: {path} (wall {payload['wall_s']:.0f} s, processes left: {len(leftovers)})")
+    if leftovers:
+        print("processes left behind (killed):\n  " + "\n  ".join(leftovers), file=sys.stderr)
+    if failure is not None:
+        print(f"benchmark failed: {failure}", file=sys.stderr)
+    return 1 if failure or leftovers else 0
+
+
+def child_or_parent(
+    child: str | None, modes: Mapping[str, Callable[[], Json]], parent: Callable[[], int]
+) -> int:
+    """A script's entry: with ``--child MODE`` run that mode and emit its result; else ``parent``.
+
+    Returns the exit code (0 for a child: a failing child raises).
+    """
+    if not child:
+        return parent()
+    emit(modes[child]())
+    return 0
+
+
+def checked_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args(argv)``; ``--rounds``, when given, must be >= 1."""
+    args = parser.parse_args(argv)
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    return args
+
+
+# --------------------------------------------------------------------------
+# Reporting.
+# --------------------------------------------------------------------------
+
+
+def median_or_none(values: Sequence[float]) -> float | None:
+    """The median, or None when there is no value."""
+    return statistics.median(values) if values else None
+
+
+def verdict(ok: bool) -> str:
+    """A goal's verdict in Rich markup: a green ok or a red MISSED."""
+    return "[green]ok[/]" if ok else "[bold red]MISSED[/]"
+
+
+def table_console(width: int) -> Console:
+    """The console for the tables: stdout; ``width`` columns when stdout is no terminal."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=width)
+    return console
