@@ -99,7 +99,7 @@ def test_killed_attached_session_ends_only_its_workers(cluster: tuple[str, Path]
     address, temp = cluster
     driver = Driver("wait", address)
     try:
-        commands = driver.commands()
+        commands = driver.wait_for_trees()
         assert sum(c.startswith("sleep 30") for c in commands) == 8, commands
         assert not any("raylet" in c for c in commands)  # attached: no head of its own
         assert driver.info["temp_dir"] is None

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,6 +65,21 @@ class Driver:
                 continue
         return names
 
+    def wait_for_trees(self, timeout_s: float = 30) -> list[str]:
+        """The commands of this session's processes, once both workers' trees are up.
+
+        Each tree has 4 ``sleep 30x`` and a ``time.sleep(302)`` Python child;
+        the last of them start a moment after the driver says it is ready.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            commands = self.commands()
+            sleeps = sum(c.startswith("sleep 30") for c in commands)
+            pythons = sum("time.sleep(302)" in c for c in commands)
+            if (sleeps, pythons) == (8, 2) or time.monotonic() > deadline:
+                return commands
+            time.sleep(0.1)
+
     def finish(self, timeout_s: float = 60) -> tuple[int, str]:
         _, err = self.proc.communicate("go\n", timeout=timeout_s)
         return self.proc.returncode, err
@@ -100,7 +116,7 @@ def _assert_nothing_left(driver: Driver) -> None:
 def _start(mode: str, drivers: list[Driver]) -> Driver:
     driver = Driver(mode)
     drivers.append(driver)
-    commands = driver.commands()
+    commands = driver.wait_for_trees()
     assert sum(c.startswith("sleep 30") for c in commands) == 8, commands  # 4 a worker
     assert sum("time.sleep(302)" in c for c in commands) == 2, commands
     assert any("raylet" in c for c in commands)
