@@ -28,11 +28,20 @@ printed twice). Progress states are printed as ordinary lines rather than
 redrawn in place: several workers and the user's own prints share the
 console, and redrawing would need to take the console over (a Rich ``Live``
 display), which clashes with the user's own live displays.
+
+Jupyter: Rich shows output there as display data, which ipykernel (7 and
+later) files under the cell whose context the ``print`` runs in; a thread of
+its own falls back to the cell running at that moment. The event pump
+handles each worker's batches in the context of the ``launch_workers`` call,
+so lines land in the cell that launched the worker. The progress timer runs
+on a thread of its own, so a held-back progress state is shown in the
+context its batch came with (kept per worker stream), not the timer's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import re
 import threading
@@ -202,6 +211,7 @@ class Relay:
         self._thinner = ProgressThinner(progress_interval_s, clock)
         self._schedule = schedule
         self._timer_armed = False
+        self._contexts: dict[Key, contextvars.Context] = {}
 
     @property
     def console(self) -> Console:
@@ -232,6 +242,8 @@ class Relay:
             shown = self._thinner.admit((name, stream), lines)
             if shown:
                 self._show(name, stream, shown)
+            if lines and is_progress(lines[-1]):  # it may be held back: keep where it belongs
+                self._contexts[(name, stream)] = contextvars.copy_context()
             self._arm_timer()
 
     def notice(self, message: str) -> None:
@@ -256,9 +268,20 @@ class Relay:
     def _on_timer(self) -> None:
         with self._lock:
             self._timer_armed = False
-            for (name, stream), text in self._thinner.release_due():
-                self._show(name, stream, [text])
+            for key, text in self._thinner.release_due():
+                self._show_in_context(key, text)
             self._arm_timer()
+
+    def _show_in_context(self, key: Key, text: str) -> None:
+        """Show a held-back progress state in the context its batch came in.
+
+        In Jupyter that context names the cell the worker was launched from.
+        """
+        context = self._contexts.get(key)
+        if context is None:
+            self._show(*key, [text])
+        else:
+            context.copy().run(self._show, *key, [text])
 
     def _show(self, name: str, stream: str, lines: Sequence[str]) -> None:
         console = self.console
