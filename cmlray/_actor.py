@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,12 +170,17 @@ class WorkerActor:
         with self._lock:
             if self._stop is not None:  # stop() came before the spec: resend it after
                 ctl.sendall(json.dumps(self._stop).encode() + b"\n")
-        stream = _Stream(ctl, out_r, err_r)
-        for batch in stream.events():
-            kind, final = batch[-1]
-            if kind == "exited":
-                final.update(self.services.final_fields())
-            yield batch
+        events = _Stream(ctl, out_r, err_r).events()
+        try:
+            for batch in events:
+                kind, final = batch[-1]
+                if kind == "exited":
+                    final.update(self.services.final_fields())
+                yield batch
+        finally:
+            # At once, not when the garbage collector gets to it: closing the
+            # control socket is what tells the guard to end the program.
+            events.close()
 
 
 def _final(exit_code: int | None, status: str, reason: str) -> dict[str, Any]:
@@ -197,7 +202,7 @@ class _Stream:
         self.open = {"ctl", "out", "err"}
         self.started = False
 
-    def events(self) -> Iterator[list[Event]]:
+    def events(self) -> Generator[list[Event], None, None]:
         try:
             while self.open:
                 batch = self._collect()

@@ -23,7 +23,9 @@ from rich.console import Console
 import cmlray
 
 RUN_MARK = "CMLRAY_TEST_RUN"
-os.environ.setdefault(RUN_MARK, uuid.uuid4().hex)
+# One mark per test process (each pytest-xdist worker has its own), so a
+# module's leak check sees only the processes its own process started.
+os.environ[RUN_MARK] = uuid.uuid4().hex
 LEAK_WAIT_S = 15.0
 
 

@@ -10,6 +10,7 @@ import pytest
 
 import cmlray
 from cmlray import _session
+from tests.conftest import marked_processes
 
 pytestmark = pytest.mark.usefixtures("session")
 
@@ -81,10 +82,6 @@ def test_soak_300_short_workers_in_waves() -> None:
     assert len(finished) == 290 and all(w["status"] == "succeeded" for w in finished)
     assert growth_fds <= 20, growth_fds  # no fd per worker kept
     assert growth_mib < 150, growth_mib  # bounded: not growing with every worker's stream
-    actors = [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if "WorkerActor" in " ".join(p.info["cmdline"] or [])
-    ]
+    actors = [p for p in marked_processes() if "WorkerActor" in " ".join(p.cmdline())]
     _, alive = psutil.wait_procs(actors, timeout=30)  # the last wave's actors are being killed
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
