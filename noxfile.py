@@ -10,7 +10,7 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite against real Ray and real subprocesses."""
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test,examples]")
     session.run("python", "-m", "pytest", *session.posargs)
 
 
@@ -32,6 +32,6 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """The benchmarks, cmlray side by side with raw Ray; tables on stdout, JSON in results/."""
-    session.install("-e", ".[test]")
-    for script in ("benchmarks/launch.py", "benchmarks/bench_relay.py"):
-        session.run("python", script, *session.posargs)
+    session.install("-e", ".[test,examples,bench]")
+    for name in ("launch", "relay", "queue", "hyperopt", "crawler", "bench_relay"):
+        session.run("python", f"benchmarks/{name}.py", *session.posargs)

@@ -199,6 +199,7 @@ def test_tpe_asks_as_workers_free_up_and_resumes(
     assert (resumed.done, resumed.total) == (4, 6)
     more = resumed.first(5)
     assert len(more) == 2 and resumed.exhausted
+    assert [p.number for p in more] == [4, 5]
     known = {t.config_id for t in done}
     assert not {searchspace.config_id("svc", p.params) for p in more} & known
 

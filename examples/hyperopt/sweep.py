@@ -1,0 +1,543 @@
+"""A hyperparameter sweep on cmlray workers: grid, random or Optuna TPE.
+
+The session builds a study, puts its configurations on a cmlray queue,
+launches workers that each train configurations from it (``trainer.py``),
+and shows a live view while results come in. Every result goes into the
+study's SQLite file; each worker saves its configurations' snapshots and
+scores under ``runs/<study>/``. Running the same study again does only
+what is missing; Ctrl-C stops the workers, keeps every finished result and
+prints the command that resumes.
+
+Usage::
+
+    python examples/hyperopt/sweep.py                        # 36 configurations, 2 workers
+    python examples/hyperopt/sweep.py --sampler tpe --trials 40 --workers 4
+    python examples/hyperopt/sweep.py --model svc --space my_space.toml
+
+Exit codes: 0 done, 1 some configurations failed, 2 bad input (nothing
+launched), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import re
+import shlex
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cmlray.errors import InfeasibleRequestError
+from rich.console import Console
+from rich.text import Text
+
+from estimators import MODELS, ModelSpec, UsageError, get_model, load_dataset
+from liveview import SweepView, leaderboard
+from samplers import FixedPlan, Proposal, TpeSearch, require_optuna
+from searchspace import (
+    Space,
+    check_against,
+    config_id,
+    describe,
+    grid,
+    parse_space,
+    read_space_file,
+    sample,
+)
+from studydb import StudyStore, Trial
+from trainer import QUEUE_ENV, dump_atomically
+
+EXAMPLE_DIR = Path(__file__).resolve().parent
+TRAINER = EXAMPLE_DIR / "trainer.py"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEFAULT_TRIALS = 30
+WATCH_S = 5.0  # how often to check that workers are still there while no result comes
+FINAL = {"succeeded", "failed", "stopped", "timedout"}
+_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class SweepError(Exception):
+    """The sweep cannot go on (every worker ended with work left): exit code 1."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a sweep needs, checked: built by :func:`prepare` before anything starts."""
+
+    model: ModelSpec
+    space: Space
+    sampler: str
+    trials: int | None
+    seed: int
+    workers: int
+    cpu: float
+    memory: float
+    folds: int
+    scoring: str
+    study: str
+    study_dir: Path
+    address: str | None = None
+    command: str = ""
+
+    def protocol(self) -> dict[str, Any]:
+        """What makes two scores comparable: a study keeps one protocol."""
+        return {
+            "model": self.model.name,
+            "dataset": self.model.dataset,
+            "folds": self.folds,
+            "scoring": self.scoring,
+            "cv": "StratifiedKFold(shuffle=True, random_state=0)",
+        }
+
+
+@dataclass
+class Summary:
+    """How a run went; ``exit_code`` is the command's."""
+
+    study_dir: Path
+    total: int
+    done: int
+    ran: int = 0
+    failed: int = 0
+    adopted: int = 0
+    workers: int = 0
+    interrupted: bool = False
+    best: Trial | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_FAILED if self.failed else EXIT_OK
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _positive(kind: type[int] | type[float], least: float = 0.0, strict: bool = True) -> Any:
+    """An argparse type: a number of ``kind`` above ``least`` (or equal, when not strict)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not (value > least if strict else value >= least):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {least:g}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; defaults run a ~1 minute grid sweep on 2 workers."""
+    models = "\n".join(f"  {name:<18} {spec.about}" for name, spec in MODELS.items())
+    parser = argparse.ArgumentParser(
+        prog="sweep.py",
+        description="A hyperparameter sweep on cmlray workers (scikit-learn, k-fold CV).",
+        epilog=f"models:\n{models}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--model", default="gradient_boosting", help="what to tune (default gradient_boosting)")
+    add("--space", metavar="FILE", help="search space, .json or .toml (default: the model's)")
+    add("--sampler", choices=("grid", "random", "tpe"), default="grid", help="default grid")
+    add(
+        "--trials",
+        type=_positive(int),
+        help=f"random/tpe: configurations (default {DEFAULT_TRIALS})",
+    )
+    add(
+        "--seed",
+        type=_positive(int, strict=False),
+        default=0,
+        help="random/tpe sampler seed (default 0)",
+    )
+    add("--workers", type=_positive(int), default=2, help="workers to launch (default 2)")
+    add("--cpu", type=_positive(float), default=1.0, help="cores per worker (default 1)")
+    add("--memory", type=_positive(float), default=1.0, help="GiB per worker (default 1)")
+    add("--folds", type=_positive(int), default=5, help="cross-validation folds (default 5)")
+    add("--scoring", default="accuracy", help="a scikit-learn scorer name (default accuracy)")
+    add("--study", help="study name (default <model>-<sampler>); the same name resumes")
+    add("--runs-dir", default="runs", help="where studies live (default ./runs)")
+    add("--address", help="a Ray cluster to attach to (default: a head of the session's own)")
+    return parser
+
+
+def _resume_command(argv: Sequence[str]) -> str:
+    """The command line that runs this study again (and so resumes it)."""
+    script = sys.argv[0] if sys.argv[0].endswith("sweep.py") else str(EXAMPLE_DIR / "sweep.py")
+    return shlex.join(["python", script, *argv])
+
+
+# ---------------------------------------------------------------- checks
+
+
+def _load_space(model: ModelSpec, path: str | None) -> Space:
+    raw = read_space_file(path) if path else model.space
+    space = parse_space(raw, path or f"the default space of {model.name}")
+    check_against(space, model)
+    return space
+
+
+def _check_scoring(scoring: str) -> None:
+    from sklearn.metrics import get_scorer
+
+    try:
+        get_scorer(scoring)
+    except ValueError:
+        raise UsageError(f"unknown --scoring {scoring!r}: use a scikit-learn scorer name") from None
+
+
+def _check_folds(model: ModelSpec, folds: int) -> None:
+    import numpy as np
+
+    smallest = int(np.bincount(load_dataset(model.dataset)[1]).min())
+    if not 2 <= folds <= smallest:
+        raise UsageError(
+            f"--folds must be between 2 and {smallest} (the smallest class of"
+            f" {model.dataset}), got {folds}"
+        )
+
+
+def _check_sampler(args: argparse.Namespace, space: Space) -> int | None:
+    """The number of trials for random/tpe; grid takes the whole space."""
+    if args.sampler == "grid":
+        if args.trials is not None:
+            raise UsageError("--trials is for --sampler random or tpe: a grid runs every point")
+        grid(space)  # a range without num cannot be gridded: say so now
+        return None
+    if args.sampler == "tpe":
+        require_optuna()
+    return int(args.trials or DEFAULT_TRIALS)
+
+
+def _study_name(args: argparse.Namespace) -> str:
+    name = str(args.study or f"{args.model}-{args.sampler}")
+    if not _STUDY_NAME.fullmatch(name):
+        raise UsageError(f"--study {name!r}: use letters, digits, '.', '_' and '-'")
+    return name
+
+
+def prepare(args: argparse.Namespace, argv: Sequence[str] = ()) -> Plan:
+    """Check every input and build the plan; a UsageError before anything starts."""
+    model = get_model(args.model)
+    space = _load_space(model, args.space)
+    trials = _check_sampler(args, space)
+    _check_scoring(args.scoring)
+    _check_folds(model, args.folds)
+    study = _study_name(args)
+    plan = Plan(
+        model=model, space=space, sampler=args.sampler, trials=trials, seed=args.seed,
+        workers=args.workers, cpu=args.cpu, memory=args.memory, folds=args.folds,
+        scoring=args.scoring, study=study, study_dir=Path(args.runs_dir).resolve() / study,
+        address=args.address, command=_resume_command(argv),
+    )  # fmt: skip
+    StudyStore(plan.study_dir).check_protocol(plan.protocol())
+    return plan
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+def _fixed_plan(plan: Plan, done: set[str]) -> FixedPlan:
+    """Grid or random sample minus what is done, the costliest first."""
+    if plan.sampler == "grid":
+        configs = grid(plan.space)
+    else:
+        configs = sample(plan.space, plan.trials or DEFAULT_TRIALS, plan.seed)
+    proposals = [Proposal(number, params) for number, params in enumerate(configs)]
+    pending = [p for p in proposals if config_id(plan.model.name, p.params) not in done]
+    pending.sort(key=lambda p: -plan.model.cost(p.params))  # stable: ties keep their order
+    return FixedPlan(pending, total=len(proposals))
+
+
+def make_search(plan: Plan, store: StudyStore) -> FixedPlan | TpeSearch:
+    """The sampler, knowing what the study has done already."""
+    if plan.sampler == "tpe":
+        return TpeSearch(plan.model.name, plan.space, plan.trials or 0, plan.seed, store.trials())
+    return _fixed_plan(plan, store.done_ids())
+
+
+def _task(plan: Plan, proposal: Proposal) -> dict[str, Any]:
+    """A queue item: everything ``trainer.train_one`` needs, and nothing it must look up."""
+    return {
+        "config_id": config_id(plan.model.name, proposal.params),
+        "number": proposal.number,
+        "model": plan.model.name,
+        "params": proposal.params,
+        "folds": plan.folds,
+        "scoring": plan.scoring,
+        "study_dir": str(plan.study_dir),
+    }
+
+
+def _results(queue: Any, worker_ids: list[str]) -> Iterator[Any]:
+    """``queue.as_completed()``, checking every ``WATCH_S`` without news that workers remain."""
+    seen = 0
+    while True:
+        try:
+            for result in itertools.islice(queue.as_completed(timeout=WATCH_S), seen, None):
+                seen += 1
+                yield result
+            return
+        except TimeoutError:
+            _check_workers(queue, worker_ids)
+
+
+def _check_workers(queue: Any, worker_ids: list[str]) -> None:
+    import cmlray
+
+    ours = [w for w in cmlray.list_workers() if w["id"] in worker_ids]
+    if ours and all(w["status"] in FINAL for w in ours):
+        reasons = "; ".join(f"{w['name']}: {w['reason']}" for w in ours)
+        raise SweepError(f"every worker ended with work left ({queue.stats()}): {reasons}")
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Ignore a second Ctrl-C while cleaning up after the first (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class Sweep:
+    """One run of a study: what is pending, the queue, the workers, the records."""
+
+    def __init__(self, plan: Plan, console: Console) -> None:
+        self.plan = plan
+        self.console = console
+        self.store = StudyStore(plan.study_dir)
+        self.store.create()
+        self.store.save_meta(plan.protocol())
+        self.adopted = self.store.adopt_orphans()
+        self.search = make_search(plan, self.store)
+        self.first = self.search.first(plan.workers)
+        self.summary = Summary(plan.study_dir, total=self.search.total, done=0)
+        self._workers: list[str] = []
+        self._recorded: set[str] = set()
+
+    def run(self) -> Summary:
+        """Train what is pending (if anything), record it, refit the best; the summary."""
+        started = time.perf_counter()
+        if self.first:
+            self._sweep()
+        self.summary.timings["sweep_s"] = time.perf_counter() - started
+        if not self.summary.interrupted:
+            self._refit_best()
+        self._finish()
+        return self.summary
+
+    def _sweep(self) -> None:
+        import cmlray
+
+        queue = cmlray.Queue(f"hyperopt-{self.plan.study}-{uuid.uuid4().hex[:8]}", max_attempts=2)
+        finished = self.search.done
+        with SweepView(self.console, self.plan.study, self.search.total, finished) as view:
+            try:
+                self._start(queue)
+                self._collect(queue, view, finished)
+            except KeyboardInterrupt:
+                with _sigint_deferred():
+                    self._interrupted(queue, view)
+            except SweepError:
+                with _sigint_deferred():
+                    self._stop_workers()
+                raise
+        if not self.summary.interrupted:
+            cmlray.await_workers(self._workers, timeout_seconds=60)
+
+    def _start(self, queue: Any) -> None:
+        import cmlray
+
+        queue.put_many([_task(self.plan, p) for p in self.first])
+        if self.search.exhausted:
+            queue.close()
+        workers = cmlray.launch_workers(
+            n=min(self.plan.workers, len(self.first)),
+            cpu=self.plan.cpu,
+            memory=self.plan.memory,
+            script=str(TRAINER),
+            env={QUEUE_ENV: queue.name},
+            name="trainer",
+        )
+        self._workers = [w["id"] for w in workers]
+
+    def _collect(self, queue: Any, view: SweepView, finished: int) -> None:
+        closed = self.search.exhausted
+        for result in _results(queue, self._workers):
+            score = self._record(result)
+            finished += 1
+            proposal = Proposal(result.item["number"], result.item["params"])
+            following = self.search.tell(proposal, score)
+            if following:
+                queue.put_many([_task(self.plan, p) for p in following])
+            if self.search.exhausted and not closed:
+                queue.close()
+                closed = True
+            view.update(finished, queue.stats(), self.store.trials(limit=5))
+
+    def _record(self, result: Any) -> float | None:
+        """Store one queue result; returns its mean score (None: it failed)."""
+        item = result.item
+        self._recorded.add(item["config_id"])
+        self.summary.ran += 1
+        if result.ok:
+            self.store.record(result.result)
+            return float(result.result["mean_score"])
+        self.summary.failed += 1
+        self.store.record({**item, "status": "failed", "error": result.error})
+        tries = f"{result.attempts} attempt{'s' if result.attempts != 1 else ''}"
+        self.console.print(Text(f"#{item['number']} failed ({tries}): {result.error}", style="red"))
+        return None
+
+    def _stop_workers(self) -> None:
+        """Stop this sweep's workers (only them: the session may run others)."""
+        import cmlray
+
+        if self._workers:  # stop_workers() without ids would stop every worker of the session
+            cmlray.stop_workers(*self._workers)
+
+    def _interrupted(self, queue: Any, view: SweepView) -> None:
+        """Ctrl-C: stop the workers, then keep everything that finished."""
+        self.summary.interrupted = True
+        view.note("interrupted: stopping the workers, keeping every finished result")
+        self._stop_workers()
+        for result in queue.results():
+            if result.ok and result.item["config_id"] not in self._recorded:
+                self._record(result)
+        self.adopted += self.store.adopt_orphans()
+
+    def _refit_best(self) -> None:
+        """The best configuration refit on the whole dataset, as GridSearchCV's refit=True."""
+        trials = self.store.trials(limit=1)
+        meta = self.store.meta()
+        target = self.plan.study_dir / "best_model.joblib"
+        if not trials or (meta.get("best_config_id") == trials[0].config_id and target.exists()):
+            return
+        started = time.perf_counter()
+        best = trials[0]
+        features, labels = load_dataset(self.plan.model.dataset)
+        estimator = self.plan.model.build(best.params).fit(features, labels)
+        dump_atomically({"params": best.params, "estimator": estimator}, target)
+        self.store.save_meta({"best_config_id": best.config_id})
+        self.summary.timings["refit_s"] = time.perf_counter() - started
+
+    def _finish(self) -> None:
+        trials = self.store.trials()
+        self.summary.done = len(trials)
+        self.summary.best = trials[0] if trials else None
+        self.summary.adopted = self.adopted
+        self.summary.workers = len(self._workers)
+
+
+def write_last_run(summary: Summary) -> None:
+    """The run's counts and timings, for the user and for ``benchmarks/hyperopt.py``."""
+    last_run = {
+        "ran": summary.ran,
+        "failed": summary.failed,
+        "adopted": summary.adopted,
+        "interrupted": summary.interrupted,
+        "workers": summary.workers,
+        "timings": summary.timings,
+    }
+    (summary.study_dir / "last_run.json").write_text(json.dumps(last_run, indent=2))
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def report(summary: Summary, plan: Plan, console: Console) -> None:
+    """The final leaderboard, counts and timings, the best, where everything is."""
+    trials = StudyStore(plan.study_dir).trials(limit=10)
+    if trials:
+        console.print(leaderboard(trials, title=f"study {plan.study}: top {len(trials)}"))
+    counts = f"{summary.done}/{summary.total} configurations done {_counts(summary)}"
+    console.print(counts, soft_wrap=True)
+    if summary.best is not None:
+        best = summary.best
+        line = f"best: #{best.number} {best.mean_score:.4f} ± {best.std_score:.4f}"
+        console.print(Text(f"{line}  {describe(best.params)}", style="bold green"))
+    here = _shown(plan.study_dir)
+    console.print(f"results: {here}/study.sqlite · snapshots: {here}/trials/", soft_wrap=True)
+    if summary.interrupted:
+        console.print(Text(f"interrupted: resume with\n  {plan.command}", style="yellow"))
+
+
+def _counts(summary: Summary) -> str:
+    if not (summary.ran or summary.interrupted):
+        return f"({summary.adopted} recovered): the study is complete, nothing to train"
+    t = summary.timings
+    ran = f"{summary.ran} trained now, {summary.adopted} recovered, {summary.failed} failed"
+    took = f"session start {t.get('session_start_s', 0):.1f} s, sweep {t['sweep_s']:.1f} s"
+    return f"({ran}) in {t.get('total_s', 0):.1f} s ({took})"
+
+
+def _shown(path: Path) -> str:
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
+
+
+def run_cli(plan: Plan, console: Console) -> Summary:
+    """Start a session only if something is pending, run, always shut it down."""
+    import cmlray
+
+    started = time.perf_counter()
+    sweep = Sweep(plan, console)
+    try:
+        if sweep.first:
+            cmlray.init(address=plan.address, console=console)
+            sweep.summary.timings["session_start_s"] = time.perf_counter() - started
+        summary = sweep.run()
+    finally:
+        with _sigint_deferred():
+            cmlray.shutdown()
+    summary.timings["total_s"] = time.perf_counter() - started
+    write_last_run(summary)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse, check (exit 2 on bad input), sweep, report."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(arguments)
+    console = Console()
+    try:
+        plan = prepare(args, arguments)
+    except UsageError as exc:
+        print(f"sweep.py: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        summary = run_cli(plan, console)
+    except InfeasibleRequestError as exc:  # --cpu/--memory larger than any node: nothing ran
+        print(f"sweep.py: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except SweepError as exc:
+        console.print(Text(f"sweep.py: {exc}", style="bold red"))
+        return EXIT_FAILED
+    except KeyboardInterrupt:  # after the sweep (every result is already recorded)
+        console.print(Text(f"interrupted: run again to finish\n  {plan.command}", style="yellow"))
+        return EXIT_INTERRUPTED
+    report(summary, plan, console)
+    return summary.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
