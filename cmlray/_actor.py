@@ -242,7 +242,15 @@ class _Stream:
 
     def _read(self, key: selectors.SelectorKey, batch: list[Event]) -> int:
         name = key.data
-        data = self.ctl.recv(_READ_SIZE) if name == "ctl" else os.read(key.fd, _READ_SIZE)
+        try:
+            # Never block: _await_started may have read what made the socket ready.
+            data = (
+                self.ctl.recv(_READ_SIZE, socket.MSG_DONTWAIT)
+                if name == "ctl"
+                else os.read(key.fd, _READ_SIZE)
+            )
+        except BlockingIOError:
+            return 0
         if not data:
             self._close(key, name, batch)
         elif name == "ctl":
