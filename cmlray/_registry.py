@@ -22,7 +22,6 @@ from cmlray._lines import is_progress
 from cmlray._sanitize import strip_escapes
 
 TAIL_LINES = 100
-PENDING = ("scheduling", "starting")
 FINAL = ("succeeded", "failed", "stopped", "timedout")
 
 
