@@ -123,15 +123,19 @@ def enable_token_auth() -> str:
     return temp_dir
 
 
-def ray_init(temp_dir: str, num_cpus: int) -> None:
-    """Start a raw Ray head with cmlray's own ``ray.init`` arguments."""
+def ray_init(temp_dir: str, num_cpus: int, *, log_to_driver: bool = False) -> None:
+    """Start a raw Ray head with cmlray's own ``ray.init`` arguments.
+
+    ``log_to_driver=True`` is the one difference the relay benchmark needs:
+    Ray's own log forwarding is what it measures.
+    """
     import ray
 
     ray.init(
         address="local",
         num_cpus=num_cpus,
         include_dashboard=False,
-        log_to_driver=False,
+        log_to_driver=log_to_driver,
         logging_level=logging.WARNING,
         _temp_dir=temp_dir,
     )

@@ -59,7 +59,6 @@ common.leave_sys_path()
 import argparse
 import inspect
 import io
-import logging
 import os
 import re
 import statistics
@@ -317,14 +316,7 @@ def child_ray() -> Json:
 
     result: Json = {}
     with common.timer(result, "init_s"):
-        ray.init(
-            address="local",
-            num_cpus=NUM_CPUS,
-            include_dashboard=False,
-            log_to_driver=True,
-            logging_level=logging.WARNING,
-            _temp_dir=temp_dir,
-        )
+        common.ray_init(temp_dir, NUM_CPUS, log_to_driver=True)
     file, stdout = ArrivalFile(), sys.stdout
     sys.stdout = file  # where Ray prints forwarded lines (looked up at each print)
     try:
