@@ -29,7 +29,7 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from cmlray import _ports
+from cmlray import _ports, _process
 from cmlray._channel import CHANNEL_ENV
 from cmlray._lines import LineSplitter
 from cmlray._services import ProgramServices, serve_channel
@@ -64,6 +64,9 @@ class WorkerLaunch:
     payload: bytes | None = None  # a cloudpickled (fn, args, kwargs), for fn= workers
     memory_limit_bytes: int | None = None
     timeout_s: float | None = None
+    # Attached to a cluster: the program's environment starts from its node's
+    # (the agent's), not the session's, whose paths may not exist there.
+    node_env: bool = False
 
 
 def ray_placement() -> Placement:
@@ -126,7 +129,8 @@ class WorkerActor:
 
     def _program_env(self, placement: Placement) -> dict[str, str]:
         assert self._port_lease is not None
-        env = dict(self.launch.env)
+        env = node_environment() if self.launch.node_env else {}
+        env.update(self.launch.env)
         env["CDSW_IP_ADDRESS"] = placement.ip
         env["CDSW_APP_PORT"] = str(self._port_lease.port)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(placement.gpus)
@@ -155,7 +159,7 @@ class WorkerActor:
         env = self._program_env(placement)
         env[CHANNEL_ENV] = str(program_channel.fileno())
         spec = {
-            "argv": self.launch.argv,
+            "argv": _process.resolve_argv(self.launch.argv, sys.executable),
             "env": env,
             "cwd": self.launch.cwd or os.getcwd(),
             "grace_period_s": self.launch.grace_period_s,
@@ -181,6 +185,18 @@ class WorkerActor:
             # At once, not when the garbage collector gets to it: closing the
             # control socket is what tells the guard to end the program.
             events.close()
+
+
+def node_environment() -> dict[str, str]:
+    """This node's environment, with its own interpreter's directory first on PATH.
+
+    So that ``!pip``, ``!ray`` and ``python`` in a worker's shell commands are
+    the node's, which run the program, never paths copied from the session.
+    """
+    env = dict(os.environ)
+    bin_dir = os.path.dirname(sys.executable)
+    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", os.defpath)])
+    return env
 
 
 def _final(exit_code: int | None, status: str, reason: str) -> dict[str, Any]:

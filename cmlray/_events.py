@@ -9,33 +9,51 @@ to the relay. Nothing polls: a batch is handled as soon as Ray delivers it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import re
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from cmlray._agents import AgentStartError
 from cmlray._logs import WorkerLogs
 from cmlray._registry import Registry
 from cmlray._relay import Relay
+from cmlray._sanitize import strip_escapes
 
 _OUTPUT = ("out", "err")
+# Ray's words for a dead node ("its node has died", "node ... was marked dead"),
+# read with the actor's class name (NodeAgent) taken out of the text first.
+_NODE_DEATH = re.compile(r"\bnode\b[^.]{0,60}\b(died|dead|lost)\b")
+_CLASS_NAME = re.compile(r"class_name: \S+")
 NODE_DEATH_WAIT_S = 30.0
 
 
 def describe_actor_death(exc: BaseException) -> str:
-    """Why a worker's actor died, in words (node lost, out of memory, ...)."""
+    """Why a worker's agent died, in words (node lost, out of memory, ...).
+
+    Plain text: Ray's messages carry terminal colour codes, stripped here.
+    """
+    if isinstance(exc, AgentStartError):
+        return f"{exc}: {_plain(exc.__cause__)}"[:600]
     cause = getattr(exc, "cause", None)  # RayTaskError: the actor's own code raised
     if isinstance(cause, BaseException) and "RayTaskError" in type(exc).__name__:
-        return f"could not run its program: {type(cause).__name__}: {cause}"[:400]
-    text = " ".join(str(exc).split())
+        return f"could not run its program: {type(cause).__name__}: {_plain(cause)}"[:400]
+    text = _plain(exc)
     lowered = text.lower()
     if "outofmemory" in type(exc).__name__.lower() or "out of memory" in lowered:
         return "out of memory (killed by Ray's memory monitor)"
-    if "node" in lowered and ("died" in lowered or "dead" in lowered or "lost" in lowered):
+    if _NODE_DEATH.search(_CLASS_NAME.sub("", lowered)):
         return "node lost"
-    return f"actor died: {type(exc).__name__}: {text[:300]}"
+    return f"its node's agent died: {type(exc).__name__}: {text[:300]}"
+
+
+def _plain(exc: BaseException | None) -> str:
+    """An exception's text on one line, without terminal escapes."""
+    return " ".join(strip_escapes(str(exc)).split()) if exc is not None else ""
 
 
 def _node_alive(node_id: str) -> bool:
@@ -81,6 +99,7 @@ class EventPump:
         self._on_finished = on_finished
         self._console_broken = False
         self._logs = logs
+        self._followed: dict[str, concurrent.futures.Future[None]] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="cmlray-events", daemon=True)
         self._thread.start()
@@ -89,21 +108,39 @@ class EventPump:
         asyncio.set_event_loop(self._loop)
         self._loop.run_forever()
 
-    def follow(self, worker_id: str, name: str, stream: Any) -> None:
-        """Start consuming ``stream``, the worker's ``run`` generator."""
-        asyncio.run_coroutine_threadsafe(self._follow(worker_id, name, stream), self._loop)
+    def follow(self, worker_id: str, name: str, open_stream: Callable[[], Awaitable[Any]]) -> None:
+        """Consume the worker's event stream, once ``open_stream()`` gives it.
 
-    async def _follow(self, worker_id: str, name: str, stream: Any) -> None:
+        ``open_stream`` waits for the worker's placement and returns its
+        agent's ``run`` generator, or None when the worker ended before that.
+        """
+        future = asyncio.run_coroutine_threadsafe(
+            self._follow(worker_id, name, open_stream), self._loop
+        )
+        self._followed[worker_id] = future
+
+    def cancel(self, worker_id: str) -> None:
+        """Stop waiting for a worker that ended before it was placed."""
+        future = self._followed.get(worker_id)
+        if future is not None:
+            future.cancel()
+
+    async def _follow(
+        self, worker_id: str, name: str, open_stream: Callable[[], Awaitable[Any]]
+    ) -> None:
         try:
-            async for ref in stream:
-                self._handle(worker_id, name, await ref)
+            stream = await open_stream()
+            if stream is not None:
+                async for ref in stream:
+                    self._handle(worker_id, name, await ref)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a Ray error: the actor or its node is gone
+        except Exception as exc:  # a Ray error: the agent or its node is gone
             node_id = self._registry.get(worker_id).node_id
             reason = await asyncio.to_thread(death_reason, exc, node_id)
             self._registry.finish(worker_id, "failed", reason)
         finally:
+            self._followed.pop(worker_id, None)
             self._registry.finish(worker_id, "failed", "the worker's event stream ended early")
             if self._logs is not None:
                 self._logs.close(worker_id)

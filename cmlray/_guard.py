@@ -166,6 +166,14 @@ class Guard:
         self.send({"done": True})
 
 
+def _spawn_error(spec: dict[str, Any], exc: OSError) -> str:
+    """Why the program could not start, naming what is really missing."""
+    node = socket.gethostname()
+    if not os.path.isdir(spec["cwd"]):
+        return f"cannot start it: its working directory {spec['cwd']!r} does not exist on {node}"
+    return f"cannot start {spec['argv'][0]!r} on {node}: {exc.strerror or exc}"
+
+
 def _drain(fd: int) -> None:
     try:
         while os.read(fd, 4096):
@@ -228,7 +236,7 @@ def _run(
             pass_fds=spec.get("pass_fds", ()),
         )
     except OSError as exc:
-        guard.send({"error": f"cannot start {spec['argv'][0]!r}: {exc.strerror or exc}"})
+        guard.send({"error": _spawn_error(spec, exc)})
         return 1
     finally:
         for fd in (out_fd, err_fd, *extra_fds):

@@ -25,8 +25,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from cmlray import _process
-from cmlray.errors import translate_ray_error
+from cmlray import _process, _shipping
+from cmlray.errors import SessionError, translate_ray_error
 
 _REAPER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_reaper.py")
 _AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")
@@ -179,6 +179,9 @@ def attach(address: str, runtime_env: dict[str, Any] | None = None) -> Head:
             runtime_env=runtime_env,
         )
     except Exception as exc:
+        if "exceeds the maximum size" in str(exc) and runtime_env:
+            hint = _shipping.too_large_hint(str(runtime_env.get("working_dir")))
+            raise SessionError(f"{hint} ({str(exc).splitlines()[0]})") from exc
         raise translate_ray_error(exc, f"attaching to the Ray cluster at {address}") from exc
     return Head(address=_address_of(context) or address, owns_head=False)
 

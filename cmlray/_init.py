@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -58,6 +58,20 @@ def _check_log_dir(log_dir: object) -> str | None:
     return path
 
 
+def _check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _check_patterns(patterns: object) -> tuple[str, ...]:
+    if isinstance(patterns, str) or not isinstance(patterns, Sequence):
+        raise TypeError(f"project_excludes must be a list of patterns, got {patterns!r}")
+    if not all(isinstance(p, str) and p.strip() for p in patterns):
+        raise TypeError(f"project_excludes must hold non-empty strings, got {patterns!r}")
+    return tuple(patterns)
+
+
 def init(
     address: str | None = None,
     num_cpus: int | None = None,
@@ -68,6 +82,8 @@ def init(
     console: Console | None = None,
     log_dir: str | os.PathLike[str] | None = None,
     runtime_env: Mapping[str, Any] | None = None,
+    ship_project: bool = True,
+    project_excludes: Sequence[str] = (),
 ) -> None:
     """Start this process's cmlray session explicitly.
 
@@ -88,6 +104,14 @@ def init(
             ``working_dir`` (usually the project dir), Ray ships that directory
             to every node (512 MiB at most; ``excludes`` trims it) and workers
             run in their node's copy: the way to use files on a remote cluster.
+            An attached session does this by default (see ``ship_project``).
+        ship_project: attached to a cluster, ship the project dir to every
+            node (as CML mounts the project in every engine), without
+            ``.git``, virtualenvs, caches and what ``.gitignore`` or
+            ``.rayignore`` list; workers run in their node's copy. False
+            where the nodes share the session's filesystem. Ignored with an
+            own head, whose workers run in the project dir itself.
+        project_excludes: more gitignore-style patterns to leave behind.
 
     Raises:
         SessionError: a session is already running, or Ray could not start.
@@ -107,6 +131,8 @@ def init(
         console=console,
         log_dir=_check_log_dir(log_dir),
         runtime_env=_check_runtime_env(runtime_env),
+        ship_project=_check_flag("ship_project", ship_project),
+        project_excludes=_check_patterns(project_excludes),
     )
 
 

@@ -24,6 +24,9 @@ from collections.abc import Callable, Sequence
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 SHELL_PREFIX = "!"
+# Stands for the node's own interpreter in a command line built by the
+# session: the node that runs the program puts its sys.executable there.
+NODE_PYTHON = "{node-python}"
 _POLL_S = 0.02
 
 
@@ -98,6 +101,15 @@ def build_argv(*, kernel: str, script: str, code: str, python: str) -> list[str]
     if kernel == "r":
         return ["Rscript", "-e", code]
     return [python, "-u", "-c", _CODE_RUNNER, python_with_shell_lines(code)]
+
+
+def resolve_argv(argv: Sequence[str], python: str) -> list[str]:
+    """``argv`` as this node runs it: its interpreter, its shell."""
+    resolved = [python if arg == NODE_PYTHON else arg for arg in argv]
+    first = resolved[0] if resolved else ""
+    if os.path.basename(first) in ("bash", "sh") and not os.path.exists(first):
+        resolved[0] = shell_path()  # the session's bash may live elsewhere here
+    return resolved
 
 
 def _libc() -> ctypes.CDLL:

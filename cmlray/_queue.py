@@ -72,6 +72,7 @@ class QueueState:
     items: dict[int, Item] = field(default_factory=dict)
     pending: deque[int] = field(default_factory=deque)
     leased_by: dict[str, set[int]] = field(default_factory=dict)
+    servers: set[str] = field(default_factory=set)  # workers that asked for items
     closed: bool = False
     requeued: int = 0
     finished: list[int] = field(default_factory=list)  # item ids, in completion order
@@ -118,6 +119,7 @@ class QueueState:
 
     def lease(self, worker: str, want: int) -> list[tuple[int, int, bytes]]:
         """Up to ``want`` pending items for ``worker``: (id, attempt, payload)."""
+        self.servers.add(worker)
         self.expire()
         leased: list[tuple[int, int, bytes]] = []
         deadline = self.clock() + self.lease_timeout_s
@@ -215,6 +217,7 @@ class QueueActor:
     def __init__(self, max_attempts: int, lease_timeout_s: float) -> None:
         self.state = QueueState(max_attempts=max_attempts, lease_timeout_s=lease_timeout_s)
         self._changed = asyncio.Condition()
+        self._releases = 0  # workers the session reported ended
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -273,16 +276,23 @@ class QueueActor:
 
     async def release_worker(self, worker: str, why: str) -> int:
         released = self.state.release_worker(worker, why)
-        if released:
-            await self._notify()
+        self._releases += 1
+        await self._notify()  # also wakes join(), which checks that a worker serves it
         return released
+
+    async def servers(self) -> list[str]:
+        """Every worker that has asked this queue for items."""
+        return sorted(self.state.servers)
 
     async def stats(self) -> dict[str, int]:
         self.state.expire()
         return self.state.counts()
 
     async def wait_settled(self, wait_s: float) -> bool:
-        return await self._wait_for(lambda: self.state.settled, wait_s)
+        """Wait until settled (True); False after ``wait_s`` or when a worker ended."""
+        releases = self._releases
+        await self._wait_for(lambda: self.state.settled or self._releases != releases, wait_s)
+        return self.state.settled
 
     async def results_since(self, start: int, wait_s: float) -> tuple[list[dict[str, Any]], bool]:
         """Results from completion index ``start``, waiting up to ``wait_s`` for one.

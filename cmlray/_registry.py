@@ -46,7 +46,9 @@ class WorkerRecord:
     exit_code: int | None = None
     reason: str | None = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
-    handle: Any = None
+    handle: Any = None  # the agent that runs it, once placed
+    group: Any = None  # the placement group holding its resources
+    agent_node: str | None = None
     result_payload: bytes | None = None
     _result: Any = None
 

@@ -20,17 +20,20 @@ from typing import Any
 
 from rich.console import Console
 
-from cmlray import _cluster, _head
-from cmlray._actor import WorkerActor, WorkerLaunch
+from cmlray import _cluster, _head, _placement, _shipping
+from cmlray._actor import WorkerLaunch
+from cmlray._agents import AgentPool
 from cmlray._events import EventPump
 from cmlray._ids import new_id
 from cmlray._logs import WorkerLogs
+from cmlray._process import NODE_PYTHON
 from cmlray._registry import FINAL, Registry, WorkerRecord
 from cmlray._relay import Relay
-from cmlray._spec import WorkerSpec
+from cmlray._spec import WorkerSpec, portable_environment
 from cmlray.errors import QueueError, SessionError, translate_ray_error
 
 STOP_SLACK_S = 15.0
+LEASE_S = 30.0
 _BACKPRESSURE_BATCHES = 32
 
 
@@ -56,13 +59,18 @@ class Session:
         self.logs = WorkerLogs(log_dir) if log_dir else None
         self.pump = EventPump(self.registry, self.relay, self._release, self.logs)
         self._names = itertools.count(1)
-        self._actor_class: Any = ray.remote(WorkerActor)
         self._closed = False
         self._graces: dict[str, float] = {}
         self._queues: dict[str, Any] = {}
+        self._placing = threading.Lock()
         # True when Ray ships the project dir to each node (runtime_env working_dir):
         # workers then run in their node's copy, and scripts resolve against it.
         self.ships_project = False
+        # Attached: a program's environment is this process's, less what describes
+        # this host (paths, interpreter, Ray), over its node's own environment.
+        self.node_env = not head.owns_head
+        self.agents = AgentPool(lease_s=None if head.owns_head else LEASE_S)
+        self.agents.start_home()
 
     def identity(self, worker_id: str) -> dict[str, str]:
         """The variables that tell a worker who it and its session are."""
@@ -77,43 +85,42 @@ class Session:
         """Start ``spec.n`` workers; returns their descriptions in launch order."""
         self._check_open()
         _cluster.check_feasible(spec, _cluster.alive_nodes())
-        argv, base_env = spec.argv(), dict(os.environ)
-        cwd = self.project_dir
-        if self.ships_project:
-            argv = [_relative(arg, self.project_dir) for arg in argv]
-            cwd = ""  # the actor's own working dir: its node's copy of the project
-        records, launches = [], []
-        for index in range(spec.n):
-            worker_id = new_id()
-            records.append(self._record(spec, worker_id, index))
-            env = spec.worker_env(base_env, self.identity(worker_id))
-            launches.append(
-                WorkerLaunch(
-                    worker_id,
-                    argv,
-                    env,
-                    cwd,
-                    spec.grace_period_s,
-                    spec.payload,
-                    memory_limit_bytes=spec.memory_bytes,
-                    timeout_s=spec.timeout_s,
-                )
-            )
+        records = [self._record(spec, new_id(), index) for index in range(spec.n)]
+        launches = [self._launch_of(spec, record.id) for record in records]
         self.registry.add(records)
         try:
             for record, launch in zip(records, launches, strict=True):
                 self.relay.colour(record.name)  # colours in launch order, not first output
-                self._start_actor(spec, record, launch)
+                self._start(spec, record, launch)
         except BaseException:
             self._abandon(records)
             raise
         return self.registry.describe(r.id for r in records)
 
+    def _launch_of(self, spec: WorkerSpec, worker_id: str) -> WorkerLaunch:
+        """What the worker's node needs to start its program."""
+        argv, cwd = spec.argv(python=NODE_PYTHON), self.project_dir
+        if self.ships_project:
+            argv = [_relative(arg, self.project_dir) for arg in argv]
+            cwd = ""  # the agent's own working dir: its node's copy of the project
+        base = portable_environment(os.environ) if self.node_env else dict(os.environ)
+        return WorkerLaunch(
+            worker_id,
+            argv,
+            spec.worker_env(base, self.identity(worker_id)),
+            cwd,
+            spec.grace_period_s,
+            spec.payload,
+            memory_limit_bytes=spec.memory_bytes,
+            timeout_s=spec.timeout_s,
+            node_env=self.node_env,
+        )
+
     def _abandon(self, records: list[WorkerRecord]) -> None:
         """A launch failed part way: stop what started, mark the rest failed."""
-        started = [r.id for r in records if r.handle is not None and not r.final]
+        started = [r.id for r in records if r.group is not None and not r.final]
         for record in records:
-            if record.handle is None:
+            if record.group is None:
                 self.registry.finish(record.id, "failed", "not started: its launch failed")
         with contextlib.suppress(Exception):
             self.stop(started, grace_period_s=0)
@@ -133,27 +140,38 @@ class Session:
             command=spec.command_text(),
         )
 
-    def _start_actor(self, spec: WorkerSpec, record: WorkerRecord, launch: WorkerLaunch) -> None:
+    def _start(self, spec: WorkerSpec, record: WorkerRecord, launch: WorkerLaunch) -> None:
+        """Reserve the worker's resources; its agent starts it once they are placed."""
         try:
-            handle = self._actor_class.options(**spec.actor_options()).remote(launch)
-            stream = handle.run.options(
-                num_returns="streaming", _generator_backpressure_num_objects=_BACKPRESSURE_BATCHES
-            ).remote()
+            record.group = _placement.reserve(spec, record.id)
         except Exception as exc:
-            self.registry.finish(record.id, "failed", f"could not create its actor: {exc}")
+            self.registry.finish(record.id, "failed", f"could not reserve its resources: {exc}")
             raise translate_ray_error(exc, f"starting worker {record.name}") from exc
-        record.handle = handle
-        self.pump.follow(record.id, record.name, stream)
+
+        async def open_stream() -> Any:
+            node_id = await _placement.placed_node(record.group)
+            gpus = await _placement.gpu_ids(record.group, spec.nvidia_gpu)
+            agent = await self.agents.ready(node_id)
+            with self._placing:
+                if record.final:  # stopped while it was waiting for room
+                    return None
+                record.handle, record.agent_node = agent, node_id
+            return agent.run.options(
+                num_returns="streaming", _generator_backpressure_num_objects=_BACKPRESSURE_BATCHES
+            ).remote(launch, gpus)
+
+        self.pump.follow(record.id, record.name, open_stream)
 
     def _release(self, worker_id: str) -> None:
-        """The worker's stream ended: free its actor, return its queue items at once."""
-        import ray
-
+        """The worker's stream ended: free its resources, return its queue items at once."""
         record = self.registry.get(worker_id)
-        handle, record.handle = record.handle, None
-        if handle is not None:
-            with contextlib.suppress(Exception):
-                ray.kill(handle, no_restart=True)
+        with self._placing:
+            agent, record.handle = record.handle, None
+            group, record.group = record.group, None
+        if group is not None:
+            _placement.release(group)
+        if agent is not None and (record.reason or "").startswith(_AGENT_GONE):
+            self.agents.forget(record.agent_node or "", agent)
         why = f"its worker {record.name} ended ({record.status}: {record.reason})"
         for queue in list(self._queues.values()):
             with contextlib.suppress(Exception):
@@ -176,6 +194,36 @@ class Session:
         self._queues[actor_name] = handle
         return handle
 
+    def could_serve(self, queue: Any) -> bool:
+        """Whether a live worker of this session serves ``queue``, or may yet.
+
+        A live worker that has asked only other queues for items is not
+        counted: it serves those.
+        """
+        import ray
+
+        live = {i for i in self.registry.ids() if self.registry.status(i) not in FINAL}
+        if not live:
+            return False
+        here = set(ray.get(queue.servers.remote()))
+        if live & here:
+            return True
+        others = [h for h in self._queues.values() if h is not queue]
+        elsewhere = set().union(*ray.get([h.servers.remote() for h in others])) if others else set()
+        return bool(live - elsewhere)
+
+    def last_reasons(self, count: int = 3) -> list[str]:
+        """The newest distinct reasons this session's ended workers gave."""
+        reasons: dict[str, str] = {}
+        for worker in reversed(self.registry.describe()):
+            if worker["status"] in FINAL and worker["reason"] not in reasons:
+                reasons[worker["reason"]] = (
+                    f"{worker['name']} {worker['status']}: {worker['reason']}"
+                )
+            if len(reasons) >= count:
+                break
+        return list(reasons.values())
+
     def stop(
         self, worker_ids: Iterable[str], grace_period_s: float | None = None
     ) -> list[dict[str, Any]]:
@@ -183,7 +231,6 @@ class Session:
 
         Returns their final descriptions once every one of them has ended.
         """
-        import ray
 
         ids = list(dict.fromkeys(worker_ids))
         graces = {i: self._graces[i] if grace_period_s is None else grace_period_s for i in ids}
@@ -195,25 +242,22 @@ class Session:
         )
         if not done:
             for worker_id in ids:
-                handle = self.registry.get(worker_id).handle
-                if handle is not None:
-                    with contextlib.suppress(Exception):
-                        ray.kill(handle, no_restart=True)
-                self.registry.finish(worker_id, "stopped", "stopped by user (its actor was killed)")
+                reason = "stopped by user (its agent did not answer)"
+                self.registry.finish(worker_id, "stopped", reason)
         return self.registry.describe(ids)
 
     def _request_stop(self, worker_id: str, grace_period_s: float) -> None:
-        import ray
-
         record = self.registry.get(worker_id)
-        if record.final or record.handle is None:
+        if record.final:
             return
-        if record.status == "scheduling":
-            self.registry.finish(worker_id, "stopped", "stopped by user before it started")
-            with contextlib.suppress(Exception):
-                ray.kill(record.handle, no_restart=True)
+        with self._placing:
+            agent = record.handle
+            if agent is None:  # not placed yet: nothing runs, give its reservation back
+                self.registry.finish(worker_id, "stopped", "stopped by user before it started")
+        if agent is None:
+            self.pump.cancel(worker_id)
             return
-        record.handle.stop.remote(grace_period_s, "stopped", "stopped by user")
+        agent.stop.remote(worker_id, grace_period_s, "stopped", "stopped by user")
 
     def close(self) -> None:
         """Stop every worker still running, then end or leave the Ray connection."""
@@ -227,7 +271,17 @@ class Session:
         if self.logs is not None:
             self.logs.close_all()
         self._kill_queues()
+        self.agents.close()
+        for worker_id in self.registry.ids():
+            self._release_group(worker_id)
         self.head.close()
+
+    def _release_group(self, worker_id: str) -> None:
+        record = self.registry.get(worker_id)
+        with self._placing:
+            group, record.group = record.group, None
+        if group is not None:
+            _placement.release(group)
 
     def _kill_queues(self) -> None:
         import ray
@@ -240,6 +294,10 @@ class Session:
     def _check_open(self) -> None:
         if self._closed:
             raise SessionError("this session has been shut down")
+
+
+# Reasons that mean the worker's agent is gone (its node's next worker needs a new one).
+_AGENT_GONE = ("node lost", "its node's agent died")
 
 
 def _relative(arg: str, project_dir: str) -> str:
@@ -279,6 +337,8 @@ def start(
     console: Console | None = None,
     log_dir: str | None = None,
     runtime_env: dict[str, Any] | None = None,
+    ship_project: bool = True,
+    project_excludes: tuple[str, ...] = (),
 ) -> Session:
     """Start this process's session (see ``cmlray.init``)."""
     global _current
@@ -289,9 +349,18 @@ def start(
         project = os.path.abspath(shipped or project_dir or os.getcwd())
         if not os.path.isdir(project):
             raise ValueError(f"project_dir must be an existing directory, got {project_dir!r}")
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        if address is not None:
+            runtime_env = _shipping.attached_runtime_env(
+                runtime_env, project, ship_project=ship_project, excludes=project_excludes
+            )
         head = _connect(address, num_cpus, num_gpus, resources, runtime_env)
-        _current = Session(head, project, console, log_dir)
-        _current.ships_project = bool(shipped)
+        try:
+            _current = Session(head, project, console, log_dir)
+        except BaseException:
+            head.close()
+            raise
+        _current.ships_project = "working_dir" in (runtime_env or {})
         # After ray.init, so this runs before Ray's own exit hook (atexit is LIFO).
         atexit.unregister(_at_exit)
         atexit.register(_at_exit)
@@ -307,7 +376,6 @@ def _connect(
 ) -> _head.Head:
     import ray
 
-    address = address or os.environ.get("RAY_ADDRESS") or None
     if address is not None:
         return _head.attach(address, runtime_env)
     if ray.is_initialized():  # the user connected Ray themselves: use that connection

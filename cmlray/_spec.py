@@ -43,6 +43,26 @@ RESERVED_VARIABLES = frozenset(
     }
 )
 KERNELS_CML_ONLY = {"python2": "Python 2", "scala": "Scala"}
+# What describes the session's own host and interpreter: an attached
+# session's workers take these from their node instead of from the session.
+HOST_VARIABLES = frozenset(
+    {
+        "PATH", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONEXECUTABLE",
+        "VIRTUAL_ENV", "VIRTUAL_ENV_PROMPT", "LD_LIBRARY_PATH", "LD_PRELOAD",
+        "HOME", "PWD", "OLDPWD", "SHLVL", "_", "HOSTNAME", "TMPDIR", "TMP", "TEMP",
+        "DISPLAY", "XAUTHORITY", "TERM", "COLUMNS", "LINES",
+    }
+)  # fmt: skip
+HOST_PREFIXES = ("CONDA_", "XDG_", "SSH_", "RAY_", "JPY_", "JUPYTER_", "IPY", "KUBERNETES_")
+
+
+def portable_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` less what belongs to the host it was read on (paths, Ray, terminal)."""
+    return {
+        key: value
+        for key, value in env.items()
+        if key not in HOST_VARIABLES and not key.startswith(HOST_PREFIXES)
+    }
 
 
 def _is_number(value: object) -> bool:
@@ -251,7 +271,8 @@ class WorkerSpec:
     def worker_env(self, base: Mapping[str, str], identity: Mapping[str, str]) -> dict[str, str]:
         """The environment of one worker's program, less its node's variables.
 
-        Precedence, lowest first: the session's environment, cmlray's defaults
+        Precedence, lowest first: ``base`` (the session's environment on an
+        own head; nothing when attached, where the node's is used), cmlray's defaults
         (thread counts from ``cpu``, unbuffered Python, the session's
         interpreter first on PATH), the user's ``env``, then the worker's
         identity (``CDSW_ENGINE_ID``, ``CML_MASTER_IP``, ...).
@@ -260,8 +281,8 @@ class WorkerSpec:
         env = dict(base)
         env.update({variable: threads for variable in THREAD_VARIABLES})
         env["PYTHONUNBUFFERED"] = "1"
-        bin_dir = os.path.dirname(sys.executable)
-        env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", os.defpath)])
+        if "PATH" in env:  # attached sessions leave the PATH to each node
+            env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env["PATH"]])
         env.update(self.env)
         env.update(identity)
         return env

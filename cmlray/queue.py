@@ -129,15 +129,25 @@ class Queue:
         """Counts: ``pending``, ``leased``, ``done``, ``failed``, ``requeued``, ``total``."""
         return dict(self._call("stats"))
 
-    def join(self, timeout: float | None = None, *, progress: bool = False) -> None:
+    def join(
+        self,
+        timeout: float | None = None,
+        *,
+        progress: bool = False,
+        expect_more_workers: bool = False,
+    ) -> None:
         """Wait until every item put so far is done or failed.
 
         Args:
             timeout: seconds; None waits without limit.
             progress: show a live Rich progress bar meanwhile.
+            expect_more_workers: keep waiting even when no live worker of the
+                session could serve the queue (you will launch more).
 
         Raises:
             TimeoutError: items were still pending or in flight at the deadline.
+            QueueError: items are left and every worker that could serve the
+                queue has ended (unless ``expect_more_workers``).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         display = _progress_display(self) if progress else None
@@ -147,11 +157,29 @@ class Queue:
             ):
                 if display is not None:
                     display.update(self.stats())
+                if not expect_more_workers:
+                    self._check_served()
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError(f"queue {self.name!r}: {self.stats()} after {timeout} s")
         finally:
             if display is not None:
                 display.finish(self.stats())
+
+    def _check_served(self) -> None:
+        """Raise QueueError when items are left and no live worker can serve them."""
+        session = _session.require()
+        if session.could_serve(self._actor):
+            return
+        stats = self.stats()
+        if stats["pending"] + stats["leased"] == 0:
+            return
+        ended = session.last_reasons()
+        why = f" (the last to end: {'; '.join(ended)})" if ended else ""
+        raise QueueError(
+            f"queue {self.name!r}: {stats['pending']} items pending and {stats['leased']} in"
+            f" flight, but no live worker of this session serves it{why}; launch workers that"
+            " serve it, or pass expect_more_workers=True to wait for ones you will launch"
+        )
 
     def results(self) -> list[QueueResult]:
         """Every finished item's outcome so far, in completion order."""
@@ -162,8 +190,14 @@ class Queue:
                 return out
             out.extend(_decode(raw) for raw in batch)
 
-    def as_completed(self, timeout: float | None = None) -> Iterator[QueueResult]:
-        """Outcomes as items finish, until the queue is closed and drained."""
+    def as_completed(
+        self, timeout: float | None = None, *, expect_more_workers: bool = False
+    ) -> Iterator[QueueResult]:
+        """Outcomes as items finish, until the queue is closed and drained.
+
+        Raises QueueError, as ``join`` does, when items are left that no live
+        worker can serve (unless ``expect_more_workers``).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         seen = 0
         while True:
@@ -172,6 +206,8 @@ class Queue:
             yield from (_decode(raw) for raw in batch)
             if drained and not batch:
                 return
+            if not batch and not expect_more_workers:
+                self._check_served()
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"queue {self.name!r}: not drained after {timeout} s")
 

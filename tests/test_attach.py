@@ -123,7 +123,7 @@ def test_killed_attached_session_ends_only_its_workers(cluster: tuple[str, Path]
     assert {"gcs_server", "raylet"} <= _names(_head_processes(temp)), (
         "the cluster must keep running"
     )
-    assert not any("WorkerActor" in " ".join(p.cmdline()) for p in _head_processes(temp))
+    assert not any("NodeAgent" in " ".join(p.cmdline()) for p in _head_processes(temp))
 
 
 def test_attached_session_runs_workers_on_the_cluster(cluster: tuple[str, Path]) -> None:

@@ -55,6 +55,10 @@ def nodes(no_leaks: None, captured: Captured) -> Iterator[Nodes]:
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token)
     _head._refresh_ray_auth()  # this process imported Ray before the variables were set
+    # Ray's Cluster records its address in /tmp/ray, and fails where that dir
+    # does not exist yet (a fresh machine): make it, and remove what we made.
+    had_ray_dir = os.path.isdir("/tmp/ray")
+    os.makedirs("/tmp/ray", exist_ok=True)
     marker = "/tmp/ray/ray_current_cluster"
     had_marker = os.path.exists(marker)
     cluster = None
@@ -76,6 +80,9 @@ def nodes(no_leaks: None, captured: Captured) -> Iterator[Nodes]:
         if not had_marker:
             with contextlib.suppress(OSError):
                 os.unlink(marker)
+        if not had_ray_dir:
+            with contextlib.suppress(OSError):
+                os.rmdir("/tmp/ray")
         for key, value in saved.items():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 

@@ -193,3 +193,10 @@ def test_a_crash_inside_the_actor_is_described_as_such() -> None:
         describe_actor_death(RuntimeError("The actor died because its node has died."))
         == "node lost"
     )
+    # Ray's text for ray.kill names the class (NodeAgent): not a node's death.
+    killed = "The actor died unexpectedly.\n\tclass_name: NodeAgent\n\tpid: 9\nIt was killed by `ray.kill`."
+    assert describe_actor_death(RuntimeError(killed)).startswith("its node's agent died: ")
+    # Ray colours parts of its messages: reasons are plain text.
+    coloured = RuntimeError("\x1b[36mray::NodeAgent.run()\x1b[39m failed")
+    assert "\x1b" not in describe_actor_death(coloured)
+    assert "ray::NodeAgent.run() failed" in describe_actor_death(coloured)

@@ -145,7 +145,7 @@ def test_bad_input_errors() -> None:
     with pytest.raises(cmlray.QueueError, match=r"already has a queue named 'strict'"):
         cmlray.Queue("strict")
     with pytest.raises(TimeoutError, match=r"queue 'strict'"):
-        q.join(timeout=0.2)  # nobody serves it
+        q.join(timeout=0.2, expect_more_workers=True)  # nobody serves it yet
 
 
 def test_unknown_queue_name_in_a_worker_is_a_clear_failure() -> None:
@@ -239,3 +239,37 @@ def test_fn_worker_exception_lands_in_reason_and_tail() -> None:
     assert failure["reason"] == "RuntimeError: went wrong (exit code 1)"
     assert failure["tail"][-1] == "RuntimeError: went wrong"
     assert failure["result"] is None
+
+
+def test_join_fails_fast_when_no_live_worker_serves_the_queue() -> None:
+    cmlray.stop_workers()  # nothing of earlier tests may count as a server
+    q = cmlray.Queue("orphaned")
+    q.put_many(range(300))
+    q.close()
+    workers = cmlray.launch_workers(2, cpu=0.25, memory=0.1, code="raise SystemExit(3)")
+    with pytest.raises(cmlray.QueueError, match=r"300 items pending .* no live worker") as err:
+        q.join(timeout=600)  # raises long before: the workers end within seconds
+    assert "exit code 3" in str(err.value)  # says why the workers ended
+    assert all(w["status"] == "failed" for w in cmlray.await_workers(workers)["failures"])
+    with pytest.raises(cmlray.QueueError, match=r"no live worker"):
+        list(q.as_completed())
+    # Planning to launch more: the caller opts out and waits; then a server comes.
+    with pytest.raises(TimeoutError):
+        q.join(timeout=1, expect_more_workers=True)
+    serve("orphaned", "lambda x: -x", n=1)
+    q.join(timeout=120)
+    assert sorted(r.result for r in q.results()) == sorted(-i for i in range(300))
+
+
+def test_a_worker_serving_another_queue_does_not_count_as_a_server() -> None:
+    cmlray.stop_workers()
+    busy = cmlray.Queue("busy")  # open: its worker keeps serving it
+    serve("busy", "lambda x: x", n=1)
+    busy.put(1)
+    assert next(iter(busy.as_completed(timeout=120))).result == 1
+    lonely = cmlray.Queue("lonely")
+    lonely.put_many(range(5))
+    with pytest.raises(cmlray.QueueError, match=r"'lonely': 5 items pending"):
+        lonely.join(timeout=600)
+    busy.close()
+    busy.join(timeout=120)
