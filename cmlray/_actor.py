@@ -67,6 +67,7 @@ class WorkerLaunch:
     # Attached to a cluster: the program's environment starts from its node's
     # (the agent's), not the session's, whose paths may not exist there.
     node_env: bool = False
+    home_dir: str = ""  # the session's project dir, on the session's host
 
 
 def ray_placement() -> Placement:
@@ -85,14 +86,16 @@ def ray_placement() -> Placement:
 class WorkerActor:
     """Starts one worker's program under a guard and reports what it does."""
 
-    def __init__(self, launch: WorkerLaunch, placement: Placement | None = None) -> None:
+    def __init__(
+        self, launch: WorkerLaunch, placement: Placement | None = None, home: Any = None
+    ) -> None:
         self.launch = launch
         self.placement = placement
         self._lock = threading.Lock()
         self._ctl: socket.socket | None = None
         self._stop: dict[str, Any] | None = None
         self._port_lease: _ports.PortLease | None = None
-        self.services = ProgramServices(launch.worker_id, launch.payload)
+        self.services = ProgramServices(launch.worker_id, launch.payload, home, launch.home_dir)
 
     def ready(self) -> bool:
         """Answers once the actor is placed (used by tests and the session)."""

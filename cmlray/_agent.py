@@ -32,6 +32,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from cmlray import _files
 from cmlray._actor import Event, Placement, WorkerActor, WorkerLaunch
 
 LEASE_CHECK_S = 5.0
@@ -42,11 +43,22 @@ _DONE = object()
 class NodeAgent:
     """Starts and supervises the workers one session runs on this node."""
 
-    def __init__(self, home: Any = None, lease_s: float = 30.0) -> None:
+    def __init__(self, home: Any = None, lease_s: float = 0.0) -> None:
+        """An agent for one node of one session.
+
+        Args:
+            home: the agent on the session's own node (None: this is it), which
+                receives the files workers send home and, with ``lease_s``,
+                answers the lease checks.
+            lease_s: end this node's workers when ``home`` has not answered for
+                so long (0: never; an own head's agents share the session's host).
+        """
+        self._home = home
+        self._cwd = os.getcwd()  # its node's copy of the project, when one was shipped
         self._workers: dict[str, WorkerActor] = {}
         self._early_stops: dict[str, tuple[float, str, str]] = {}
         self._node: tuple[str, str] | None = None
-        if home is not None:
+        if home is not None and lease_s > 0:
             _Lease(self, home, lease_s).start()
 
     def ready(self) -> dict[str, Any]:
@@ -61,7 +73,9 @@ class NodeAgent:
     async def run(self, launch: WorkerLaunch, gpus: list[str]) -> AsyncIterator[list[Event]]:
         """Start ``launch``'s program and stream its events until it has ended."""
         ip, node_id = self._where()
-        worker = WorkerActor(launch, Placement(ip=ip, node_id=node_id, gpus=tuple(gpus)))
+        placement = Placement(ip=ip, node_id=node_id, gpus=tuple(gpus))
+        launch.cwd = launch.cwd or self._cwd
+        worker = WorkerActor(launch, placement, self._home)
         self._workers[launch.worker_id] = worker
         early = self._early_stops.pop(launch.worker_id, None)
         if early is not None:
@@ -73,6 +87,10 @@ class NodeAgent:
             self._workers.pop(launch.worker_id, None)
             # The stream was dropped before the program ended: end it too.
             worker.stop(0.0, "failed", "its event stream was closed")
+
+    def receive_file(self, path: str, data: bytes, offset: int, final: bool, token: str) -> None:
+        """Write a chunk of a file a worker elsewhere sends home (see ``_files``)."""
+        _files.write_chunk(path, data, offset, final, token)
 
     def stop(self, worker_id: str, grace_period_s: float, status: str, reason: str) -> None:
         """Stop one worker's tree (SIGTERM, grace, SIGKILL); before ``run``, when it comes."""

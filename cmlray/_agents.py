@@ -38,8 +38,9 @@ class AgentPool:
     def start_home(self) -> None:
         """Start the agent of the session's own node now, without waiting for it.
 
-        With a lease (attached sessions), the other agents check that this one
-        answers, to learn when their node is cut off from the session.
+        The other agents send the files workers send home to this one and,
+        with a lease (attached sessions), check that it answers, to learn when
+        their node is cut off from the session.
         """
         import ray
 
@@ -92,11 +93,10 @@ class AgentPool:
     def _start(self, node_id: str) -> Any:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        home = self._home if self._lease_s is not None else None
         return self._actor_class.options(
             num_cpus=0,
             max_concurrency=AGENT_CONCURRENCY,
             max_restarts=0,
             max_task_retries=0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-        ).remote(home, self._lease_s or 0.0)
+        ).remote(self._home, self._lease_s or 0.0)

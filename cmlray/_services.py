@@ -9,16 +9,18 @@ Requests:
     ("payload",)                                -> the cloudpickled (fn, args, kwargs)
     ("result", pickled_value)                   -> None; the worker's ``result``
     ("error", text)                             -> None; why ``fn`` failed
+    ("send_file", source, dest)                 -> the path it has on the session's host
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 from typing import Any
 
-from cmlray import _channel
+from cmlray import _channel, _files
 
 QUEUE_PREFIX = "cmlray-queue:"
 
@@ -26,9 +28,14 @@ QUEUE_PREFIX = "cmlray-queue:"
 class ProgramServices:
     """Answers one program's requests; remembers its function result."""
 
-    def __init__(self, worker_id: str, payload: bytes | None) -> None:
+    def __init__(
+        self, worker_id: str, payload: bytes | None, home: Any = None, home_dir: str = ""
+    ) -> None:
         self.worker_id = worker_id
         self.payload = payload
+        self.home = home  # the agent on the session's node; None: this is that node
+        self.home_dir = home_dir
+        self._sent = 0
         self.result: bytes | None = None
         self.error: str | None = None
         self._queues: dict[str, Any] = {}
@@ -51,6 +58,8 @@ class ProgramServices:
         if op == "error":
             self.error = args[0]
             return None
+        if op == "send_file":
+            return self.send_file(*args)
         raise LookupError(f"unknown request {op!r}")
 
     def queue(self, name: str) -> Any:
@@ -68,6 +77,19 @@ class ProgramServices:
 
         handle = self.queue(name)
         return ray.get(handle.exchange.remote(self.worker_id, outcomes, want, wait_s))
+
+    def send_file(self, source: str, dest: str) -> str:
+        """Put the program's file ``source`` at ``dest`` on the session's host."""
+        if not os.path.isfile(source):
+            raise LookupError(f"send_file: no file {source!r} on this worker's node")
+        path = _files.destination(dest, self.home_dir)
+        self._sent += 1
+        token = f"{self.worker_id}-{self._sent}"
+        if self.home is None:
+            _files.copy_local(source, path, token)
+        else:
+            _files.send(self.home, source, path, token)
+        return path
 
 
 def serve_channel(sock: socket.socket, services: ProgramServices) -> threading.Thread:

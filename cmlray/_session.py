@@ -114,6 +114,7 @@ class Session:
             memory_limit_bytes=spec.memory_bytes,
             timeout_s=spec.timeout_s,
             node_env=self.node_env,
+            home_dir=self.project_dir,
         )
 
     def _abandon(self, records: list[WorkerRecord]) -> None:

@@ -38,7 +38,7 @@ import cloudpickle
 from cmlray import _channel
 from cmlray.errors import QueueError
 
-__all__ = ["Task", "serve", "tasks"]
+__all__ = ["Task", "send_file", "serve", "tasks"]
 
 _TARGET_BATCH_S = 0.05
 _MAX_BATCH = 4096
@@ -178,3 +178,26 @@ def serve(name: str, fn: Callable[[Any], Any]) -> int:
             task.result = fn(task.item)
         count += 1
     return count
+
+
+def send_file(path: str | os.PathLike[str], dest: str | os.PathLike[str] | None = None) -> str:
+    """Send a file this worker wrote to the session's host; returns its path there.
+
+    On CML a worker's files are in the shared project at once; on a cluster
+    a worker's node has a disk of its own, so outputs meant for the session
+    travel with this call (on the session's own node it is a local copy).
+    The file lands whole or not at all.
+
+    Args:
+        path: the file, absolute or relative to the worker's working dir.
+        dest: where it lands; relative paths are under the session's project
+            dir. Default: ``path`` itself when relative (the same place in
+            the project as in the worker's copy of it), else its file name.
+
+    Raises:
+        QueueError: outside a worker, or the file could not be sent.
+    """
+    source = os.path.abspath(os.fspath(path))
+    if dest is None:
+        dest = os.fspath(path) if not os.path.isabs(path) else os.path.basename(source)
+    return str(client().request("send_file", source, os.fspath(dest)))

@@ -8,12 +8,14 @@ attaches to it by address, as users do with a real cluster.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -69,7 +71,9 @@ def nodes(no_leaks: None, captured: Captured) -> Iterator[Nodes]:
             num_cpus=2, num_gpus=2, resources={"accelerator_type:T4": 1}, temp_dir=temp
         )
         cluster.wait_for_nodes()
-        cmlray.init(address=cluster.address, console=captured.console)
+        # The simulated nodes share this machine's filesystem (and one Ray temp
+        # dir, whose shipped copies a removed node would delete): no shipping.
+        cmlray.init(address=cluster.address, console=captured.console, ship_project=False)
         yield Nodes(cluster, cpu, gpu, temp)
     finally:
         cmlray.shutdown()
@@ -187,3 +191,21 @@ def test_node_loss_fails_its_workers_and_returns_their_items(nodes: Nodes) -> No
     assert sorted(r.item for r in results) == list(range(40)) and all(r.ok for r in results)
     assert q.stats()["requeued"] >= 1
     assert len(cmlray.await_workers(rescuers, timeout_seconds=120)["workers"]) == 2
+
+
+def test_files_sent_home_from_another_node_arrive_whole(nodes: Nodes, tmp_path: Path) -> None:
+    """A worker on a node other than the session's sends 20 MB home, in chunks."""
+    target = tmp_path / "home" / "from-node.bin"
+    code = (
+        "import os, hashlib, cmlray.worker\n"
+        "data = os.urandom(20 << 20)\n"
+        "open('/tmp/cmlray-node-file', 'wb').write(data)\n"
+        "print(hashlib.sha256(data).hexdigest())\n"
+        f"cmlray.worker.send_file('/tmp/cmlray-node-file', {str(target)!r})\n"
+        "os.unlink('/tmp/cmlray-node-file')\n"
+    )
+    (worker,) = cmlray.await_workers(cmlray.launch_workers(1, cpu=1, memory=0.3, code=code))[
+        "workers"
+    ]
+    assert worker["node_id"] != nodes.cluster.head_node.node_id
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == worker["tail"][0]

@@ -12,8 +12,10 @@ as its working directory; Python puts this file's directory first on
 
 For each configuration it runs k-fold cross-validation (scikit-learn,
 ``n_jobs=1``: the worker holds one CPU), saves the k fold estimators as the
-configuration's snapshot and its scores next to it, prints one line and
-returns the scores as the item's result.
+configuration's snapshot and its scores next to it, sends both home to the
+session's study dir (``cmlray.worker.send_file``: the worker may run on
+another host of a Ray cluster), prints one line and returns the scores as
+the item's result.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,7 @@ from sklearn.model_selection import cross_validate
 
 from estimators import get_model, load_dataset, make_cv
 from searchspace import describe
-from studydb import now, trial_dir, write_atomically
+from studydb import now, trial_dir
 
 QUEUE_ENV = "HYPEROPT_QUEUE"
 
@@ -74,14 +77,22 @@ def dump_atomically(value: Any, path: Path) -> None:
 
 
 def save_snapshot(study_dir: Path, row: dict[str, Any], estimators: list[Any]) -> None:
-    """The fold estimators, then the scores (last: their presence means complete)."""
-    where = trial_dir(study_dir, row["config_id"])
-    where.mkdir(parents=True, exist_ok=True)
-    for stale in where.glob(".*.tmp-*"):  # left by a worker stopped mid-write
-        stale.unlink(missing_ok=True)
-    snapshot = {"params": row["params"], "fold_estimators": estimators}
-    dump_atomically(snapshot, where / "model.joblib")
-    write_atomically(where / "scores.json", json.dumps(row, indent=2).encode())
+    """The fold estimators, then the scores (last: their presence means complete).
+
+    Written on this worker's node, then sent home: the study dir is on the
+    session's host, which need not be this worker's node (a Ray cluster).
+    ``send_file`` lands each file whole or not at all, in this order.
+    """
+    import cmlray.worker
+
+    dest = trial_dir(study_dir, row["config_id"])
+    with tempfile.TemporaryDirectory(prefix="trial-") as local:
+        model, scores = Path(local) / "model.joblib", Path(local) / "scores.json"
+        snapshot = {"params": row["params"], "fold_estimators": estimators}
+        joblib.dump(snapshot, model, compress=3)
+        scores.write_bytes(json.dumps(row, indent=2).encode())
+        cmlray.worker.send_file(model, dest / "model.joblib")
+        cmlray.worker.send_file(scores, dest / "scores.json")
 
 
 def study_row(task: dict[str, Any], scores: list[float], fit_seconds: float) -> dict[str, Any]:
