@@ -79,7 +79,13 @@ WORKER_MEMORY_GIB = 0.1
 HELLO_CODE = "print('hello')"
 SLEEP_CODE = "import time; time.sleep(1)"
 AWAIT_GOAL_S = 0.100
-RATIO_GOAL = 1.1
+START_GOAL = 1.0
+FIRST_WAVE_GOAL = 0.5
+LATER_WAVE_GOAL = 0.3
+SOAK_GOAL_S = 60.0
+SOAK_WORKERS = 300
+SOAK_WAVE = 10
+LATER_WAVES = 9
 AWAIT_SAMPLES = 10
 IDLE_TIMEOUT_S = 30.0
 RESULTS_PATH = common.RESULTS_DIR / "launch.json"
@@ -186,13 +192,12 @@ def _await_sample() -> float:
     return returned - common.iso_to_unix(outcome["workers"][0]["finished_at"])
 
 
-def _timed_rounds(one_round: Callable[[], Json], timed: int) -> list[Json]:
-    _wait_idle()
-    one_round()  # warm-up, untimed
+def _waves(one_round: Callable[[], Json], later: int) -> list[Json]:
+    """The first wave right after init, then ``later`` waves, each on idle CPUs."""
     rounds = []
-    for _ in range(timed):
+    for index in range(1 + later):
         _wait_idle()
-        rounds.append(one_round())
+        rounds.append({**one_round(), "first": index == 0})
     return rounds
 
 
@@ -202,7 +207,7 @@ def child_launch_cmlray(timed: int, await_samples: int) -> Json:
     import cmlray  # already imported (and timed) by _open_cmlray
 
     try:
-        result["rounds"] = _timed_rounds(_cmlray_launch_round, timed)
+        result["rounds"] = _waves(_cmlray_launch_round, timed)
         result["await_gaps_s"] = []
         for _ in range(await_samples):
             _wait_idle()
@@ -258,7 +263,59 @@ def child_launch_ray(timed: int) -> Json:
     result: Json = {}
     temp_dir = _open_ray(result)
     try:
-        result["rounds"] = _timed_rounds(_ray_launch_round, timed)
+        result["rounds"] = _waves(_ray_launch_round, timed)
+    finally:
+        common.ray_shutdown(result, "shutdown_after_use_s", temp_dir)
+    return result
+
+
+def _soak(one_wave: Callable[[], int], workers: int) -> Json:
+    """``workers`` workers in waves of SOAK_WAVE in one session, timed as a whole."""
+    t0 = time.perf_counter()
+    done = sum(one_wave() for _ in range(workers // SOAK_WAVE))
+    if done != workers:
+        raise RuntimeError(f"soak: {done} of {workers} workers succeeded")
+    return {"soak_s": time.perf_counter() - t0, "soak_workers": workers}
+
+
+def child_soak_cmlray(workers: int) -> Json:
+    result: Json = {}
+    _open_cmlray(result, quiet=True)
+    import cmlray as cdsw
+
+    def wave() -> int:
+        launched = cdsw.launch_workers(
+            SOAK_WAVE, cpu=WORKER_CPU, memory=WORKER_MEMORY_GIB, code=HELLO_CODE
+        )
+        return len(cdsw.await_workers(launched, timeout_seconds=300)["workers"])
+
+    try:
+        result.update(_soak(wave, workers))
+    finally:
+        cdsw.shutdown()
+    return result
+
+
+def child_soak_ray(workers: int) -> Json:
+    result: Json = {}
+    temp_dir = _open_ray(result)
+    import ray
+
+    def wave() -> int:
+        # Each actor is killed as soon as its program is done, freeing its CPU
+        # as cmlray frees a finished worker's (a wave can hold more than fits).
+        actors = [_raw_actor_class().remote() for _ in range(SOAK_WAVE)]
+        pending = {actor.run.remote(HELLO_CODE): actor for actor in actors}
+        ok = 0
+        while pending:
+            (ref,), _ = ray.wait(list(pending))
+            output = ray.get(ref)
+            ray.kill(pending.pop(ref))
+            ok += output["returncode"] == 0 and output["stdout"] == "hello\n"
+        return ok
+
+    try:
+        result.update(_soak(wave, workers))
     finally:
         common.ray_shutdown(result, "shutdown_after_use_s", temp_dir)
     return result
@@ -275,8 +332,9 @@ class Plan:
 
     start_trials: int
     launch_rounds: int
-    launches_per_child: int
+    launches_per_child: int  # waves after the first, in each launch child
     await_samples: int
+    soak_workers: int
 
     def awaits_of_child(self, index: int) -> int:
         """await samples the ``index``-th cmlray launch child takes (>= 1)."""
@@ -289,8 +347,9 @@ def make_plan(rounds: int | None, quick: bool) -> Plan:
     return Plan(
         start_trials=1 if quick else 2,
         launch_rounds=launch_rounds,
-        launches_per_child=1 if quick else 2,
+        launches_per_child=3 if quick else LATER_WAVES,
         await_samples=3 if quick else AWAIT_SAMPLES,
+        soak_workers=60 if quick else SOAK_WORKERS,
     )
 
 
@@ -308,7 +367,7 @@ def _brief(result: Json) -> str:
 
 def new_results() -> dict[str, dict[str, list[Json]]]:
     """Every child's result: ``{"start" | "launch": {side: [result, ...]}}``."""
-    return {"start": {side: [] for side in SIDES}, "launch": {side: [] for side in SIDES}}
+    return {kind: {side: [] for side in SIDES} for kind in ("start", "launch", "soak")}
 
 
 def measure(plan: Plan, results: dict[str, dict[str, list[Json]]]) -> None:
@@ -326,6 +385,9 @@ def measure(plan: Plan, results: dict[str, dict[str, list[Json]]]) -> None:
             results["launch"][side].append(_spawn(f"launch-{side}", *launch_args, *extra))
             brief = _brief(results["launch"][side][-1])
             common.progress(f"launch round {index + 1}/{plan.launch_rounds} {side}: {brief}")
+    for side in SIDES:
+        results["soak"][side].append(_spawn(f"soak-{side}", "--soak", str(plan.soak_workers)))
+        common.progress(f"soak {side}: {results['soak'][side][-1]['soak_s']:.1f} s")
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -353,7 +415,11 @@ def summarize(results: dict[str, dict[str, list[Json]]]) -> Json:
     medians["shutdown_after_use_s"] = {
         side: _medians(results["launch"][side], "shutdown_after_use_s") for side in SIDES
     }
-    medians["launch_s"] = {side: _medians(rounds[side], "elapsed_s") for side in SIDES}
+    first = {side: [r for r in rounds[side] if r["first"]] for side in SIDES}
+    later = {side: [r for r in rounds[side] if not r["first"]] for side in SIDES}
+    medians["launch_first_s"] = {side: _medians(first[side], "elapsed_s") for side in SIDES}
+    medians["launch_later_s"] = {side: _medians(later[side], "elapsed_s") for side in SIDES}
+    medians["soak_s"] = {side: _medians(results["soak"][side], "soak_s") for side in SIDES}
     phase_keys = list(dict.fromkeys(k for side in SIDES for r in rounds[side] for k in r["phases"]))
     for key in phase_keys:
         medians[f"phase:{key}"] = {
@@ -369,12 +435,17 @@ def summarize(results: dict[str, dict[str, list[Json]]]) -> Json:
             "init_s": _paired(fresh, lambda c: c.get("init_s")),
             "shutdown_s": _paired(results["start"], lambda c: c.get("shutdown_s")),
             "shutdown_after_use_s": _paired(launches, lambda c: c.get("shutdown_after_use_s")),
-            "launch_s": _paired(launches, lambda c: _medians(c["rounds"], "elapsed_s")),
+            "launch_first_s": _paired(launches, lambda c: c["rounds"][0]["elapsed_s"]),
+            "launch_later_s": _paired(
+                launches,
+                lambda c: _medians([r for r in c["rounds"] if not r["first"]], "elapsed_s"),
+            ),
         },
         "samples_per_side": {
             "init": len(fresh["cmlray"]),
             "idle_shutdown": len(results["start"]["cmlray"]),
             "launch": len(rounds["cmlray"]),
+            "soak": len(results["soak"]["cmlray"]),
         },
         "await": {
             "samples": len(gaps),
@@ -384,11 +455,17 @@ def summarize(results: dict[str, dict[str, list[Json]]]) -> Json:
             "gaps_s": gaps,
         },
         "goals": {
-            "session_start_ratio": RATIO_GOAL,
-            "launch_ratio": RATIO_GOAL,
+            "session_start_ratio": START_GOAL,
+            "launch_first_ratio": FIRST_WAVE_GOAL,
+            "launch_later_ratio": LATER_WAVE_GOAL,
+            "soak_s": SOAK_GOAL_S,
             "await_p50_s": AWAIT_GOAL_S,
         },
     }
+
+
+def _later_median(child: Json) -> float | None:
+    return _medians([r for r in child["rounds"] if not r["first"]], "elapsed_s")
 
 
 def _paired(children: dict[str, list[Json]], value: Callable[[Json], float | None]) -> float | None:
@@ -415,14 +492,20 @@ _LABELS = {
     "init_s": "session start (init)",
     "shutdown_s": "shutdown (idle session)",
     "shutdown_after_use_s": "shutdown (after launches)",
-    "launch_s": f"launch {N_WORKERS} x {WORKER_CPU} CPU -> all done",
+    "launch_first_s": f"first wave after init: {N_WORKERS} x {WORKER_CPU} CPU -> all done",
+    "launch_later_s": f"later waves (median): {N_WORKERS} x {WORKER_CPU} CPU -> all done",
+    "soak_s": f"soak: {SOAK_WORKERS} workers in waves of {SOAK_WAVE}, one session",
     "phase:launch_call_s": "  phase: launch_workers() call",
     "phase:to_first_running_s": "  phase: start -> first running",
     "phase:to_last_running_s": "  phase: start -> last running",
     "phase:program_median_s": "  phase: program run (median)",
     "phase:last_exit_to_done_s": "  phase: last exit -> all done",
 }
-_GOALS = {"init_s": "session_start_ratio", "launch_s": "launch_ratio"}
+_GOALS = {
+    "init_s": START_GOAL,
+    "launch_first_s": FIRST_WAVE_GOAL,
+    "launch_later_s": LATER_WAVE_GOAL,
+}
 
 
 def _times(ratio: float | None) -> str:
@@ -448,7 +531,9 @@ def print_table(summary: Json) -> None:
         ratio = summary["ratios"][key]
         goal = ""
         if key in _GOALS and ratio is not None:
-            goal = f"<= {RATIO_GOAL} {common.verdict(ratio <= RATIO_GOAL)}"
+            goal = f"<= {_GOALS[key]}x {common.verdict(ratio <= _GOALS[key])}"
+        if key == "soak_s" and pair["cmlray"] is not None:
+            goal = f"cmlray <= {SOAK_GOAL_S:g} s {common.verdict(pair['cmlray'] <= SOAK_GOAL_S)}"
         table.add_row(
             _LABELS.get(key, key),
             _seconds(pair["cmlray"]),
@@ -497,6 +582,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--timed", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--await-samples", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--soak", type=int, default=SOAK_WORKERS, help=argparse.SUPPRESS)
     return common.checked_args(parser, argv)
 
 
@@ -507,6 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "start-ray": child_start_ray,
         "launch-cmlray": lambda: child_launch_cmlray(args.timed, args.await_samples),
         "launch-ray": lambda: child_launch_ray(args.timed),
+        "soak-cmlray": lambda: child_soak_cmlray(args.soak),
+        "soak-ray": lambda: child_soak_ray(args.soak),
     }
     return common.child_or_parent(args.child, modes, lambda: run(args))
 

@@ -84,6 +84,7 @@ def init(
     runtime_env: Mapping[str, Any] | None = None,
     ship_project: bool = True,
     project_excludes: Sequence[str] = (),
+    block: bool = True,
 ) -> None:
     """Start this process's cmlray session explicitly.
 
@@ -112,6 +113,9 @@ def init(
             where the nodes share the session's filesystem. Ignored with an
             own head, whose workers run in the project dir itself.
         project_excludes: more gitignore-style patterns to leave behind.
+        block: wait until the session is up (the default). False returns at
+            once while the head boots in the background: the first call that
+            needs the session waits for it, and raises if it could not start.
 
     Raises:
         SessionError: a session is already running, or Ray could not start.
@@ -133,6 +137,7 @@ def init(
         runtime_env=_check_runtime_env(runtime_env),
         ship_project=_check_flag("ship_project", ship_project),
         project_excludes=_check_patterns(project_excludes),
+        block=_check_flag("block", block),
     )
 
 

@@ -15,7 +15,7 @@ import itertools
 import os
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from rich.console import Console
@@ -23,6 +23,7 @@ from rich.console import Console
 from cmlray import _cluster, _head, _placement, _shipping
 from cmlray._actor import WorkerLaunch
 from cmlray._agents import AgentPool
+from cmlray._boot import Boot
 from cmlray._events import EventPump
 from cmlray._ids import new_id
 from cmlray._logs import WorkerLogs
@@ -71,6 +72,7 @@ class Session:
         self.node_env = not head.owns_head
         self.agents = AgentPool(lease_s=None if head.owns_head else LEASE_S)
         self.agents.start_home()
+        self.on_closed: Callable[[], None] = lambda: None
 
     def identity(self, worker_id: str) -> dict[str, str]:
         """The variables that tell a worker who it and its session are."""
@@ -276,6 +278,7 @@ class Session:
         for worker_id in self.registry.ids():
             self._release_group(worker_id)
         self.head.close()
+        self.on_closed()
 
     def _release_group(self, worker_id: str) -> None:
         record = self.registry.get(worker_id)
@@ -325,7 +328,7 @@ def _on_this_node() -> dict[str, Any]:
 
 
 _lock = threading.RLock()
-_current: Session | None = None
+_current: Session | Boot[Session] | None = None
 
 
 def start(
@@ -340,8 +343,9 @@ def start(
     runtime_env: dict[str, Any] | None = None,
     ship_project: bool = True,
     project_excludes: tuple[str, ...] = (),
-) -> Session:
-    """Start this process's session (see ``cmlray.init``)."""
+    block: bool = True,
+) -> Session | None:
+    """Start this process's session (see ``cmlray.init``); None when not ``block``."""
     global _current
     with _lock:
         if _current is not None:
@@ -355,16 +359,26 @@ def start(
             runtime_env = _shipping.attached_runtime_env(
                 runtime_env, project, ship_project=ship_project, excludes=project_excludes
             )
-        head = _connect(address, num_cpus, num_gpus, resources, runtime_env)
-        try:
-            _current = Session(head, project, console, log_dir)
-        except BaseException:
-            head.close()
-            raise
-        _current.ships_project = "working_dir" in (runtime_env or {})
-        # After ray.init, so this runs before Ray's own exit hook (atexit is LIFO).
-        atexit.unregister(_at_exit)
-        atexit.register(_at_exit)
+
+        def open_session(boot: Boot[Session] | None = None) -> Session:
+            head = _connect(address, num_cpus, num_gpus, resources, runtime_env)
+            try:
+                session = Session(head, project, console, log_dir)
+            except BaseException:
+                head.close()
+                raise
+            session.ships_project = "working_dir" in (runtime_env or {})
+            if boot is not None:
+                session.on_closed = boot.release
+            # After ray.init, so this runs before Ray's own exit hook (atexit is LIFO).
+            atexit.unregister(_at_exit)
+            atexit.register(_at_exit)
+            return session
+
+        if not block:
+            _current = Boot(open_session, project)
+            return None
+        _current = open_session()
         return _current
 
 
@@ -387,11 +401,28 @@ def _connect(
 
 
 def current(create: bool = True) -> Session | None:
-    """The running session; started with defaults if there is none and ``create``."""
+    """The running session; started with defaults if there is none and ``create``.
+
+    A session still booting (``init(block=False)``) is waited for.
+    """
+    global _current
     with _lock:
         if _current is None and create:
             return start()
-        return _current
+        pending = _current
+    if not isinstance(pending, Boot):
+        return pending
+    try:
+        session = pending.result()
+    except BaseException:
+        with _lock:
+            if _current is pending:
+                _current = None
+        raise
+    with _lock:
+        if _current is pending:
+            _current = session
+    return session
 
 
 def project_dir() -> str:
@@ -411,6 +442,11 @@ def shutdown() -> None:
     global _current
     with _lock:
         session, _current = _current, None
+    if isinstance(session, Boot):
+        try:
+            session = session.result()
+        except Exception:  # it never started: nothing to end
+            return
     if session is not None:
         session.close()
 

@@ -1,0 +1,70 @@
+"""``cmlray.init(block=False)``: the head boots in the background.
+
+The first call that needs the session waits for it; a start that fails
+raises there, and leaves no session behind.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import cmlray
+from cmlray import _session
+from cmlray._boot import Boot
+from tests.conftest import Captured
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+
+def test_first_call_waits_for_a_background_start(captured: Captured) -> None:
+    assert cmlray.init(num_cpus=2, block=False, console=captured.console) is None
+    try:
+        with pytest.raises(cmlray.SessionError, match="already running"):
+            cmlray.init(num_cpus=2)  # one session, booting or not
+        done = cmlray.await_workers(
+            cmlray.launch_workers(2, cpu=0.5, memory=0.1, code="print('after boot')")
+        )
+        assert [w["tail"] for w in done["workers"]] == [["after boot"]] * 2
+        # The head must outlive the thread that booted it (Ray's PDEATHSIG is per thread).
+        again = cmlray.await_workers(cmlray.launch_workers(1, cpu=0.5, memory=0.1, code="pass"))
+        assert len(again["workers"]) == 1, again["failures"]
+    finally:
+        cmlray.shutdown()
+    assert _session.current(create=False) is None
+
+
+def test_shutdown_while_booting_ends_the_session() -> None:
+    cmlray.init(num_cpus=1, block=False)
+    cmlray.shutdown()  # waits for the boot, then ends it
+    assert _session.current(create=False) is None
+
+
+def test_a_failed_background_start_raises_at_the_first_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A real Ray start that fails takes minutes of retries; the failure is injected.
+    def refuse(*_args: object) -> None:
+        raise cmlray.SessionError("starting a Ray head failed: no room")
+
+    monkeypatch.setattr(_session, "_connect", refuse)
+    cmlray.init(block=False)
+    with pytest.raises(cmlray.SessionError, match="no room"):
+        cmlray.list_workers()
+    assert _session.current(create=False) is None  # gone: a new init may follow
+
+
+def test_boot_hands_its_result_or_error_to_the_caller_and_waits_for_release() -> None:
+    def fail(_boot: Boot[int]) -> int:
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        Boot(fail, "/").result()
+    booted = Boot(lambda _boot: 42, "/")
+    assert booted.result() == 42
+    (thread,) = [t for t in threading.enumerate() if t.name == "cmlray-boot"]
+    assert thread.is_alive()  # kept until the session ends (it owns the head)
+    booted.release()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
