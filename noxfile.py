@@ -30,6 +30,16 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session
+def stress(session: nox.Session) -> None:
+    """The suite N times, quiet and under a busy neighbour: a table of who failed when.
+
+    ``nox -s stress -- -n 6 --shuffle`` (see benchmarks/stress.py for options).
+    """
+    session.install("-e", ".[test,examples]")
+    session.run("python", "benchmarks/stress.py", *session.posargs)
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """The benchmarks, cmlray side by side with raw Ray; tables on stdout, JSON in results/."""
     session.install("-e", ".[test,examples,bench]")

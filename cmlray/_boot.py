@@ -12,20 +12,13 @@ exits, so a boot thread that returned would take the head down with it.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from cmlray._hush import hush
+
 T = TypeVar("T")
-
-
-class _NoSigtermWarning(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "SIGTERM handler is not set" not in record.getMessage()
-
-
-_NO_SIGTERM_WARNING = _NoSigtermWarning()
 
 
 class Boot(Generic[T]):
@@ -43,7 +36,7 @@ class Boot(Generic[T]):
     def _run(self) -> None:
         # Ray warns that it sets no SIGTERM handler off the main thread: nothing
         # to tell the user (the session's cleanup does not depend on it).
-        logging.getLogger("ray._private.worker").addFilter(_NO_SIGTERM_WARNING)
+        hush("ray._private.worker", "SIGTERM handler is not set")
         try:
             self._value = self._start(self)
         except BaseException as exc:  # raised again by result(), in the caller's thread

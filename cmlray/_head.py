@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cmlray import _process, _shipping
+from cmlray._hush import hush
 from cmlray.errors import SessionError, translate_ray_error
 
 _REAPER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_reaper.py")
@@ -171,6 +172,8 @@ def attach(address: str, runtime_env: dict[str, Any] | None = None) -> Head:
     import ray
 
     _refresh_ray_auth()
+    # cmlray leaves these out of the shipped project itself, and says so in its docs.
+    hush("ray._private.runtime_env.working_dir", "is now ignored by default")
     try:
         context = ray.init(
             address=address,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import random
 import time
 import uuid
 from collections.abc import Iterator
@@ -60,6 +61,26 @@ def wait_no_marked_processes(timeout_s: float = LEAK_WAIT_S, mark: str | None = 
         except psutil.Error:
             continue
     return described
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With ``CMLRAY_SHUFFLE_SEED`` set: modules in a random order, tests too within each.
+
+    benchmarks/stress.py uses it to find tests that depend on what ran before.
+    Modules stay whole, so each still starts its session once.
+    """
+    seed = os.environ.get("CMLRAY_SHUFFLE_SEED")
+    if not seed:
+        return
+    rng = random.Random(int(seed))
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+    order = list(modules.values())
+    rng.shuffle(order)
+    for group in order:
+        rng.shuffle(group)
+    items[:] = [item for group in order for item in group]
 
 
 @pytest.fixture(scope="module")
