@@ -152,6 +152,15 @@ class Registry:
     def status(self, worker_id: str) -> str:
         return self._records[worker_id].status
 
+    def last_reasons(self, count: int = 3) -> list[str]:
+        """The newest distinct reasons ended workers gave: ``name status: reason``."""
+        reasons: dict[str, str] = {}
+        with self._cond:
+            for record in reversed(self._records.values()):
+                if record.final and record.reason not in reasons and len(reasons) < count:
+                    reasons[record.reason or ""] = f"{record.name} {record.status}: {record.reason}"
+        return list(reasons.values())
+
 
 def _placed(record: WorkerRecord, event: dict[str, Any]) -> None:
     if record.final:

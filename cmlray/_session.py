@@ -28,10 +28,11 @@ from cmlray._events import EventPump
 from cmlray._ids import new_id
 from cmlray._logs import WorkerLogs
 from cmlray._process import NODE_PYTHON
+from cmlray._queuebook import QueueBook
 from cmlray._registry import FINAL, Registry, WorkerRecord
 from cmlray._relay import Relay
 from cmlray._spec import WorkerSpec, portable_environment
-from cmlray.errors import QueueError, SessionError, translate_ray_error
+from cmlray.errors import SessionError, translate_ray_error
 
 STOP_SLACK_S = 15.0
 LEASE_S = 30.0
@@ -62,7 +63,7 @@ class Session:
         self._names = itertools.count(1)
         self._closed = False
         self._graces: dict[str, float] = {}
-        self._queues: dict[str, Any] = {}
+        self.queues = QueueBook()
         self._placing = threading.Lock()
         # True when Ray ships the project dir to each node (runtime_env working_dir):
         # workers then run in their node's copy, and scripts resolve against it.
@@ -176,56 +177,17 @@ class Session:
         if agent is not None and (record.reason or "").startswith(_AGENT_GONE):
             self.agents.forget(record.agent_node or "", agent)
         why = f"its worker {record.name} ended ({record.status}: {record.reason})"
-        for queue in list(self._queues.values()):
-            with contextlib.suppress(Exception):
-                queue.release_worker.remote(worker_id, why)
+        self.queues.worker_ended(worker_id, why)
 
     def create_queue(self, actor_name: str, actor_class: type, *args: Any) -> Any:
-        """Start a queue's actor (named, so workers' actors find it); one per name."""
-        import ray
-
+        """Start a queue's actor (named, so workers' agents find it); one per name."""
         self._check_open()
-        if actor_name in self._queues:
-            raise QueueError(
-                f"this session already has a queue named {actor_name.split(':', 1)[1]!r}"
-            )
-        try:
-            options = {"name": actor_name, "num_cpus": 0, **_on_this_node()}
-            handle = ray.remote(actor_class).options(**options).remote(*args)
-        except Exception as exc:
-            raise translate_ray_error(exc, "starting a queue") from exc
-        self._queues[actor_name] = handle
-        return handle
+        return self.queues.create(actor_name, actor_class, *args)
 
     def could_serve(self, queue: Any) -> bool:
-        """Whether a live worker of this session serves ``queue``, or may yet.
-
-        A live worker that has asked only other queues for items is not
-        counted: it serves those.
-        """
-        import ray
-
+        """Whether a live worker of this session serves ``queue``, or may yet."""
         live = {i for i in self.registry.ids() if self.registry.status(i) not in FINAL}
-        if not live:
-            return False
-        here = set(ray.get(queue.servers.remote()))
-        if live & here:
-            return True
-        others = [h for h in self._queues.values() if h is not queue]
-        elsewhere = set().union(*ray.get([h.servers.remote() for h in others])) if others else set()
-        return bool(live - elsewhere)
-
-    def last_reasons(self, count: int = 3) -> list[str]:
-        """The newest distinct reasons this session's ended workers gave."""
-        reasons: dict[str, str] = {}
-        for worker in reversed(self.registry.describe()):
-            if worker["status"] in FINAL and worker["reason"] not in reasons:
-                reasons[worker["reason"]] = (
-                    f"{worker['name']} {worker['status']}: {worker['reason']}"
-                )
-            if len(reasons) >= count:
-                break
-        return list(reasons.values())
+        return self.queues.could_serve(queue, live)
 
     def stop(
         self, worker_ids: Iterable[str], grace_period_s: float | None = None
@@ -273,7 +235,7 @@ class Session:
         self.pump.close()
         if self.logs is not None:
             self.logs.close_all()
-        self._kill_queues()
+        self.queues.close()
         self.agents.close()
         for worker_id in self.registry.ids():
             self._release_group(worker_id)
@@ -286,14 +248,6 @@ class Session:
             group, record.group = record.group, None
         if group is not None:
             _placement.release(group)
-
-    def _kill_queues(self) -> None:
-        import ray
-
-        for handle in self._queues.values():
-            with contextlib.suppress(Exception):
-                ray.kill(handle)
-        self._queues.clear()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -309,22 +263,6 @@ def _relative(arg: str, project_dir: str) -> str:
     if os.path.isabs(arg) and arg.startswith(project_dir + os.sep):
         return os.path.relpath(arg, project_dir)
     return arg
-
-
-def _on_this_node() -> dict[str, Any]:
-    """Actor options that pin an actor to the session's own node.
-
-    A queue lives with the session: a worker node that dies must not take
-    the queue's state with it.
-    """
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    try:
-        node_id = ray.get_runtime_context().get_node_id()
-    except Exception:  # a Ray Client session has no node of its own
-        return {}
-    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)}
 
 
 _lock = threading.RLock()

@@ -173,7 +173,7 @@ class Queue:
         stats = self.stats()
         if stats["pending"] + stats["leased"] == 0:
             return
-        ended = session.last_reasons()
+        ended = session.registry.last_reasons()
         why = f" (the last to end: {'; '.join(ended)})" if ended else ""
         raise QueueError(
             f"queue {self.name!r}: {stats['pending']} items pending and {stats['leased']} in"
