@@ -65,7 +65,7 @@ class Driver:
                 continue
         return names
 
-    def wait_for_trees(self, timeout_s: float = 30) -> list[str]:
+    def wait_for_trees(self, timeout_s: float = 90) -> list[str]:
         """The commands of this session's processes, once both workers' trees are up.
 
         Each tree has 4 ``sleep 30x`` and a ``time.sleep(302)`` Python child;

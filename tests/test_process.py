@@ -130,9 +130,18 @@ def _descendants_named(root: int, text: str) -> list[int]:
     return found
 
 
-def _tree_of_guard(pid: int) -> list[int]:
+def _tree_of_guard(pid: int, *commands: str, timeout_s: float = 60.0) -> list[int]:
+    """The guard's pid and its descendants', once each of ``commands`` runs below it.
+
+    Backgrounded children start when the machine gets to them: wait for them
+    (a condition), not for a fixed time.
+    """
     guard = psutil.Process(pid).parent()
     assert guard is not None and "_guard.py" in " ".join(guard.cmdline())
+    deadline = time.monotonic() + timeout_s
+    while not all(_descendants_named(guard.pid, c) for c in commands):
+        assert time.monotonic() < deadline, f"{commands} did not all start below the guard"
+        time.sleep(0.02)
     return [guard.pid, *(p.pid for p in guard.children(recursive=True))]
 
 
@@ -147,8 +156,7 @@ def test_stop_from_another_thread_kills_setsid_children_too() -> None:
         if any(kind == "out" for kind, _ in batch):
             started = next(p for k, p in events if k == "started")
             assert isinstance(started, dict)
-            time.sleep(0.2)  # let both sleeps start
-            tree = _tree_of_guard(started["pid"])
+            tree = _tree_of_guard(started["pid"], "sleep 311", "sleep 312")
             threading.Thread(target=actor.stop, args=(2.0,)).start()
     final = events[-1][1]
     assert isinstance(final, dict)
@@ -172,8 +180,7 @@ def test_guard_cleans_up_when_its_actor_dies() -> None:
         if any(kind == "out" for kind, _ in batch):
             break
     assert pid is not None
-    time.sleep(0.2)
-    tree = _tree_of_guard(pid)
+    tree = _tree_of_guard(pid, "sleep 313", "sleep 314")
     stream.close()  # closes the control socket, as the actor process's death would
     procs = [psutil.Process(p) for p in tree if psutil.pid_exists(p)]
     _, alive = psutil.wait_procs(procs, 10)
