@@ -102,3 +102,12 @@ def session(
         yield str(project)
     finally:
         cmlray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def netcluster() -> Iterator[object]:
+    """A Ray cluster of three hosts made of namespaces (see tests/netcluster.py)."""
+    from tests.netcluster import cluster_fixture
+
+    with cluster_fixture() as cluster:
+        yield cluster
