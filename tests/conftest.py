@@ -15,12 +15,16 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
 from rich.console import Console
 
 import cmlray
+
+if TYPE_CHECKING:
+    from tests.netcluster import NamespaceCluster
 
 RUN_MARK = "CMLRAY_TEST_RUN"
 # One mark per test process (each pytest-xdist worker has its own), so a
@@ -105,7 +109,7 @@ def session(
 
 
 @pytest.fixture(scope="module")
-def netcluster() -> Iterator[object]:
+def netcluster() -> Iterator[NamespaceCluster]:
     """A Ray cluster of three hosts made of namespaces (see tests/netcluster.py)."""
     from tests.netcluster import cluster_fixture
 

@@ -11,6 +11,14 @@ cmlray or the session's interpreter. Ray runs from a venv holding Ray alone
 - ``h1``: a CPU node;
 - ``h2``: a node declaring two GPUs and a ``gpu_host`` resource.
 
+Use (the ``netcluster`` fixture of tests/conftest.py gives a started one)::
+
+    project = netcluster.hosts["h0"].tmp_dir / "project"  # h0 sees it as /tmp/project
+    done = netcluster.run("h0", [sys.executable, "driver.py", netcluster.address],
+                          cwd=netcluster.host_path("h0", project))
+    netcluster.partition("h1"); ...; netcluster.heal("h1")
+    netcluster.crash("h2")  # SIGKILL every process of h2; start_ray("h2") restarts it
+
 Needs root (CI runs as root); ``skip_reason()`` says why it cannot run.
 Everything a run makes is removed by ``close()``, by an ``atexit`` hook, and,
 if this process dies by any path, by a reaper process (see ``_netns_cleanup``); the
@@ -75,6 +83,7 @@ class NamespaceCluster:
         self,
         specs: tuple[HostSpec, ...] = _rayonly.DEFAULT_HOSTS,
         ray_env: dict[str, str] | None = None,
+        hidden: list[Path] | None = None,
     ) -> None:
         """Names a cluster; ``start()`` makes it.
 
@@ -82,7 +91,10 @@ class NamespaceCluster:
             specs: The hosts; the first is the session host and Ray head.
             ray_env: Environment for every ``ray start`` (Ray's ``RAY_<config>``
                 variables); default ``FAST_FAULT_DETECTION``.
+            hidden: Directories the nodes must not see; default the checkout
+                and the test venv (``sys.prefix``).
         """
+        self.hidden = _outermost(hidden or [CHECKOUT, Path(sys.prefix)])
         self.ray_env = _rayonly.FAST_FAULT_DETECTION if ray_env is None else ray_env
         self.run_id = secrets.token_hex(3)
         self.layout = _netns.Layout(self.run_id, tuple(s.name for s in specs))
@@ -144,7 +156,7 @@ class NamespaceCluster:
             if len(self.layout.veth(spec.name)) > 14:
                 raise ValueError(f"host name {spec.name!r} too long for a link name")
             address = str(subnet[index + 1])
-            hidden = [] if spec.sees_checkout else _hidden_paths()
+            hidden = [] if spec.sees_checkout else self.hidden
             _netns.add_host(self.layout, spec.name, address, subnet.prefixlen, hidden)
             self.hosts[spec.name] = Host(
                 spec.name,
@@ -290,6 +302,18 @@ class NamespaceCluster:
             raise RuntimeError(f"waiting for {count} nodes failed: {_text(err)[-3000:]}\n{logs}")
         return json.loads(_text(out).strip().splitlines()[-1])  # type: ignore[no-any-return]
 
+    def host_path(self, host: str, path: Path) -> str:
+        """Where ``host`` sees ``path``: under its ``tmp_dir``, it is in its /tmp.
+
+        A test makes files for a host (a project, a driver script) in
+        ``hosts[host].tmp_dir`` and passes ``host_path(...)`` to commands
+        there; paths elsewhere are returned unchanged.
+        """
+        tmp = self.hosts[host].tmp_dir
+        if path.is_relative_to(tmp):
+            return str(Path("/tmp") / path.relative_to(tmp))
+        return str(path)
+
     def ray_log(self, host: str) -> str:
         """The tail of ``ray start``'s output on ``host``."""
         with contextlib.suppress(OSError):
@@ -354,9 +378,9 @@ class NamespaceCluster:
         self._popens = [p for p in self._popens if p.poll() is None]
 
 
-def _hidden_paths() -> list[Path]:
-    """What a node must not see: the checkout and the test venv (outermost paths only)."""
-    paths = sorted({CHECKOUT, Path(sys.prefix).resolve()}, key=lambda p: len(p.parts))
+def _outermost(paths: list[Path]) -> list[Path]:
+    """The existing directories among ``paths``, without those inside another."""
+    paths = sorted({p.resolve() for p in paths}, key=lambda p: len(p.parts))
     kept: list[Path] = []
     for path in paths:
         if path.is_dir() and not any(path.is_relative_to(k) for k in kept):

@@ -142,6 +142,12 @@ def test_each_host_has_a_private_tmp(netcluster: NamespaceCluster) -> None:
     for other in ("h0", "h2"):
         assert netcluster.run(other, ["test", "-e", f"/tmp/{name}"]).returncode == 1
     assert not Path("/tmp", name).exists()
+    script = netcluster.hosts["h0"].tmp_dir / f"{name}.py"
+    script.write_text("import os; print(os.getcwd())")
+    inside = netcluster.host_path("h0", script)
+    assert inside == f"/tmp/{name}.py"
+    done = netcluster.run("h0", [sys.executable, inside], cwd="/tmp")
+    assert done.stdout.strip() == "/tmp", done.stderr
 
 
 def test_the_token_is_required_and_readable_by_root_only(netcluster: NamespaceCluster) -> None:
@@ -203,6 +209,8 @@ def test_crash_kills_a_host_and_close_leaves_nothing() -> None:
         assert cluster.pids("h1") == []
         assert [n["NodeName"] for n in cluster.wait_nodes(1, timeout_s=DEADLINE_S)] == ["h0"]
         assert cluster.pids("h0")
+        cluster.start_ray("h1")  # the host reboots
+        assert sorted(n["NodeName"] for n in cluster.wait_nodes(2)) == ["h0", "h1"]
     assert cluster.leftovers() == []
     assert not Path(f"/run/netns/{cluster.layout.netns('h0')}").exists()
 
