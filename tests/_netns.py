@@ -101,6 +101,10 @@ def create_run(layout: Layout) -> None:
     _run(["mount", "--make-private", mnt])
     layout.data_dir.mkdir(mode=0o700)
     ip("link", "add", layout.bridge, "type", "bridge")
+    # Bridged frames skip the host's firewall (br_netfilter), so a FORWARD DROP
+    # policy (Docker's) cannot cut the hosts off; older kernels lack the option.
+    no_netfilter = ("nf_call_iptables", "0", "nf_call_ip6tables", "0", "nf_call_arptables", "0")
+    ip("link", "set", "dev", layout.bridge, "type", "bridge", *no_netfilter, check=False)
     ip("link", "set", layout.bridge, "up")
 
 
