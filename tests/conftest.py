@@ -16,12 +16,16 @@ import random
 import time
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
 from rich.console import Console
 
 import cmlray
+
+if TYPE_CHECKING:
+    from tests.netcluster import NamespaceCluster
 
 RUN_MARK = "CMLRAY_TEST_RUN"
 # One mark per test process (each pytest-xdist worker has its own), so a
@@ -123,3 +127,12 @@ def session(
         yield str(project)
     finally:
         cmlray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def netcluster() -> Iterator[NamespaceCluster]:
+    """A Ray cluster of three hosts made of namespaces (see tests/netcluster.py)."""
+    from tests.netcluster import cluster_fixture
+
+    with cluster_fixture() as cluster:
+        yield cluster

@@ -1,0 +1,152 @@
+"""Ray alone on the hosts of the namespace test cluster: its venv, how a host starts it.
+
+A real node of a user's cluster has Ray (same Python minor version) and
+nothing else: no cmlray, no test dependencies. This venv stands for that
+install. It is built once per Ray and Python version, outside the checkout,
+under a file lock (concurrent test processes wait for one build), and reused
+by later runs. A venv is not relocatable, so it is built in place and marked
+complete only at the end; an incomplete one is rebuilt.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CACHE_ROOT = Path(os.environ.get("CMLRAY_RAYONLY_ROOT", "/var/tmp"))
+COMPLETE_MARK = ".cmlray-complete"
+BUILD_TIMEOUT_S = 1800.0
+
+
+HEAD_PORT = 6379
+OBJECT_STORE_BYTES = 100 * 1024 * 1024
+# The head declares a node dead after 5 failed health checks 1 s apart (each
+# may take up to 2 s) instead of Ray's 5 x 3 s (+10 s), so crash and
+# partition tests see "node lost" in seconds; lenient enough for a loaded box.
+FAST_FAULT_DETECTION = {
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "2000",
+    "RAY_health_check_failure_threshold": "5",
+}
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """What one host declares to Ray; the first host of a cluster is the head."""
+
+    name: str
+    num_cpus: int = 2
+    num_gpus: int = 0
+    memory_gib: float = 4.0  # Ray's logical memory, fixed so tests don't depend on the machine
+    resources: dict[str, float] = field(default_factory=dict)
+    sees_checkout: bool = False  # the session host has the project; nodes don't
+
+
+DEFAULT_HOSTS = (
+    HostSpec("h0", sees_checkout=True),
+    HostSpec("h1"),
+    HostSpec("h2", num_gpus=2, resources={"gpu_host": 1.0}),
+)
+
+
+def ray_version() -> str:
+    """The Ray version of the test interpreter: the nodes get exactly this one."""
+    return importlib.metadata.version("ray")
+
+
+def base_python() -> Path:
+    """The interpreter the test venv was made from (the nodes' "system" Python)."""
+    return Path(getattr(sys, "_base_executable", sys.executable)).resolve()
+
+
+def venv_path() -> Path:
+    """Where the Ray-only venv for this Ray and Python version lives."""
+    py = ".".join(map(str, sys.version_info[:3]))
+    return CACHE_ROOT / f"cmlray-rayonly-{ray_version()}-py{py}"
+
+
+def ray_only_venv() -> Path:
+    """The Ray-only venv, built now if no complete one exists.
+
+    Returns:
+        The venv's directory (its interpreter is ``<venv>/bin/python``).
+
+    Raises:
+        RuntimeError: if building it failed (the pip output is in the message).
+    """
+    venv = venv_path()
+    lock_path = venv.with_name(venv.name + ".lock")
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # blocks while another run builds it
+        if not (venv / COMPLETE_MARK).exists():
+            _build(venv)
+    return venv
+
+
+def _build(venv: Path) -> None:
+    """Builds the venv in place and marks it complete (caller holds the lock)."""
+    shutil.rmtree(venv, ignore_errors=True)
+    started = time.monotonic()
+    steps = [
+        [str(base_python()), "-m", "venv", str(venv)],
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", f"ray=={ray_version()}"],
+    ]
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    for argv in steps:
+        done = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S
+        )
+        if done.returncode != 0:
+            shutil.rmtree(venv, ignore_errors=True)
+            raise RuntimeError(
+                f"building the Ray-only venv failed: {' '.join(argv)}\n{done.stderr[-3000:]}"
+            )
+    elapsed_s = time.monotonic() - started
+    (venv / COMPLETE_MARK).write_text(f"built in {elapsed_s:.1f} s\n")
+
+
+def ray_start_argv(venv: Path, spec: HostSpec, ip: str, head: str | None) -> list[str]:
+    """``ray start --block`` for one host: the head when ``head`` is None, else a node."""
+    argv = [
+        str(venv / "bin" / "ray"),
+        "start",
+        "--block",
+        f"--node-ip-address={ip}",
+        f"--num-cpus={spec.num_cpus}",
+        f"--num-gpus={spec.num_gpus}",
+        f"--memory={int(spec.memory_gib * 2**30)}",
+        f"--node-name={spec.name}",
+        f"--labels=host={spec.name}",
+        f"--resources={json.dumps(spec.resources)}",
+        f"--object-store-memory={OBJECT_STORE_BYTES}",
+        "--disable-usage-stats",
+        "--temp-dir=/tmp/ray",
+    ]
+    if head is None:
+        return [*argv, "--head", f"--port={HEAD_PORT}", "--include-dashboard=false"]
+    return [*argv, f"--address={head}"]
+
+
+# A driver that prints the alive nodes (ray.nodes()) once `count` are alive (0: at once).
+NODES_PROBE = """
+import json, sys, time, ray
+address, count, timeout_s = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+deadline = time.monotonic() + timeout_s
+while True:
+    alive = [n for n in ray.nodes() if n["Alive"]]
+    if count == 0 or len(alive) == count:
+        break
+    if time.monotonic() > deadline:
+        sys.exit(f"{len(alive)} nodes alive after {timeout_s} s, not {count}")
+    time.sleep(0.2)
+print(json.dumps(alive))
+"""
