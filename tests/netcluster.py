@@ -235,9 +235,15 @@ class NamespaceCluster:
         return proc
 
     def enter_argv(self, host: str, cwd: str = "/") -> list[str]:
-        """The ``nsenter`` prefix that runs a command inside ``host``."""
+        """The ``nsenter`` prefix that runs a command inside ``host``, in ``cwd`` there.
+
+        nsenter's own ``--wd`` opens the directory before it enters the mount
+        namespace (so a host's private /tmp would not be found): ``env -C``
+        changes into it once inside.
+        """
         h = self.hosts[host]
-        return ["nsenter", f"--net=/run/netns/{h.netns}", f"--mount={h.mnt_file}", f"--wd={cwd}"]
+        enter = ["nsenter", f"--net=/run/netns/{h.netns}", f"--mount={h.mnt_file}", "--wd=/"]
+        return [*enter, "env", "-C", cwd]
 
     def run(
         self, host: str, argv: list[str], timeout_s: float = 120.0, **kwargs: Any

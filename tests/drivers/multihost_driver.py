@@ -118,6 +118,9 @@ def queue() -> Any:
     q.put_many(range(300))
     q.close()
     workers = cmlray.launch_workers(6, cpu=1, memory=0.2, code=SERVE)
+    registry = _session.require().registry
+    ids = [w["id"] for w in workers]
+    registry.wait_for(lambda: all(registry.status(i) == "running" for i in ids), 180)
     for _ in q.as_completed(timeout=180):
         break
     print("READY", json.dumps(cmlray.list_workers()), flush=True)
