@@ -116,7 +116,8 @@
 }
 
 .raise <- function(caller, reply) {
-  message <- paste0(caller, ": ", .r_names(reply$message))
+  message <- .r_names(reply$message)
+  if (!startsWith(message, caller)) message <- paste0(caller, ": ", message)
   classes <- c(paste0("cmlray_", reply$error), "cmlray_error", "error", "condition")
   stop(structure(class = classes, list(message = message, call = NULL)))
 }

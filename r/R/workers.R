@@ -10,7 +10,31 @@
   worker
 }
 
-.workers <- function(workers) lapply(workers, .worker)
+.workers <- function(workers) structure(lapply(workers, .worker), class = "cmlray_workers")
+
+.COLUMNS <- list(id = "", name = "", status = "", ip_address = "", cpu = 0, memory = 0,
+                 nvidia_gpu = 0, duration = 0, exit_code = 0, reason = "")
+
+#' The workers as a data frame: one row each, the scalar fields as columns.
+as.data.frame.cmlray_workers <- function(x, ...) {
+  columns <- lapply(names(.COLUMNS), function(key) {
+    template <- .COLUMNS[[key]]
+    vapply(x, function(worker) {
+      value <- worker[[key]]
+      if (is.null(value)) methods::as(NA, class(template)) else methods::as(value, class(template))
+    }, template)
+  })
+  data.frame(structure(columns, names = names(.COLUMNS)), stringsAsFactors = FALSE)
+}
+
+print.cmlray_workers <- function(x, ...) {
+  if (length(x) == 0L) {
+    cat("<no workers>\n")
+  } else {
+    print(as.data.frame(x), row.names = FALSE)
+  }
+  invisible(x)
+}
 
 #' Launch n workers running an R (or Python) script, R code or shell lines.
 #'
@@ -42,24 +66,24 @@ launch.workers <- function(n, cpu, memory, nvidia_gpu = 0, kernel = "r", script 
 
 #' All workers of this R session, newest state, in launch order.
 list.workers <- function() {
-  if (is.null(.state$bridge)) return(list())
+  if (is.null(.state$bridge)) return(.workers(list()))
   .workers(.call("list.workers", "list_workers"))
 }
 
 #' Stop workers (ids or workers); with none, every worker of this session.
 #'
 #' Each program and everything it started get SIGTERM, then SIGKILL after
-#' a grace period. Returns one list per worker: id, status_code (200, or
-#' 404 for an id this session never launched), status and worker.
+#' a grace period. Returns, invisibly, one list per worker: id, status_code
+#' (200, or 404 for an id this session never launched), status and worker.
 stop.workers <- function(...) {
   caller <- "stop.workers"
   ids <- .ids(list(...), "...", caller)
-  if (is.null(.state$bridge) && length(ids) == 0L) return(list())
+  if (is.null(.state$bridge) && length(ids) == 0L) return(invisible(list()))
   results <- .call(caller, "stop_workers", list(ids = as.list(ids)))
-  lapply(results, function(result) {
+  invisible(lapply(results, function(result) {
     result$worker <- .worker(result$worker)
     result
-  })
+  }))
 }
 
 #' Wait until workers succeed (or run), fail, or timeout_seconds pass.
