@@ -5,21 +5,23 @@ session, as R's own child, instead of embedding Python in R (the reasons,
 measured, are in ``r/README.md``). The protocol is one JSON object a line:
 
 - R to the bridge, on its stdin: ``{"id": 7, "op": "launch_workers",
-  "args": {...}}``.
+  "args": {...}}``; ``{"op": "abandon", "id": 7}`` when the user
+  interrupted call 7.
 - The bridge to R, on ``--reply-fd`` (a FIFO R reads): first
   ``{"ready": true, "pid": ..., "version": ...}``, then for each call
   ``{"id": 7, "ok": true, "value": ..., "warnings": [...]}`` or
-  ``{"id": 7, "ok": false, "error": "ValueError", "message": "cpu must ..."}``.
+  ``{"id": 7, "ok": false, "error": "ValueError", "message": "cpu must ..."}``,
+  preceded by ``{"id": 7, "pending": true}`` lines while it waits.
 
 Workers' output goes to the bridge's stdout and stderr, which are R's own:
 the relay writes straight to R's file descriptors, so lines appear while R is
 busy or blocked in C code (a ``socketConnection`` accept, say).
 
 Calls that wait (``await_workers``, ``stop_workers``) run on threads of
-their own: an R call interrupted by the user leaves its wait behind, and its
-late reply is dropped by R (its id is stale), while the next calls are
-served at once. Calls that may start the session run on the main thread,
-where Ray wants its signal handlers.
+their own and send keepalive lines meanwhile (see ``Waits``), so Ctrl-C in R
+interrupts them; an interrupted call's wait is left behind, and the next
+calls are served at once. Calls that may start the session run on the main
+thread, where Ray wants its signal handlers.
 
 Lifetime: the bridge ends its session (``cmlray.shutdown()``: workers
 stopped, its own head ended) and exits when its stdin reaches EOF, which
@@ -70,6 +72,7 @@ LAUNCH_ARGUMENTS = frozenset(
 )
 INIT_ARGUMENTS = frozenset({"address", "num_cpus", "num_gpus", "project_dir", "log_dir"})
 _EOF = None
+KEEPALIVE_S = 0.25
 
 
 class ReplyWriter:
@@ -175,17 +178,53 @@ def _read_requests(requests: queue.Queue[dict[str, Any] | None]) -> None:
     requests.put(_EOF)
 
 
-def _answer_later(replies: ReplyWriter, request: dict[str, Any]) -> None:
-    replies.send(answer(request))
+class Waits:
+    """Calls that wait, each on a thread of its own, with keepalive lines for R.
+
+    R blocks in a read of its FIFO while it waits for a reply, and R only
+    acts on Ctrl-C between two R-level steps: a keepalive line every
+    ``KEEPALIVE_S`` gives it those steps, so a long ``await.workers`` stays
+    interruptible. R then sends ``{"op": "abandon", "id": ...}``: the wait
+    goes on (a thread costs nothing) but sends nothing more.
+    """
+
+    def __init__(self, replies: ReplyWriter) -> None:
+        self._replies = replies
+        self._abandoned: set[object] = set()
+
+    def start(self, request: dict[str, Any]) -> None:
+        threading.Thread(target=self._run, args=(request,), daemon=True).start()
+
+    def abandon(self, request_id: object) -> None:
+        self._abandoned.add(request_id)
+
+    def _run(self, request: dict[str, Any]) -> None:
+        request_id = request.get("id")
+        done = threading.Event()
+        threading.Thread(target=self._keepalive, args=(request_id, done), daemon=True).start()
+        try:
+            reply = answer(request)
+        finally:
+            done.set()
+        if request_id not in self._abandoned:
+            self._replies.send(reply)
+
+    def _keepalive(self, request_id: object, done: threading.Event) -> None:
+        while not done.wait(KEEPALIVE_S) and request_id not in self._abandoned:
+            self._replies.send({"id": request_id, "pending": True})
 
 
 def serve(replies: ReplyWriter) -> None:
     """Answer R's requests until R goes away."""
     requests: queue.Queue[dict[str, Any] | None] = queue.Queue()
     threading.Thread(target=_read_requests, args=(requests,), daemon=True).start()
+    waits = Waits(replies)
     while (request := requests.get()) is not _EOF:
-        if str(request.get("op")) in WAITING_OPS:
-            threading.Thread(target=_answer_later, args=(replies, request), daemon=True).start()
+        op = str(request.get("op"))
+        if op == "abandon":
+            waits.abandon(request.get("id"))
+        elif op in WAITING_OPS:
+            waits.start(request)
         else:
             replies.send(answer(request))
 

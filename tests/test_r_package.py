@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pty
 import queue
+import select
 import shutil
 import signal
 import socket
@@ -281,3 +283,65 @@ def test_a_python_without_cmlray_is_a_clear_r_error(r_library: str) -> None:
     assert done.returncode == 1
     assert "could not start its Python side with /nonexistent/python3" in done.stdout
     assert "CMLRAY_PYTHON" in done.stdout
+
+
+class Terminal:
+    """An interactive R in a pseudo-terminal, as a user at a prompt has it."""
+
+    def __init__(self, r_library: str) -> None:
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: become R at once
+            os.execvpe("R", ["R", "--no-save", "--quiet"], r_env(r_library))
+        self.output = b""
+        self.seen = 0
+
+    def expect(self, text: str) -> None:
+        """Wait for ``text`` in what R shows after what was expected last."""
+        deadline = time.monotonic() + DEADLINE_S
+        while (found := self.output.find(text.encode(), self.seen)) < 0:
+            ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"no {text!r} from R; it showed:\n{self.output[-2000:]!r}"
+            self.output += os.read(self.fd, 65536)
+        self.seen = found + len(text)
+
+    def send(self, text: str) -> None:
+        os.write(self.fd, text.encode())
+
+    def close(self) -> None:
+        if self.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        os.close(self.fd)
+
+
+def _blocked_reading(pid: int) -> bool:
+    """Whether the process sleeps in a read of a pipe (R waiting for a reply)."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/wchan") as f:
+        return f.read().endswith("pipe_read")
+    return False
+
+
+def test_ctrl_c_interrupts_a_waiting_r_call(r_library: str) -> None:
+    terminal = Terminal(r_library)
+    try:
+        terminal.expect("> ")
+        terminal.send(
+            'library("cmlray"); w <- launch.workers(1, cpu = 0.25, memory = 0.5, code = "Sys.sleep(300)");'
+            ' cat("waiting\\n"); r <- await.workers(w, timeout_seconds = 0)\n'
+        )
+        terminal.expect("waiting\r\n")
+        deadline = time.monotonic() + DEADLINE_S
+        while not _blocked_reading(terminal.pid):
+            assert time.monotonic() < deadline, "R never waited for the reply"
+            time.sleep(0.05)
+        terminal.send("\x03")  # Ctrl-C
+        terminal.expect("> ")
+        terminal.send('cat("back:", list.workers()[[1]]$status, "\\n")\n')
+        terminal.expect("back: running")
+        terminal.send("q()\n")
+        _, status = os.waitpid(terminal.pid, 0)
+        terminal.pid = 0
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        terminal.close()

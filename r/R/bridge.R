@@ -122,6 +122,17 @@
   stop(structure(class = classes, list(message = message, call = NULL)))
 }
 
+.abandon <- function(id) {
+  bridge <- .state$bridge
+  if (!is.null(bridge)) {
+    request <- jsonlite::toJSON(list(id = id, op = "abandon"), auto_unbox = TRUE)
+    try({
+      writeLines(request, bridge$requests)
+      flush(bridge$requests)
+    }, silent = TRUE)
+  }
+}
+
 # One call to the Python side: its value, or an R error with Python's message.
 .call <- function(caller, op, args = list()) {
   bridge <- .bridge()
@@ -132,15 +143,23 @@
                               auto_unbox = TRUE, null = "null", digits = NA)
   writeLines(request, bridge$requests)
   flush(bridge$requests)
+  answered <- FALSE
+  # Interrupted (Ctrl-C) before the reply: tell the Python side to stop
+  # sending keepalives for this call.
+  on.exit(if (!answered) .abandon(id))
   repeat {
     line <- readLines(bridge$replies, n = 1L)
     if (length(line) == 0L) {
+      answered <- TRUE
       .bridge_close()
       stop(caller, ": cmlray's Python side exited (see its error above)", call. = FALSE)
     }
     reply <- jsonlite::fromJSON(line, simplifyVector = FALSE)
-    if (identical(reply$id, id)) break # else: the late reply of an interrupted call
+    # Skipped: keepalives (R checks for Ctrl-C between two of them), and
+    # what an interrupted call sends late.
+    if (identical(reply$id, id) && !isTRUE(reply$pending)) break
   }
+  answered <- TRUE
   for (text in reply$warnings) warning(paste0(caller, ": ", text), call. = FALSE)
   if (!isTRUE(reply$ok)) .raise(caller, reply)
   reply$value
