@@ -26,7 +26,7 @@ thread, where Ray wants its signal handlers.
 Lifetime: the bridge ends its session (``cmlray.shutdown()``: workers
 stopped, its own head ended) and exits when its stdin reaches EOF, which
 happens when R closes the pipe or dies by any path. A SIGKILLed R also
-sends it SIGTERM (``PR_SET_PDEATHSIG``), in case a child of R still holds
+sends it SIGHUP (``PR_SET_PDEATHSIG``), in case a child of R still holds
 the pipe open. It runs in a session of its own, so a Ctrl-C in R's
 terminal interrupts R, not the bridge and its Ray.
 """
@@ -73,6 +73,7 @@ LAUNCH_ARGUMENTS = frozenset(
 INIT_ARGUMENTS = frozenset({"address", "num_cpus", "num_gpus", "project_dir", "log_dir"})
 _EOF = None
 KEEPALIVE_S = 0.25
+ENDING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 class ReplyWriter:
@@ -230,15 +231,20 @@ def serve(replies: ReplyWriter) -> None:
 
 
 def _tie_to_parent(parent_pid: int) -> None:
-    """SIGTERM when R dies; exit now if it already has."""
+    """SIGHUP when R dies; exit now if it already has.
+
+    SIGHUP rather than SIGTERM: Ray's core logs a stack trace on SIGTERM, and
+    in a session of its own the bridge gets no other SIGHUP.
+    """
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGHUP, 0, 0, 0)
     if parent_pid and os.getppid() != parent_pid:
         raise SystemExit("cmlray bridge: its R session is already gone")
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: shutdown must not be interrupted
+def _on_signal(signum: int, frame: object) -> None:
+    for ending in ENDING_SIGNALS:  # once: the shutdown must not be interrupted
+        signal.signal(ending, signal.SIG_IGN)
     raise SystemExit(128 + signum)
 
 
@@ -250,14 +256,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = parser.parse_args(argv)
     with contextlib.suppress(OSError):
         os.setsid()  # out of R's terminal's process group: Ctrl-C is for R
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    for ending in ENDING_SIGNALS:
+        signal.signal(ending, _on_signal)
     _tie_to_parent(options.parent_pid)
     replies = ReplyWriter(options.reply_fd)
     replies.send({"ready": True, "pid": os.getpid(), "version": cmlray.__version__})
     try:
         serve(replies)
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for ending in ENDING_SIGNALS:
+            signal.signal(ending, signal.SIG_IGN)
         cmlray.shutdown()
     return 0
 

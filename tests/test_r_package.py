@@ -34,6 +34,7 @@ pytestmark = [
     pytest.mark.skipif(
         shutil.which("Rscript") is None, reason="R is not installed (apt-get install r-base-core)"
     ),
+    pytest.mark.slow,
     pytest.mark.usefixtures("no_leaks"),
 ]
 PACKAGE = Path(__file__).parent.parent / "r"
