@@ -9,6 +9,9 @@ same <- function(actual, expected) {
 }
 
 stopifnot(length(list.workers()) == 0L)
+cmlray.init(num_cpus = 2)
+again <- tryCatch(cmlray.init(), cmlray_SessionError = function(e) conditionMessage(e))
+same(again, "cmlray.init: a cmlray session is already running: call cmlray.shutdown() first")
 workers <- launch.workers(n = 2, cpu = 0.25, memory = 0.5,
                           code = 'cat(Sys.getenv("ANSWER"), Sys.getenv("CDSW_ENGINE_ID"), "\n")',
                           env = c(ANSWER = "42"))
