@@ -146,9 +146,9 @@ def check_program(script: object, code: object, project_dir: str) -> tuple[str, 
     if code is None:
         code = ""
     if not isinstance(script, str | os.PathLike):
-        raise TypeError(f"script must be a path to a Python file, got {script!r}")
+        raise TypeError(f"script must be a path to a script file, got {script!r}")
     if not isinstance(code, str):
-        raise TypeError(f"code must be a string of Python or '!shell' code, got {code!r}")
+        raise TypeError(f"code must be a string of source code or '!shell' lines, got {code!r}")
     script = os.fspath(script)
     if not script and not code.strip():
         raise ValueError("launch_workers needs script= (a file) or code= (source or '!cmd')")

@@ -1,0 +1,6 @@
+print(Sys.getenv("CDSW_MASTER_IP"))
+con <- socketConnection(host=Sys.getenv("CDSW_MASTER_IP"), port = 6000, blocking=TRUE, server=FALSE, open="r+")
+write_resp <- writeLines("Hello from Worker", con)
+server_resp <- readLines(con, 1)
+print(paste("Worker received:  ", server_resp))
+close(con)
