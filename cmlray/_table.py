@@ -2,8 +2,8 @@
 
 Pure functions of worker dicts (``list_workers()``'s), so they are tested on
 a captured console. The columns: name, status, node, run time, CPU cores in
-use of those requested, memory in use of that requested (GiB), and the last
-line the worker printed. Nothing from a worker's environment is shown (it
+use of those requested, memory in use of that requested (GiB; its peak once
+ended), and the last line the worker printed. Nothing from a worker's environment is shown (it
 may hold secrets), and a worker's text is shown literally: escapes removed,
 never read as Rich markup or HTML.
 
@@ -89,14 +89,19 @@ def last_line(worker: Worker) -> str:
 
 
 def row_cells(worker: Worker) -> list[str]:
-    """The plain text of a worker's row, in ``COLUMNS`` order."""
+    """The plain text of a worker's row, in ``COLUMNS`` order.
+
+    An ended worker shows its peak memory, and its CPU averaged over its run.
+    """
+    ended = worker.get("finished_at") is not None
+    memory = worker.get("memory_peak" if ended else "memory_used")
     return [
         strip_escapes(str(worker["name"])),
         str(worker["status"]),
         _node(worker),
         format_duration(worker.get("duration")),
         _amount(worker.get("cpu_used"), float(worker["cpu"]), 2),
-        _amount(worker.get("memory_used"), float(worker["memory"]), 2),
+        _amount(memory, float(worker["memory"]), 2),
         last_line(worker),
     ]
 

@@ -151,3 +151,10 @@ def test_log_dir_files_are_plain_and_kept(tmp_path: Any) -> None:
     assert logs.read("abc", "err") == "err\n"
     logs.close_all()
     assert (tmp_path / "worker-1-abc.log").read_text() == "out\nerr\n"
+
+
+def test_an_ended_worker_shows_its_peak_memory() -> None:
+    ended = worker(1, "succeeded", finished_at="2026-01-01T00:00:00.000Z", memory_peak=0.42)
+    assert render(worker_table([ended])).splitlines()[2].split()[5] == "0.42/0.5"
+    running = worker(2, "running", finished_at=None, memory_peak=0.42)
+    assert render(worker_table([running])).splitlines()[2].split()[5] == "0.31/0.5"
