@@ -129,7 +129,7 @@ class Guard:
     def tick_s(self) -> float:
         """How long to wait for news before checking the limits or sampling usage again."""
         now = time.monotonic()
-        tick = max(0.0, self.usage_due - now)
+        tick = max(0.0, self.usage_due - now) if self.final is None else 1.0
         if self.spec.get("memory_limit_bytes"):
             tick = min(tick, _MEMORY_CHECK_S)
         timeout_s = self.spec.get("timeout_s")

@@ -28,6 +28,7 @@ from cmlray._sanitize import strip_escapes
 from cmlray._spec import WorkerSpec
 
 EXIT_INTERRUPTED = 130
+_USAGE_COLUMNS_WIDTH = 100  # narrower, the usage columns would squeeze the statuses
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -106,22 +107,26 @@ def _program(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
     return {"script": args.script} if args.script else {"code": args.code}
 
 
-def _summary(workers: Sequence[dict[str, Any]]) -> Table:
+def _summary(workers: Sequence[dict[str, Any]], width: int) -> Table:
+    """The final table; with CPU seconds and peak memory where the console is wide enough."""
+    usage = width >= _USAGE_COLUMNS_WIDTH
     table = Table(title="workers", title_justify="left")
-    for column in ("name", "id", "status", "exit", "seconds", "cpu s", "peak GiB", "reason"):
+    columns = ["name", "id", "status", "exit", "seconds"]
+    columns += ["cpu s", "peak GiB"] if usage else []
+    for column in [*columns, "reason"]:
         table.add_column(column)
     for worker in workers:
         style = "green" if worker["status"] == "succeeded" else "red"
-        table.add_row(
+        cells: list[Any] = [
             Text(worker["name"]),
             worker["id"],
             f"[{style}]{worker['status']}[/]",
             str(worker["exit_code"]),
             f"{worker['duration']:.2f}" if worker["duration"] is not None else "-",
-            _figure(worker.get("cpu_seconds")),
-            _figure(worker.get("memory_peak")),
-            Text(worker["reason"] or ""),
-        )
+        ]
+        if usage:
+            cells += [_figure(worker.get("cpu_seconds")), _figure(worker.get("memory_peak"))]
+        table.add_row(*cells, Text(worker["reason"] or ""))
     return table
 
 
@@ -185,14 +190,14 @@ def launch(args: argparse.Namespace, arguments: dict[str, Any], console: Console
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: stopping every worker[/]")
         cmlray.stop_workers()
-        console.print(_summary(cmlray.list_workers()))
+        console.print(_summary(cmlray.list_workers(), console.width))
         return EXIT_INTERRUPTED
     finally:
         pending = [w["id"] for w in cmlray.list_workers() if w["finished_at"] is None]
         if pending:
             cmlray.stop_workers(*pending)
     _print_logs(args.logs, console)
-    console.print(_summary(result["workers"] + result["failures"]))
+    console.print(_summary(result["workers"] + result["failures"], console.width))
     return 0 if not result["failures"] else 1
 
 
