@@ -25,6 +25,8 @@ _PUBLIC = {
     "stop_workers": "cmlray._api",
     "await_workers": "cmlray._api",
     "StopResult": "cmlray._api",
+    "watch": "cmlray._watch",
+    "logs": "cmlray._logread",
     "init": "cmlray._init",
     "shutdown": "cmlray._init",
     "Queue": "cmlray.queue",
@@ -50,13 +52,17 @@ __all__ = [
     "init",
     "launch_workers",
     "list_workers",
+    "logs",
     "shutdown",
     "stop_workers",
+    "watch",
 ]
 
 if TYPE_CHECKING:
     from cmlray._api import StopResult, await_workers, launch_workers, list_workers, stop_workers
     from cmlray._init import init, shutdown
+    from cmlray._logread import logs
+    from cmlray._watch import watch
     from cmlray.errors import (
         CmlrayError,
         InfeasibleRequestError,

@@ -8,7 +8,8 @@ program), then yields batches of events as they happen::
     ("placed",  {"ip", "node_id", "app_port", "gpus", "time"})
     ("started", {"pid", "time"})
     ("out" | "err", [line, ...])
-    ("exited",  {"exit_code", "status", "reason", "time"})
+    ("usage",   {"rss_bytes", "peak_rss_bytes", "cpu_s", "cores"})
+    ("exited",  {"exit_code", "status", "reason", "time", "usage"})
 
 ``stop`` runs on a second thread of the actor (``max_concurrency >= 2``)
 while ``run`` streams: Ray cannot interrupt a running sync method.
@@ -318,3 +319,6 @@ class _Stream:
             elif "status" in message:
                 self.final = _final(message["exit_code"], message["status"], message["reason"])
                 self.final["time"] = message.get("time", self.final["time"])
+                self.final["usage"] = message.get("usage")
+            elif "usage" in message:
+                batch.append(("usage", message["usage"]))

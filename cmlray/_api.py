@@ -16,6 +16,7 @@ from cmlray import _session
 from cmlray._ids import is_id
 from cmlray._registry import FINAL
 from cmlray._spec import WorkerSpec, check_non_negative
+from cmlray._table import WorkerList
 
 
 def launch_workers(
@@ -105,10 +106,14 @@ def launch_workers(
     return _session.require().launch(spec)
 
 
-def list_workers() -> list[dict[str, Any]]:
-    """Every worker this session launched, newest state, in launch order."""
+def list_workers() -> WorkerList:
+    """Every worker this session launched, newest state, in launch order.
+
+    A plain list of plain dicts (a ``list`` subclass) that a notebook shows as
+    an HTML table and a Rich console as a table.
+    """
     session = _session.current(create=False)
-    return session.registry.describe() if session is not None else []
+    return WorkerList(session.registry.describe() if session is not None else [])
 
 
 @dataclass(frozen=True)

@@ -152,7 +152,7 @@ class EventPump:
             if kind in _OUTPUT:
                 self._show(name, kind, payload)
                 if self._logs is not None:
-                    self._logs.write(worker_id, name, payload)
+                    self._logs.write(worker_id, name, payload, kind)
 
     def _show(self, name: str, stream: str, lines: list[str]) -> None:
         """Print lines; a broken console (closed pipe) must not fail the worker."""

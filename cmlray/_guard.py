@@ -13,8 +13,10 @@ Protocol on the control socket (JSON, one object a line):
 - actor -> guard, first: ``{"argv", "env", "cwd", "grace_period_s"}``;
   later ``{"stop": grace_s, "status": "stopped"|"timedout", "reason": text}``.
 - guard -> actor: ``{"pid"}`` once started, or ``{"error"}``; then
-  ``{"exit_code", "reason", "status"}`` when the program ended; ``{"done"}``
-  once every descendant is gone.
+  ``{"usage": {"rss_bytes", "peak_rss_bytes", "cpu_s", "cores"}}`` about every
+  ``USAGE_INTERVAL_S`` while it runs, when the figures changed;
+  ``{"exit_code", "reason", "status", "usage"}`` when the program ended;
+  ``{"done"}`` once every descendant is gone.
 
 When the control socket closes (the actor died, whatever the cause), the
 guard stops the whole tree and exits: this is what makes a worker's program
@@ -41,19 +43,22 @@ _LEFTOVER_GRACE_S = 2.0
 _ORPHAN_GRACE_S = 3.0
 _MEMORY_CHECK_S = 0.25
 _MEMORY_GRACE_S = 1.0
+USAGE_INTERVAL_S = 1.0
 GIB = 1 << 30
 
 
-def _load_process_module() -> ModuleType:
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_process.py")
-    spec = importlib.util.spec_from_file_location("cmlray_guard_process", path)
+def _load_sibling(name: str) -> ModuleType:
+    """A stdlib-only module of cmlray's, loaded by path (no cmlray import here)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"cmlray_guard{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-proc = _load_process_module()
+proc = _load_sibling("_process")
+usage = _load_sibling("_usage")
 
 
 class Guard:
@@ -68,8 +73,9 @@ class Guard:
         self.terminated = False
         self.spec: dict[str, Any] = {}
         self.started = time.monotonic()
-        self.peak_rss_bytes = 0
         self.ended_at = time.time()
+        self.meter = usage.UsageMeter(os.getpid())
+        self.usage_due = time.monotonic()
 
     def send(self, message: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
@@ -114,16 +120,33 @@ class Guard:
             status, reason = "succeeded", "exit code 0"
         else:
             status, reason = "failed", words
-        self.send({"exit_code": code, "status": status, "reason": reason, "time": self.ended_at})
+        final = self.meter.final_report()
+        self.send(
+            {"exit_code": code, "status": status, "reason": reason, "time": self.ended_at}
+            | {"usage": final}
+        )
 
     def tick_s(self) -> float:
-        """How long to wait for news before checking the limits again."""
+        """How long to wait for news before checking the limits or sampling usage again."""
+        now = time.monotonic()
+        tick = max(0.0, self.usage_due - now) if self.final is None else 1.0
         if self.spec.get("memory_limit_bytes"):
-            return _MEMORY_CHECK_S
+            tick = min(tick, _MEMORY_CHECK_S)
         timeout_s = self.spec.get("timeout_s")
         if timeout_s:
-            return max(0.0, min(1.0, self.started + float(timeout_s) - time.monotonic()))
-        return 1.0
+            tick = min(tick, max(0.0, self.started + float(timeout_s) - now))
+        return tick
+
+    def sample_usage(self) -> None:
+        """Sample the tree's usage when due; tell the actor when the figures changed."""
+        now = time.monotonic()
+        if now < self.usage_due:
+            return
+        self.usage_due = now + USAGE_INTERVAL_S
+        self.meter.sample()
+        report = self.meter.changed_report()
+        if report is not None:
+            self.send({"usage": report})
 
     def check_limits(self) -> None:
         """Stop the program when it ran too long or its tree uses too much memory."""
@@ -134,8 +157,7 @@ class Guard:
             return
         limit = self.spec.get("memory_limit_bytes")
         if limit:
-            used = proc.tree_rss_bytes(os.getpid())
-            self.peak_rss_bytes = max(self.peak_rss_bytes, used)
+            used = self.meter.sample()
             if used > limit:
                 words = f"exceeded memory: used {used / GIB:.2f} GiB of {limit / GIB:.2f} GiB"
                 self.stop(min(grace_s, _MEMORY_GRACE_S), "failed", words)
@@ -161,6 +183,7 @@ class Guard:
                         self.stop(float(message["stop"]), message["status"], message["reason"])
             if self.exit_status is None and self.final is None:
                 self.check_limits()
+                self.sample_usage()
         self.report_exit()
         proc.terminate_tree(os.getpid(), None, _LEFTOVER_GRACE_S, self.record)
         self.send({"done": True})
@@ -241,7 +264,7 @@ def _run(
     finally:
         for fd in (out_fd, err_fd, *extra_fds):
             os.close(fd)
-    guard.started = time.monotonic()
+    guard.started = guard.usage_due = time.monotonic()
     guard.send({"pid": guard.program.pid, "time": time.time()})
     guard.serve(wake_r)
     return 0

@@ -22,6 +22,7 @@ from cmlray._lines import is_progress
 from cmlray._sanitize import strip_escapes
 
 TAIL_LINES = 100
+GIB = float(1 << 30)
 FINAL = ("succeeded", "failed", "stopped", "timedout")
 
 
@@ -50,6 +51,7 @@ class WorkerRecord:
     group: Any = None  # the placement group holding its resources
     agent_node: str | None = None
     result_payload: bytes | None = None
+    usage: dict[str, Any] | None = None  # the guard's last usage report
     _result: Any = None
 
     @property
@@ -85,6 +87,28 @@ class WorkerRecord:
             "reason": self.reason,
             "tail": list(self.tail),
             "result": self.result(),
+            **self.usage_fields(),
+        }
+
+    def usage_fields(self) -> dict[str, float | None]:
+        """Memory (GiB) in use and at peak, CPU (cores) in use, CPU seconds; None unknown.
+
+        While the worker runs ``cpu_used`` is the cores its tree used over the
+        guard's last sample interval; once it ended, the average over its run.
+        ``memory_used`` stays the last figure sampled while it ran.
+        """
+        usage = self.usage
+        if usage is None:
+            return dict.fromkeys(("memory_used", "memory_peak", "cpu_used", "cpu_seconds"))
+        cores = usage.get("cores")
+        duration_s = self.duration_s()
+        if self.final:
+            cores = usage["cpu_s"] / duration_s if duration_s else None
+        return {
+            "memory_used": round(usage["rss_bytes"] / GIB, 3),
+            "memory_peak": round(usage["peak_rss_bytes"] / GIB, 3),
+            "cpu_used": None if cores is None else round(cores, 2),
+            "cpu_seconds": round(usage["cpu_s"], 2),
         }
 
     def result(self) -> Any:
@@ -185,9 +209,16 @@ def _lines(record: WorkerRecord, lines: list[str]) -> None:
     record.tail.extend(strip_escapes(line) for line in lines if not is_progress(line))
 
 
+def _usage(record: WorkerRecord, usage: dict[str, Any]) -> None:
+    if not record.final:
+        record.usage = usage
+
+
 def _exited(record: WorkerRecord, event: dict[str, Any]) -> None:
     if record.final:
         return
+    if event.get("usage"):
+        record.usage = {**(record.usage or {}), **event["usage"]}
     record.status = event["status"]
     record.reason = event["reason"]
     if event.get("error") and record.status == "failed":
@@ -202,5 +233,6 @@ _APPLY: dict[str, Callable[[WorkerRecord, Any], None]] = {
     "started": _started,
     "out": _lines,
     "err": _lines,
+    "usage": _usage,
     "exited": _exited,
 }

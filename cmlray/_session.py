@@ -58,7 +58,9 @@ class Session:
         self.master_ip = "127.0.0.1" if head.owns_head else ray.util.get_node_ip_address()
         self.registry = Registry()
         self.relay = Relay(console)
-        self.logs = WorkerLogs(log_dir) if log_dir else None
+        # Whole output for cmlray.logs; without log_dir, spilled into the head's private
+        # temp dir (swept by its reaper on every exit path), or the system's when attached.
+        self.logs = WorkerLogs(log_dir or None, spill_root=head.temp_dir)
         self.pump = EventPump(self.registry, self.relay, self._release, self.logs)
         self._names = itertools.count(1)
         self._closed = False

@@ -3,7 +3,10 @@
 ``cmlray launch -n 2 --cpu 0.5 --memory 0.5 --code "print('hi')"`` starts a
 session, launches the workers, streams their output, waits for them and
 exits 0 when every one succeeded (1 otherwise). Ctrl-C stops every worker
-and exits with status 130.
+and exits with status 130. On a terminal a live table of the workers (status,
+run time, CPU, memory, last line) stays under their scrolling output until
+they end (``--no-table`` turns it off); ``--logs NAME`` prints a worker's
+whole output at the end.
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ from rich.table import Table
 from rich.text import Text
 
 import cmlray
+from cmlray import _session, _watch
+from cmlray._sanitize import strip_escapes
 from cmlray._spec import WorkerSpec
 
 EXIT_INTERRUPTED = 130
+_USAGE_COLUMNS_WIDTH = 100  # narrower, the usage columns would squeeze the statuses
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -54,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  cmlray launch -n 2 --cpu 0.5 --memory 0.5 --code \"print('hello')\"\n"
         "  cmlray launch -n 4 --cpu 1 --memory 2 --script train.py --env SEED=1\n"
-        "  cmlray launch -n 2 --cpu 1 --memory 1 -- sh -c 'echo $CDSW_ENGINE_ID'",
+        "  cmlray launch -n 2 --cpu 1 --memory 1 -- sh -c 'echo $CDSW_ENGINE_ID'\n"
+        "  cmlray launch -n 8 --cpu 1 --memory 1 --script sweep.py --logs worker-3",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     launch.add_argument("-n", type=int, required=True, help="number of workers")
@@ -69,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     launch.add_argument(
         "--timeout", type=_number, default=0.0, help="give up waiting after S seconds (0: never)"
+    )
+    launch.add_argument(
+        "--table",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a live table of the workers under their output (default: on a terminal)",
+    )
+    launch.add_argument(
+        "--logs",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="at the end, print this worker's whole output (name or id; repeatable)",
     )
     program = launch.add_mutually_exclusive_group()
     program.add_argument("--script", help="a Python file to run")
@@ -87,21 +107,61 @@ def _program(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
     return {"script": args.script} if args.script else {"code": args.code}
 
 
-def _summary(workers: Sequence[dict[str, Any]]) -> Table:
+def _summary(workers: Sequence[dict[str, Any]], width: int) -> Table:
+    """The final table; with CPU seconds and peak memory where the console is wide enough."""
+    usage = width >= _USAGE_COLUMNS_WIDTH
     table = Table(title="workers", title_justify="left")
-    for column in ("name", "id", "status", "exit", "seconds", "reason"):
+    columns = ["name", "id", "status", "exit", "seconds"]
+    columns += ["cpu s", "peak GiB"] if usage else []
+    for column in [*columns, "reason"]:
         table.add_column(column)
     for worker in workers:
         style = "green" if worker["status"] == "succeeded" else "red"
-        table.add_row(
+        cells: list[Any] = [
             Text(worker["name"]),
             worker["id"],
             f"[{style}]{worker['status']}[/]",
             str(worker["exit_code"]),
             f"{worker['duration']:.2f}" if worker["duration"] is not None else "-",
-            Text(worker["reason"] or ""),
-        )
+        ]
+        if usage:
+            cells += [_figure(worker.get("cpu_seconds")), _figure(worker.get("memory_peak"))]
+        table.add_row(*cells, Text(worker["reason"] or ""))
     return table
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _print_logs(names: Sequence[str], console: Console) -> None:
+    """Each named worker's whole output, under a rule naming it."""
+    for name in names:
+        try:
+            text = cmlray.logs(name)
+        except ValueError as exc:
+            console.print(Text(f"cmlray: --logs: {exc}", style="yellow"))
+            continue
+        console.rule(Text(f"log of {name}"))
+        console.print(Text(strip_escapes(text)), end="", soft_wrap=True)
+
+
+def _wait(args: argparse.Namespace, workers: list[dict[str, Any]], console: Console) -> Any:
+    """Wait for the workers (under a live table if wanted); ``await_workers``' answer."""
+    show_table = console.is_terminal if args.table is None else args.table
+    if not show_table:
+        return cmlray.await_workers(workers, timeout_seconds=args.timeout)
+    ids = [w["id"] for w in workers]
+    done = _watch.follow(
+        _session.require(),
+        lambda: ids,
+        console,
+        _watch.REFRESH_S,
+        timeout_s=args.timeout or None,
+        transient=True,
+    )
+    # Decided (or out of time): await_workers only sorts them into its two lists.
+    return cmlray.await_workers(workers, timeout_seconds=0 if done else 1e-3)
 
 
 def _launch_arguments(args: argparse.Namespace, program: dict[str, str]) -> dict[str, Any]:
@@ -126,17 +186,18 @@ def launch(args: argparse.Namespace, arguments: dict[str, Any], console: Console
     cmlray.init(address=args.address, console=console)
     try:
         workers = cmlray.launch_workers(**arguments)
-        result = cmlray.await_workers(workers, timeout_seconds=args.timeout)
+        result = _wait(args, workers, console)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: stopping every worker[/]")
         cmlray.stop_workers()
-        console.print(_summary(cmlray.list_workers()))
+        console.print(_summary(cmlray.list_workers(), console.width))
         return EXIT_INTERRUPTED
     finally:
         pending = [w["id"] for w in cmlray.list_workers() if w["finished_at"] is None]
         if pending:
             cmlray.stop_workers(*pending)
-    console.print(_summary(result["workers"] + result["failures"]))
+    _print_logs(args.logs, console)
+    console.print(_summary(result["workers"] + result["failures"], console.width))
     return 0 if not result["failures"] else 1
 
 

@@ -1,0 +1,166 @@
+"""A worker's program tree's memory and CPU use, sampled from ``/proc`` by its guard.
+
+Standard library only, and no import of the rest of cmlray: the guard loads
+this file by path in a bare ``python -I -S`` (like ``_process.py``).
+
+The tree is the guard's descendants (the guard is a child subreaper, so
+daemons the program started stay below it). Memory is their resident set
+summed; CPU time counts live and not yet reaped processes (each with its own
+reaped children, ``cutime``/``cstime``) plus what the guard reaped itself
+(``RUSAGE_CHILDREN``), so the figure never drops when a child ends. The walk
+reads ``/proc/<pid>/task/<tid>/children`` of the tree's processes only, not
+every process of the machine, so a sample costs little even on a busy host.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from typing import Any
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+_MIB = 1 << 20
+RATE_WINDOW_S = 0.5
+
+
+def _children(pid: int) -> list[int]:
+    """``pid``'s child processes, from every one of its threads' children lists."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                found.extend(int(child) for child in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _stat(pid: int) -> tuple[bool, int, int] | None:
+    """(zombie, CPU ticks incl. reaped children, resident pages) of ``pid``, None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        ticks = sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+        return fields[0] == b"Z", ticks, int(fields[21])
+    except (IndexError, ValueError):
+        return None
+
+
+def tree_sample(root_pid: int) -> tuple[int, float]:
+    """(resident bytes, CPU seconds) of ``root_pid``'s descendants, the root excluded.
+
+    The CPU seconds leave out children the root itself already reaped (see
+    :meth:`UsageMeter.sample`, which adds them).
+    """
+    rss_pages = ticks = 0
+    seen: set[int] = set()
+    stack = _children(root_pid)
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        stat = _stat(pid)
+        if stat is None:
+            continue
+        zombie, own_ticks, pages = stat
+        ticks += own_ticks
+        if not zombie:
+            rss_pages += pages
+            stack.extend(_children(pid))
+    return rss_pages * _PAGE_BYTES, ticks / _CLOCK_TICKS
+
+
+def _reaped_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class UsageMeter:
+    """The tree's usage now, its peak, and the CPU cores it used since the last sample.
+
+    Args:
+        root_pid: the guard's pid (the tree is its descendants).
+        clock: monotonic seconds; injectable for tests.
+    """
+
+    def __init__(
+        self, root_pid: int, clock: Any = time.monotonic, rate_window_s: float = RATE_WINDOW_S
+    ) -> None:
+        self.root_pid = root_pid
+        self.clock = clock
+        self.rate_window_s = rate_window_s
+        self.rss_bytes = 0
+        self.peak_rss_bytes = 0
+        self.cpu_s = 0.0
+        self.cores = 0.0
+        self._rate_from: tuple[float, float] | None = None  # (time, cpu_s) the rate starts at
+        self._sent: tuple[int, int, float, float] | None = None
+
+    def sample(self) -> int:
+        """Read the tree's usage now; returns its resident bytes.
+
+        The cores are CPU seconds over wall seconds since the previous rate
+        point, taken at least ``rate_window_s`` apart: the memory limit check
+        samples more often, and CPU ticks (10 ms) over a shorter interval
+        would read as noise.
+        """
+        rss_bytes, live_cpu_s = tree_sample(self.root_pid)
+        # max(): a child reaped between the two reads must not make the total drop.
+        self.cpu_s = max(self.cpu_s, live_cpu_s + _reaped_cpu_s())
+        now = self.clock()
+        if self._rate_from is None:
+            self._rate_from = (now, self.cpu_s)
+        elif now - self._rate_from[0] >= self.rate_window_s:
+            self.cores = (self.cpu_s - self._rate_from[1]) / (now - self._rate_from[0])
+            self._rate_from = (now, self.cpu_s)
+        self.rss_bytes = rss_bytes
+        self.peak_rss_bytes = max(self.peak_rss_bytes, rss_bytes)
+        return rss_bytes
+
+    def report(self) -> dict[str, Any]:
+        """The usage as the guard sends it (``{"usage": report}``)."""
+        return {
+            "rss_bytes": self.rss_bytes,
+            "peak_rss_bytes": self.peak_rss_bytes,
+            "cpu_s": round(self.cpu_s, 3),
+            "cores": round(self.cores, 3),
+        }
+
+    def changed_report(self) -> dict[str, Any] | None:
+        """The report if it differs (to a MiB, a hundredth) from the one sent last, else None."""
+        key = (
+            self.rss_bytes // _MIB,
+            self.peak_rss_bytes // _MIB,
+            round(self.cpu_s, 2),
+            round(self.cores, 2),
+        )
+        if key == self._sent:
+            return None
+        self._sent = key
+        return self.report()
+
+    def final_report(self) -> dict[str, Any]:
+        """The report once the program has ended: CPU of the whole run, the true peak.
+
+        A program shorter than a sample interval was never sampled; the
+        largest reaped process's own peak (``ru_maxrss``, KiB) still counts.
+        The resident memory stays the last one sampled while it ran.
+        """
+        self.cpu_s = max(self.cpu_s, _reaped_cpu_s())
+        max_rss_bytes = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        self.peak_rss_bytes = max(self.peak_rss_bytes, max_rss_bytes)
+        report = self.report()
+        report.pop("cores")
+        return report
