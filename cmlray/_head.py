@@ -182,6 +182,8 @@ def attach(address: str, runtime_env: dict[str, Any] | None = None) -> Head:
             runtime_env=runtime_env,
         )
     except Exception as exc:
+        with contextlib.suppress(Exception):  # connected before the upload failed
+            ray.shutdown()
         if "exceeds the maximum size" in str(exc) and runtime_env:
             hint = _shipping.too_large_hint(str(runtime_env.get("working_dir")))
             raise SessionError(f"{hint} ({str(exc).splitlines()[0]})") from exc

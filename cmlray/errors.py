@@ -71,8 +71,10 @@ def translate_ray_error(exc: BaseException, context: str) -> CmlrayError:
     Returns:
         The error to raise, with ``from exc`` at the call site.
     """
+    from cmlray._sanitize import strip_escapes  # Ray colours parts of its messages
+
     name = type(exc).__name__
-    text = str(exc).strip().splitlines()
+    text = strip_escapes(str(exc)).strip().splitlines()
     first = text[0] if text else ""
     if "Authentication" in name or "authentication" in first.lower():
         hint = (

@@ -11,6 +11,7 @@ complete only at the end; an incomplete one is rebuilt.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -67,14 +68,26 @@ def base_python() -> Path:
     return Path(getattr(sys, "_base_executable", sys.executable)).resolve()
 
 
-def venv_path() -> Path:
-    """Where the Ray-only venv for this Ray and Python version lives."""
+def venv_path(extras: tuple[str, ...] = ()) -> Path:
+    """Where the Ray-only venv (with ``extras``, if any) for this Ray and Python lives."""
     py = ".".join(map(str, sys.version_info[:3]))
-    return CACHE_ROOT / f"cmlray-rayonly-{ray_version()}-py{py}"
+    name = f"cmlray-rayonly-{ray_version()}-py{py}"
+    if extras:
+        name += "-" + hashlib.sha256(" ".join(sorted(extras)).encode()).hexdigest()[:10]
+    return CACHE_ROOT / name
 
 
-def ray_only_venv() -> Path:
+def pinned(*distributions: str) -> tuple[str, ...]:
+    """``name==version`` of each as the test venv has it (nodes must match the session)."""
+    return tuple(f"{d}=={importlib.metadata.version(d)}" for d in distributions)
+
+
+def ray_only_venv(extras: tuple[str, ...] = ()) -> Path:
     """The Ray-only venv, built now if no complete one exists.
+
+    Args:
+        extras: more requirements, for nodes of a user's image that has the
+            libraries its workers' programs import (never cmlray).
 
     Returns:
         The venv's directory (its interpreter is ``<venv>/bin/python``).
@@ -82,22 +95,30 @@ def ray_only_venv() -> Path:
     Raises:
         RuntimeError: if building it failed (the pip output is in the message).
     """
-    venv = venv_path()
+    venv = venv_path(extras)
     lock_path = venv.with_name(venv.name + ".lock")
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # blocks while another run builds it
         if not (venv / COMPLETE_MARK).exists():
-            _build(venv)
+            _build(venv, extras)
     return venv
 
 
-def _build(venv: Path) -> None:
+def _build(venv: Path, extras: tuple[str, ...] = ()) -> None:
     """Builds the venv in place and marks it complete (caller holds the lock)."""
     shutil.rmtree(venv, ignore_errors=True)
     started = time.monotonic()
     steps = [
         [str(base_python()), "-m", "venv", str(venv)],
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", f"ray=={ray_version()}"],
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            f"ray=={ray_version()}",
+            *extras,
+        ],
     ]
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     for argv in steps:

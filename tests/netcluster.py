@@ -84,6 +84,7 @@ class NamespaceCluster:
         specs: tuple[HostSpec, ...] = _rayonly.DEFAULT_HOSTS,
         ray_env: dict[str, str] | None = None,
         hidden: list[Path] | None = None,
+        extras: tuple[str, ...] = (),
     ) -> None:
         """Names a cluster; ``start()`` makes it.
 
@@ -93,7 +94,10 @@ class NamespaceCluster:
                 variables); default ``FAST_FAULT_DETECTION``.
             hidden: Directories the nodes must not see; default the checkout
                 and the test venv (``sys.prefix``).
+            extras: Requirements the nodes' venv has besides Ray (the
+                libraries a user's workers import; never cmlray).
         """
+        self.extras = extras
         self.hidden = _outermost(hidden or [CHECKOUT, Path(sys.prefix)])
         self.ray_env = _rayonly.FAST_FAULT_DETECTION if ray_env is None else ray_env
         self.run_id = secrets.token_hex(3)
@@ -127,7 +131,7 @@ class NamespaceCluster:
         """Builds the hosts, starts Ray on each and waits for every node to be alive."""
         started = time.monotonic()
         _netns_cleanup.sweep()
-        self.venv = _rayonly.ray_only_venv()
+        self.venv = _rayonly.ray_only_venv(self.extras)
         atexit.register(self.close)
         try:
             self._make_hosts()
@@ -408,14 +412,14 @@ def _text(data: str | bytes | None) -> str:
 
 
 @contextlib.contextmanager
-def cluster_fixture() -> Iterator[NamespaceCluster]:
+def cluster_fixture(extras: tuple[str, ...] = ()) -> Iterator[NamespaceCluster]:
     """The body of the ``netcluster`` fixture: a started cluster, or a skip."""
     import pytest
 
     reason = skip_reason()
     if reason:
         pytest.skip(reason)
-    cluster = NamespaceCluster()
+    cluster = NamespaceCluster(extras=extras)
     with cluster:
         yield cluster
     left = cluster.leftovers()

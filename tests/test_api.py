@@ -24,6 +24,8 @@ SPEC_KEYS = {"result",
     "id", "name", "status", "created_at", "running_at", "finished_at", "duration",
     "ip_address", "node_id", "app_url", "cpu", "memory", "nvidia_gpu", "exit_code",
     "reason", "tail",
+    # SPEC, "Seeing the workers": the program tree's memory in use and peak, its CPU use
+    "memory_used", "memory_peak", "cpu_used", "cpu_seconds",
 }  # fmt: skip
 
 
@@ -39,6 +41,7 @@ def test_code_runs_and_description_has_every_field(captured: Captured) -> None:
     worker = run("print('hello from python')")
     assert set(worker) == SPEC_KEYS
     assert worker["status"] == "succeeded" and worker["exit_code"] == 0
+    assert worker["memory_peak"] > 0 and worker["cpu_seconds"] > 0  # a Python ran
     assert re.fullmatch(r"[a-z0-9]{16}", worker["id"])
     for key in ("created_at", "running_at", "finished_at"):
         assert ISO_MS.match(worker[key]), (key, worker[key])

@@ -139,3 +139,34 @@ def test_attached_session_runs_workers_on_the_cluster(cluster: tuple[str, Path])
     finally:
         cmlray.shutdown()
     assert {"gcs_server", "raylet"} <= _names(_head_processes(temp))
+
+
+def test_a_project_over_rays_upload_limit_fails_at_init_saying_how_to_trim_it(
+    cluster: tuple[str, Path], tmp_path: Path
+) -> None:
+    """Ray's limit lowered to 2 MiB (its own variable) so a 3 MiB project is over it."""
+    address, _ = cluster
+    (tmp_path / "data.bin").write_bytes(os.urandom(3 << 20))
+    (tmp_path / ".venv").mkdir()  # left behind by default: not counted
+    (tmp_path / ".venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    code = (
+        "import cmlray\n"
+        "try:\n"
+        f"    cmlray.init(address={address!r})\n"
+        "except cmlray.SessionError as exc:\n"
+        "    print('REFUSED', exc)\n"
+        f"cmlray.init(address={address!r}, project_excludes=['data.bin'])\n"
+        "print('TRIMMED', cmlray.await_workers(cmlray.launch_workers(1, cpu=0.5, memory=0.1,"
+        " code='import os; print(sorted(os.listdir()))'))['workers'][0]['tail'])\n"
+        "cmlray.shutdown()\n"
+    )
+    env = dict(os.environ, RAY_max_grpc_message_size=str(2 << 20))
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    refused = next(line for line in done.stdout.splitlines() if line.startswith("REFUSED"))
+    assert f"the project dir {tmp_path} is too large to ship" in refused
+    assert "project_excludes" in refused and "ship_project=False" in refused
+    assert "TRIMMED ['[]']" in done.stdout  # neither the data nor the virtualenv went

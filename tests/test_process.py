@@ -207,3 +207,10 @@ def test_a_crash_inside_the_actor_is_described_as_such() -> None:
     coloured = RuntimeError("\x1b[36mray::NodeAgent.run()\x1b[39m failed")
     assert "\x1b" not in describe_actor_death(coloured)
     assert "ray::NodeAgent.run() failed" in describe_actor_death(coloured)
+
+
+def test_errors_from_ray_are_plain_text() -> None:
+    from cmlray.errors import translate_ray_error
+
+    error = translate_ray_error(RuntimeError("\x1b[36mray::NodeAgent\x1b[39m gone"), "starting")
+    assert str(error) == "starting failed: RuntimeError: ray::NodeAgent gone"

@@ -159,7 +159,15 @@ def _private_network() -> list[str]:
     """
     if shutil.which("unshare") is None or shutil.which("ip") is None:
         return []
-    prefix = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
+    # CML's master.r opens a new listening socket for each connection. On CML
+    # the two workers' engines start seconds apart; cmlray starts both within
+    # milliseconds, and a second worker that connects while the first is being
+    # served lands in the first socket's queue, which R closes with it (the
+    # worker reads nothing, the master waits forever). An accept queue of one
+    # connection in this namespace (somaxconn 0) makes the second worker's SYN
+    # wait, as TCP does, for the master's next socket (retried after 1 s).
+    setup = 'ip link set lo up && echo 0 > /proc/sys/net/core/somaxconn && exec "$@"'
+    prefix = ["unshare", "--net", "sh", "-c", setup, "sh"]
     if subprocess.run([*prefix, "true"], capture_output=True).returncode != 0:
         return []
     return prefix

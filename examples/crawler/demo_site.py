@@ -209,12 +209,15 @@ class DemoServer:
         latency: seconds each response waits first (a distant server).
         routes: paths answered by a function of their request count
             (a server that fails twice, then succeeds).
+        host: the address to bind; loopback unless workers on other hosts
+            must reach it (a multi-host test binds its own test host's IP).
     """
 
     site: DemoSite
     latency: float = 0.0
     routes: Mapping[str, Route] = field(default_factory=dict)
     port: int = 0
+    host: str = "127.0.0.1"
     requests: Counter[str] = field(default_factory=Counter)
     stopping: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -222,9 +225,9 @@ class DemoServer:
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:<port>/``, the site's home page."""
+        """``http://<host>:<port>/``, the site's home page."""
         assert self._server is not None, "the server is not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}/"
+        return f"http://{self.host}:{self._server.server_address[1]}/"
 
     def respond(self, path: str) -> Page:
         """Counts the request, waits out the latency, picks the page."""
@@ -237,7 +240,7 @@ class DemoServer:
         return route(count) if route else self.site.page(path)
 
     def start(self) -> DemoServer:
-        self._server = _Server(("127.0.0.1", self.port), _Handler)
+        self._server = _Server((self.host, self.port), _Handler)
         self._server.owner = self
         threading.Thread(target=self._server.serve_forever, name="demo-site", daemon=True).start()
         return self
@@ -261,11 +264,13 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=300)
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     args = parser.parse_args()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    with DemoServer(generate(args.pages), latency=args.latency, port=args.port) as server:
+    site = generate(args.pages)
+    with DemoServer(site, latency=args.latency, port=args.port, host=args.host) as server:
         print(server.url, flush=True)
         stop.wait()
 

@@ -13,9 +13,9 @@ plain text) and, last, one line ``RESULT <json>``. Modes:
 - ``gpus``: two workers of one GPU each (only h2 has GPUs).
 - ``wait``: 6 workers of 1 CPU (every host full) with process trees, then
   waits on stdin (the test SIGKILLs this process).
-- ``queue``: a queue of 300 items served by 6 workers of 1 CPU (two on each
-  host); prints ``READY`` when items flow, waits for a line on stdin (the
-  test crashes h2 meanwhile), then joins.
+- ``queue``: a queue of 120 items of 0.5 s served by 6 workers of 1 CPU (two
+  on each host: 10 s of work); prints ``READY`` when items flow, waits for a
+  line on stdin (the test crashes h2 meanwhile), then joins.
 - ``partition``: 3 workers of 2 CPUs (one on each host) running ``sleep 321``;
   prints ``READY``, then waits until each is decided (the test cuts h1 off
   meanwhile, and stops the others once h1's is reported lost).
@@ -53,10 +53,11 @@ NETWORK_WORKER = (
     "s.sendall(b'Hello from Worker ' + os.environ['CDSW_IP_ADDRESS'].encode())\n"
     "print('Worker received:', s.recv(100).decode())\n"
 )
+ITEMS = 120
 TREE = "!sleep 311 | cat & setsid sleep 312 & echo started; sleep 313"
 SERVE = (
     "import os, time, cmlray.worker\n"
-    "cmlray.worker.serve('items', lambda x: (time.sleep(0.05), (x, os.environ['CDSW_IP_ADDRESS']))[1])\n"
+    "cmlray.worker.serve('items', lambda x: (time.sleep(0.5), (x, os.environ['CDSW_IP_ADDRESS']))[1])\n"
 )
 
 
@@ -115,14 +116,15 @@ def wait() -> Any:
 
 def queue() -> Any:
     q = cmlray.Queue("items")
-    q.put_many(range(300))
+    q.put_many(range(ITEMS))
     q.close()
     workers = cmlray.launch_workers(6, cpu=1, memory=0.2, code=SERVE)
     registry = _session.require().registry
     ids = [w["id"] for w in workers]
     registry.wait_for(lambda: all(registry.status(i) == "running" for i in ids), 180)
-    for _ in q.as_completed(timeout=180):
-        break
+    deadline = time.monotonic() + 180
+    while not set(ids) <= _servers(q) and time.monotonic() < deadline:
+        time.sleep(0.05)  # until every worker holds an item (h2's must lose theirs)
     print("READY", json.dumps(cmlray.list_workers()), flush=True)
     sys.stdin.readline()  # the test says when the host is down
     lost_at = time.time()
@@ -135,13 +137,30 @@ def queue() -> Any:
 def partition() -> Any:
     workers = cmlray.launch_workers(3, cpu=2, memory=0.2, code="!echo up; sleep 321")
     registry = _session.require().registry
-    registry.wait_for(lambda: all("up" in registry.get(w["id"]).tail for w in workers), 180)
+    if not registry.wait_for(lambda: all("up" in registry.get(w["id"]).tail for w in workers), 180):
+        print("NOT PLACED", json.dumps(_cluster_state()), flush=True)
     print("READY", json.dumps(cmlray.list_workers()), flush=True)
     ids = [w["id"] for w in workers]
     registry.wait_for(lambda: any(registry.status(i) == "failed" for i in ids), 300)
     reported_at = time.time()
     cmlray.stop_workers(*[i for i in ids if registry.status(i) != "failed"])
     return {"reported_at": reported_at, **cmlray.await_workers(workers, timeout_seconds=120)}
+
+
+def _servers(q: cmlray.Queue) -> set[str]:
+    import ray
+
+    return set(ray.get(q._actor.servers.remote()))
+
+
+def _cluster_state() -> Any:
+    """What holds the cluster's CPUs (for a test that finds no room)."""
+    import ray
+    from ray.util import placement_group_table
+
+    nodes = {n["NodeID"][:8]: [n["NodeManagerAddress"], n["Alive"]] for n in ray.nodes()}
+    groups = [[g["name"], g["state"], g["bundles"]] for g in placement_group_table().values()]
+    return {"nodes": nodes, "available": ray.available_resources(), "groups": groups}
 
 
 MODES = {
