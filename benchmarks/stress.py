@@ -12,13 +12,15 @@ paths given) with a JUnit XML report; runs alternate between:
   tests/conftest.py; the seed is in the table, to replay an order).
 
 ``--fresh-clone`` runs each time in a fresh ``git clone`` of this checkout
-with a venv of its own, as CI does (slower: an install per run).
+with a venv of its own (slower: an install per run); ``--ci`` runs exactly
+what CI runs, ``bash .ci/run``, in a fresh clone (its own venv and installs
+included; the JUnit report is asked for through ``PYTEST_ADDOPTS``).
 
 Prints a table (one row per test that did not pass every time, then totals)
 and writes everything to ``benchmarks/results/stress.json``.
 
 Usage: ``python benchmarks/stress.py [-n RUNS] [--busy-every K] [--shuffle]
-[--fresh-clone] [-- PYTEST ARGS]``.
+[--fresh-clone | --ci] [-- PYTEST ARGS]``.
 """
 
 from __future__ import annotations
@@ -93,20 +95,14 @@ def fresh_clone(into: Path) -> Path:
     return venv / "bin" / "python"
 
 
-def run_suite(python: str, cwd: Path, report: Path, seed: int | None, args: Sequence[str]) -> Any:
+def run_suite(argv: list[str], cwd: Path, report: Path, seed: int | None) -> Any:
     env = dict(os.environ)
     env.pop("CMLRAY_SHUFFLE_SEED", None)
     if seed is not None:
         env["CMLRAY_SHUFFLE_SEED"] = str(seed)
+    env["PYTEST_ADDOPTS"] = f"-p no:cacheprovider --junitxml={report}"
     started = time.monotonic()
-    proc = subprocess.run(
-        [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     summary = proc.stdout.strip().splitlines()[-1:] or [""]
     return {"rc": proc.returncode, "seconds": time.monotonic() - started, "summary": summary[0]}
 
@@ -129,14 +125,18 @@ def outcomes(report: Path) -> dict[str, str]:
 def one_run(index: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     busy = args.busy_every > 0 and index % args.busy_every == args.busy_every - 1
     seed = random.randrange(1 << 30) if args.shuffle else None
-    cwd, python = REPO, sys.executable
-    if args.fresh_clone:
+    cwd, report = REPO, workdir / f"run-{index}.xml"
+    argv = [sys.executable, "-m", "pytest", "-q", *args.pytest_args]
+    if args.ci:
         cwd = workdir / f"clone-{index}"
-        python = str(fresh_clone(cwd))
-    report = workdir / f"run-{index}.xml"
+        subprocess.run(["git", "clone", "-q", str(REPO), str(cwd)], check=True)
+        argv = ["bash", ".ci/run"]
+    elif args.fresh_clone:
+        cwd = workdir / f"clone-{index}"
+        argv[0] = str(fresh_clone(cwd))
     with neighbour(busy):
-        result = run_suite(python, cwd, report, seed, args.pytest_args)
-    if args.fresh_clone:
+        result = run_suite(argv, cwd, report, seed)
+    if cwd != REPO:
         shutil.rmtree(cwd, ignore_errors=True)
     label = ("busy" if busy else "quiet") + (f" shuffled {seed}" if seed is not None else "")
     return {"run": index + 1, "mode": label, **result, "tests": outcomes(report)}
@@ -183,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--shuffle", action="store_true", help="shuffle the test order per run")
     parser.add_argument("--fresh-clone", action="store_true", help="each run in a fresh clone")
+    parser.add_argument("--ci", action="store_true", help="each run: bash .ci/run in a fresh clone")
     parser.add_argument("pytest_args", nargs="*", help="after --: passed on to pytest")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.busy_every < 0:

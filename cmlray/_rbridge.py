@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import inspect
 import json
 import os
 import queue
@@ -47,29 +48,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import cmlray
-from cmlray._api import StopResult
+from cmlray._api import StopResult, launch_workers
 
 PR_SET_PDEATHSIG = 1
-# What an R call may pass to launch_workers (never fn=: R has no Python callables).
-LAUNCH_ARGUMENTS = frozenset(
-    {
-        "n",
-        "cpu",
-        "memory",
-        "nvidia_gpu",
-        "kernel",
-        "script",
-        "code",
-        "env",
-        "accelerator_label_id",
-        "resource_profile_id",
-        "resource_group_id",
-        "name",
-        "rdma_network_selections",
-        "grace_period_s",
-        "timeout_s",
-    }
-)
+# What an R call may pass to launch_workers: all of it but fn= and its arguments
+# (R has no Python callables).
+LAUNCH_ARGUMENTS = frozenset(inspect.signature(launch_workers).parameters) - {
+    "fn",
+    "args",
+    "kwargs",
+}
 INIT_ARGUMENTS = frozenset({"address", "num_cpus", "num_gpus", "project_dir", "log_dir"})
 _EOF = None
 KEEPALIVE_S = 0.25

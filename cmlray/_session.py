@@ -35,7 +35,7 @@ from cmlray._spec import WorkerSpec, portable_environment
 from cmlray.errors import SessionError, translate_ray_error
 
 STOP_SLACK_S = 15.0
-LEASE_S = 30.0
+LEASE_S = 30.0  # CMLRAY_LEASE_S overrides it: how long a cut-off node's agent waits
 _BACKPRESSURE_BATCHES = 32
 
 
@@ -73,7 +73,8 @@ class Session:
         # Attached: a program's environment is this process's, less what describes
         # this host (paths, interpreter, Ray), over its node's own environment.
         self.node_env = not head.owns_head
-        self.agents = AgentPool(lease_s=None if head.owns_head else LEASE_S)
+        lease_s = float(os.environ.get("CMLRAY_LEASE_S") or LEASE_S)
+        self.agents = AgentPool(lease_s=None if head.owns_head else lease_s)
         self.agents.start_home()
         self.on_closed: Callable[[], None] = lambda: None
 

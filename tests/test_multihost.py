@@ -33,6 +33,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leaks")]
 DRIVER = Path(__file__).parent / "drivers" / "multihost_driver.py"
 TIMES = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "failure_times.json"
 DEADLINE_S = 120.0
+LEASE_S = 10
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +65,14 @@ def drive(netcluster: Any, project: str, mode: str) -> tuple[dict[str, Any], str
     return json.loads(line.removeprefix("RESULT ")), done.stdout
 
 
-def start_driver(netcluster: Any, project: str, mode: str) -> subprocess.Popen[str]:
+def start_driver(
+    netcluster: Any, project: str, mode: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     argv = [sys.executable, str(DRIVER), netcluster.address, mode]
     return netcluster.popen(
         "h0",
         argv,
+        env=env,
         cwd=project,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -201,7 +205,8 @@ def test_host_crash_fails_its_workers_and_queue_items_finish_elsewhere_once(
 def test_partitioned_host_reports_its_worker_lost_and_ends_its_program(
     netcluster: Any, project: str
 ) -> None:
-    driver = start_driver(netcluster, project, "partition")
+    # The agent on a cut-off node gives up after CMLRAY_LEASE_S (30 s by default).
+    driver = start_driver(netcluster, project, "partition", env={"CMLRAY_LEASE_S": str(LEASE_S)})
     running = json.loads(read_until(driver, "READY "))
     hosts = ips(netcluster)
     assert sorted(hosts[w["ip_address"]] for w in running) == ["h0", "h1", "h2"]
@@ -209,9 +214,8 @@ def test_partitioned_host_reports_its_worker_lost_and_ends_its_program(
     netcluster.partition("h1")
     cut_at = time.time()
     try:
-        record(
-            "partition: program on the cut host ended", wait_gone(netcluster, ["h1"], "sleep 321")
-        )
+        ended_s = wait_gone(netcluster, ["h1"], "sleep 321")
+        record(f"partition: program on the cut host ended (lease {LEASE_S} s)", ended_s)
         done = json.loads(read_until(driver, "RESULT "))
         (lost,) = [w for w in done["failures"] if w["status"] == "failed"]
         assert hosts[lost["ip_address"]] == "h1"

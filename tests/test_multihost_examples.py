@@ -70,7 +70,8 @@ def test_crawler_on_the_cluster_stores_the_site_on_the_session_host(
         assert url.startswith(f"http://{h0.ip}:")
         db = h0.tmp_dir / "crawl.db"
         argv = [sys.executable, "examples/crawler/crawl.py", url, "--workers", "3",
-                "--worker-cpu", "2", "--db", cluster.host_path("h0", db),
+                "--worker-cpu", "2", "--delay", "0", "--per-host", "32",
+                "--db", cluster.host_path("h0", db),
                 "--stats-json", cluster.host_path("h0", h0.tmp_dir / "stats.json")]  # fmt: skip
         done = cluster.run("h0", argv, cwd=str(CHECKOUT), env={"RAY_ADDRESS": cluster.address},
                            timeout_s=600)  # fmt: skip
