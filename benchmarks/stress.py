@@ -20,7 +20,7 @@ Prints a table (one row per test that did not pass every time, then totals)
 and writes everything to ``benchmarks/results/stress.json``.
 
 Usage: ``python benchmarks/stress.py [-n RUNS] [--busy-every K] [--shuffle]
-[--fresh-clone | --ci] [-- PYTEST ARGS]``.
+[--shuffle-from K] [--fresh-clone | --ci] [-- PYTEST ARGS]``.
 """
 
 from __future__ import annotations
@@ -124,7 +124,8 @@ def outcomes(report: Path) -> dict[str, str]:
 
 def one_run(index: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     busy = args.busy_every > 0 and index % args.busy_every == args.busy_every - 1
-    seed = random.randrange(1 << 30) if args.shuffle else None
+    shuffled = args.shuffle or (args.shuffle_from and index + 1 >= args.shuffle_from)
+    seed = random.randrange(1 << 30) if shuffled else None
     cwd, report = REPO, workdir / f"run-{index}.xml"
     argv = [sys.executable, "-m", "pytest", "-q", *args.pytest_args]
     if args.ci:
@@ -182,6 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--busy-every", type=int, default=2, help="every K-th run has a busy neighbour (0: none)"
     )
     parser.add_argument("--shuffle", action="store_true", help="shuffle the test order per run")
+    parser.add_argument(
+        "--shuffle-from", type=int, default=0, help="shuffle from the K-th run on (0: never)"
+    )
     parser.add_argument("--fresh-clone", action="store_true", help="each run in a fresh clone")
     parser.add_argument("--ci", action="store_true", help="each run: bash .ci/run in a fresh clone")
     parser.add_argument("pytest_args", nargs="*", help="after --: passed on to pytest")
