@@ -134,9 +134,12 @@ def add_host(layout: Layout, host: str, address: str, prefix_len: int, hidden: l
     tmp.mkdir(parents=True)
     tmp.chmod(0o1777)
     layout.mnt_file(host).touch()
+    # Hidden paths first: one under /tmp (a checkout cloned there) is gone once
+    # the host's private /tmp is bound over it, and could not be mounted on then.
     script = (
-        'mount --bind "$1" /tmp && mount -t tmpfs -o size=64k,mode=0700 tmpfs "$2"'
-        ' && shift 2 && for p; do mount -t tmpfs -o ro,size=4k,mode=0755 tmpfs "$p" || exit 1; done'
+        'tmp="$1" data="$2" && shift 2'
+        ' && for p; do mount -t tmpfs -o ro,size=4k,mode=0755 tmpfs "$p" || exit 1; done'
+        ' && mount --bind "$tmp" /tmp && mount -t tmpfs -o size=64k,mode=0700 tmpfs "$data"'
     )
     _run(
         [

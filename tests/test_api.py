@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -10,6 +11,7 @@ import socket
 import sys
 import textwrap
 import threading
+import time
 
 import psutil
 import pytest
@@ -151,6 +153,21 @@ def _tree_pids(worker_id: str) -> set[int]:
     return pids
 
 
+def _tree_running(worker_id: str, *commands: str, timeout_s: float = 60.0) -> set[int]:
+    """The worker's tree once each of ``commands`` runs in it (backgrounded ones start late)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        tree = _tree_pids(worker_id)
+        lines = []
+        for pid in tree:
+            with contextlib.suppress(psutil.Error):
+                lines.append(" ".join(psutil.Process(pid).cmdline()))
+        if all(any(c in line for line in lines) for c in commands):
+            return tree
+        assert time.monotonic() < deadline, f"not all of {commands} started: {lines}"
+        time.sleep(0.02)
+
+
 def _started_marker(worker_id: str, text: str) -> bool:
     from cmlray import _session
 
@@ -166,7 +183,9 @@ def test_stop_ends_the_whole_tree_including_setsid_children() -> None:
     )
     (worker,) = cdsw.launch_workers(1, cpu=0.25, memory=0.1, code=code)
     assert _started_marker(worker["id"], "up")
-    tree = _tree_pids(worker["id"])
+    tree = _tree_running(
+        worker["id"], "sleep 300", "cat", "sleep 301", "time.sleep(302)", "sleep 303"
+    )
     assert len(tree) >= 5, tree
     (result,) = cdsw.stop_workers(worker["id"])
     assert result.status_code == 200 and result.ok

@@ -9,12 +9,14 @@ same cluster can neither list nor stop the first one's workers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,9 +39,14 @@ def _free_port() -> int:
 
 
 def _head_processes(temp: Path) -> list[psutil.Process]:
-    """The external head's processes: those with a file open in its temp dir."""
+    """The external head's processes: a file open in its temp dir, or it in their command."""
+    pids = set(_process.holders_of(str(temp)))
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if str(temp) in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
+                pids.add(proc.pid)
     found = []
-    for pid in _process.holders_of(str(temp)):
+    for pid in pids:
         try:
             found.append(psutil.Process(pid))
         except psutil.Error:
@@ -77,12 +84,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pat
 
 
 def _stop_head(temp: Path) -> None:
-    """End the external head by pid (never `ray stop`: it would end every Ray here)."""
+    """End the external head by pid (never `ray stop`: it would end every Ray here).
+
+    SIGTERM, then SIGKILL for what is left, looking again until nothing of the
+    head is left: a process of Ray's may open its first file there late.
+    """
     for proc in _head_processes(temp):
         proc.terminate()
-    _, alive = psutil.wait_procs(_head_processes(temp), timeout=GONE_WITHIN_S)
-    for proc in alive:
-        proc.kill()
+    psutil.wait_procs(_head_processes(temp), timeout=GONE_WITHIN_S)
+    deadline = time.monotonic() + GONE_WITHIN_S
+    while (left := _head_processes(temp)) and time.monotonic() < deadline:
+        for proc in left:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(left, timeout=1)
 
 
 def _names(procs: list[psutil.Process]) -> set[str]:
