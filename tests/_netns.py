@@ -108,7 +108,14 @@ def create_run(layout: Layout) -> None:
     ip("link", "set", layout.bridge, "up")
 
 
-def add_host(layout: Layout, host: str, address: str, prefix_len: int, hidden: list[Path]) -> None:
+def add_host(
+    layout: Layout,
+    host: str,
+    address: str,
+    prefix_len: int,
+    hidden: list[Path],
+    kept: list[Path] | None = None,
+) -> None:
     """Makes one host: network namespace on the bridge, mount namespace, private /tmp.
 
     Args:
@@ -117,6 +124,9 @@ def add_host(layout: Layout, host: str, address: str, prefix_len: int, hidden: l
         address: Its IPv4 address on the bridge.
         prefix_len: The subnet's prefix length.
         hidden: Paths covered by an empty read-only tmpfs inside the host.
+        kept: Paths the host must still see although they are under /tmp (a
+            checkout cloned there, on the session host): bound into its
+            private /tmp at the same place.
     """
     netns, veth = layout.netns(host), layout.veth(host)
     ip("netns", "add", netns)
@@ -136,10 +146,15 @@ def add_host(layout: Layout, host: str, address: str, prefix_len: int, hidden: l
     layout.mnt_file(host).touch()
     # Hidden paths first: one under /tmp (a checkout cloned there) is gone once
     # the host's private /tmp is bound over it, and could not be mounted on then.
+    # Kept paths under /tmp are bound into the private /tmp before it covers them.
+    keep = [str(p) for p in kept or [] if p.is_relative_to("/tmp")]
+    for path in keep:
+        (tmp / Path(path).relative_to("/tmp")).mkdir(parents=True, exist_ok=True)
     script = (
-        'tmp="$1" data="$2" && shift 2'
+        'tmp="$1" data="$2" keep="$3" && shift 3'
         ' && for p; do mount -t tmpfs -o ro,size=4k,mode=0755 tmpfs "$p" || exit 1; done'
-        ' && mount --bind "$tmp" /tmp && mount -t tmpfs -o size=64k,mode=0700 tmpfs "$data"'
+        ' && for k in $keep; do mount --bind "$k" "$tmp/${k#/tmp/}" || exit 1; done'
+        ' && mount --rbind "$tmp" /tmp && mount -t tmpfs -o size=64k,mode=0700 tmpfs "$data"'
     )
     _run(
         [
@@ -154,6 +169,7 @@ def add_host(layout: Layout, host: str, address: str, prefix_len: int, hidden: l
             "sh",
             str(tmp),
             str(layout.data_dir),
+            " ".join(keep),
             *map(str, hidden),
         ]
     )

@@ -161,7 +161,8 @@ class NamespaceCluster:
                 raise ValueError(f"host name {spec.name!r} too long for a link name")
             address = str(subnet[index + 1])
             hidden = [] if spec.sees_checkout else self.hidden
-            _netns.add_host(self.layout, spec.name, address, subnet.prefixlen, hidden)
+            kept = self.hidden if spec.sees_checkout else []
+            _netns.add_host(self.layout, spec.name, address, subnet.prefixlen, hidden, kept)
             self.hosts[spec.name] = Host(
                 spec.name,
                 address,
