@@ -100,6 +100,14 @@ def _stop_head(temp: Path) -> None:
         psutil.wait_procs(left, timeout=1)
 
 
+def _cmdline(proc: psutil.Process) -> str:
+    """Its command line; "" for one that ended (a zombie) meanwhile."""
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def _names(procs: list[psutil.Process]) -> set[str]:
     names = set()
     for proc in procs:
@@ -138,7 +146,7 @@ def test_killed_attached_session_ends_only_its_workers(cluster: tuple[str, Path]
     assert {"gcs_server", "raylet"} <= _names(_head_processes(temp)), (
         "the cluster must keep running"
     )
-    assert not any("NodeAgent" in " ".join(p.cmdline()) for p in _head_processes(temp))
+    assert not any("NodeAgent" in _cmdline(p) for p in _head_processes(temp))
 
 
 def test_attached_session_runs_workers_on_the_cluster(cluster: tuple[str, Path]) -> None:

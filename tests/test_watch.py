@@ -258,8 +258,14 @@ def test_bad_arguments_are_named(call: Callable[[], Any], error: type, words: st
     assert len(cmlray.list_workers()) == count
 
 
-def test_session_end_removes_the_spilled_logs() -> None:
+def test_session_end_removes_the_spilled_logs(tmp_path: Any) -> None:
+    # Its own worker past 1 MiB, so the spill exists whatever ran before (shuffled order).
+    code = MEGABYTE_OF_LINES.replace("{release}", str(tmp_path / "release"))
+    (launched,) = cmlray.launch_workers(1, cpu=0.5, memory=0.5, code=code, name="spiller")
+    wait_for(lambda: cmlray.logs(launched).endswith("all written\n"), "the whole output")
     spill_dir = _session.require().logs._spill_dir
     assert spill_dir is not None and os.path.isdir(spill_dir)
+    (tmp_path / "release").touch()
+    assert cmlray.await_workers(launched, timeout_seconds=120)["workers"]
     cmlray.shutdown()
     assert not os.path.exists(spill_dir)
