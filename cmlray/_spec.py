@@ -2,8 +2,8 @@
 
 Every check of ``launch_workers``' arguments lives here, so a bad call raises
 ``TypeError``/``ValueError`` naming the argument and what was expected, and
-no worker is started. The spec then yields Ray actor options and the
-environment each worker's program sees.
+no worker is started. The spec then yields the resources to reserve
+(``_placement.bundle``) and the environment each worker's program sees.
 """
 
 from __future__ import annotations
@@ -253,20 +253,6 @@ class WorkerSpec:
         if self.payload is not None:
             return "fn"
         return self.script or self.code.strip().splitlines()[0][:120]
-
-    def actor_options(self) -> dict[str, Any]:
-        """Ray options for the worker's actor: the request, nothing retried."""
-        options: dict[str, Any] = {
-            "num_cpus": self.cpu,
-            "num_gpus": self.nvidia_gpu,
-            "memory": self.memory_bytes,
-            "max_concurrency": 4,
-            "max_restarts": 0,
-            "max_task_retries": 0,
-        }
-        if self.accelerator_type:
-            options["accelerator_type"] = self.accelerator_type
-        return options
 
     def worker_env(self, base: Mapping[str, str], identity: Mapping[str, str]) -> dict[str, str]:
         """The environment of one worker's program, less its node's variables.
