@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -61,10 +61,12 @@ def r_env(r_library: str, mark: str | None = None, **extra: str) -> dict[str, st
     return {**env, **extra}
 
 
-def rscript(r_library: str, *args: str, cwd: Path = R_TESTS) -> subprocess.CompletedProcess[str]:
-    """Run an R session to its end; stdout and stderr merged, in order."""
+def rscript(
+    r_library: str, *args: str, cwd: Path = R_TESTS, prefix: Sequence[str] = ()
+) -> subprocess.CompletedProcess[str]:
+    """Run an R session to its end (under ``prefix``); stdout and stderr merged, in order."""
     return subprocess.run(
-        ["Rscript", *args],
+        [*prefix, "Rscript", *args],
         cwd=cwd,
         env=r_env(r_library),
         stdout=subprocess.PIPE,
@@ -183,19 +185,12 @@ def test_cml_network_example(r_library: str) -> None:
             except OSError:
                 pytest.skip("port 6000 is taken on this machine")
     folder = PACKAGE / "examples" / "network"
-    done = subprocess.run(
-        [
-            *private,
-            "Rscript",
-            "-e",
-            'source("master.r"); stopifnot(length(await.workers(workers)$workers) == 2)',
-        ],
+    done = rscript(
+        r_library,
+        "-e",
+        'source("master.r"); stopifnot(length(await.workers(workers)$workers) == 2)',
         cwd=folder,
-        env=r_env(r_library),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=DEADLINE_S,
+        prefix=private,
     )
     assert done.returncode == 0, done.stdout
     lines = done.stdout.splitlines()
