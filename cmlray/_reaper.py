@@ -7,7 +7,8 @@ head's processes (pid and start time, so a reused pid is never hit) and the
 head's private temp dir. When the pipe closes, whether the session shut
 down cleanly or was SIGKILLed, the reaper waits briefly for the head to exit
 on its own, then SIGTERMs and SIGKILLs what remains of those processes and
-of any process with a file open in the temp dir, and removes the temp dir.
+of any process with a file open in the temp dir, and removes the temp dir
+and the stale CDSW_APP_PORT claims on this host.
 Ray alone leaves ``ray::DashboardAgent`` and ``ray::RuntimeEnvAgent``
 running after a SIGKILLed driver; never ``ray stop``, which would kill every
 Ray on the machine.
@@ -33,16 +34,18 @@ _GRACE_S = 2.0
 _POLL_S = 0.05
 
 
-def _load_process_module() -> ModuleType:
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_process.py")
-    spec = importlib.util.spec_from_file_location("cmlray_reaper_process", path)
+def _load_sibling(name: str) -> ModuleType:
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"cmlray_reaper{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
-proc = _load_process_module()
+proc = _load_sibling("_process")
+ports = _load_sibling("_ports")
 
 
 def _survivors(plan: dict[str, Any]) -> list[int]:
@@ -74,6 +77,10 @@ def sweep(plan: dict[str, Any]) -> None:
         _kill(alive, signal.SIGKILL)
         alive = _wait_gone(plan, _POLL_S * 4)
     shutil.rmtree(plan["temp_dir"], ignore_errors=True)
+    # A worker's CDSW_APP_PORT claim outlives it when its agent and guard were
+    # killed together; they are gone now, so such a claim is stale.
+    with contextlib.suppress(OSError):
+        ports.sweep()
 
 
 def main() -> int:

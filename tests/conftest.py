@@ -50,6 +50,17 @@ def marked_processes(mark: str | None = None) -> list[psutil.Process]:
     return found
 
 
+def marked_commands(mark: str | None = None) -> list[str]:
+    """The command lines of the live marked processes (those ending meanwhile left out)."""
+    commands = []
+    for proc in marked_processes(mark):
+        try:
+            commands.append(" ".join(proc.cmdline()))
+        except psutil.Error:
+            continue
+    return commands
+
+
 def wait_no_marked_processes(timeout_s: float = LEAK_WAIT_S, mark: str | None = None) -> list[str]:
     """Wait until no marked process is left; returns descriptions of those still there."""
     deadline = time.monotonic() + timeout_s

@@ -170,7 +170,7 @@ def kernel(no_leaks: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     try:
         running = Kernel(manager)
         yield running
-        running.execute("cmlray.shutdown()")
+        running.execute("import cmlray; cmlray.shutdown()")
     finally:
         if running is not None:
             running.client.stop_channels()
@@ -179,7 +179,6 @@ def kernel(no_leaks: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 LAUNCH_CELL = """
 import cmlray
-cmlray.init(num_cpus=2)
 w = cmlray.launch_workers(2, cpu=0.5, memory=0.2, code="print('hello from worker')")
 cmlray.await_workers(w)
 """
@@ -204,7 +203,9 @@ PROGRESS_WORKER = (
 
 
 def test_a_worker_keeps_its_launching_cell_while_a_later_cell_runs(kernel: Kernel) -> None:
+    # Self-contained: in any order, this cell imports cmlray (a session starts if none runs).
     launch = kernel.execute(
+        "import cmlray\n"
         f'w2 = cmlray.launch_workers(1, cpu=0.5, memory=0.2, code="{PROGRESS_WORKER}", name="bar")'
     )
     later = kernel.execute("cmlray.await_workers(w2); print('later cell done')")

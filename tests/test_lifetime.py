@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import RUN_MARK, marked_processes, wait_no_marked_processes
+from tests.conftest import RUN_MARK, marked_commands, marked_processes, wait_no_marked_processes
 
 DRIVER = Path(__file__).parent / "drivers" / "lifetime_driver.py"
 GONE_WITHIN_S = 10.0
@@ -57,13 +57,7 @@ class Driver:
         )
 
     def commands(self) -> list[str]:
-        names = []
-        for proc in marked_processes(self.mark):
-            try:
-                names.append(" ".join(proc.cmdline()))
-            except Exception:
-                continue
-        return names
+        return marked_commands(self.mark)
 
     def wait_for_trees(self, timeout_s: float = 90) -> list[str]:
         """The commands of this session's processes, once both workers' trees are up.
@@ -99,6 +93,8 @@ def _stale_port_claims() -> list[str]:
     directory = os.path.join(tempfile.gettempdir(), f"cmlray-ports-{os.getuid()}")
     stale = []
     for name in os.listdir(directory) if os.path.isdir(directory) else []:
+        if not name.isdigit():  # the directory's lock file
+            continue
         with open(os.path.join(directory, name)) as f:
             owner = int(f.read().strip() or 0)
         if not psutil.pid_exists(owner):

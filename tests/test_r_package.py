@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RUN_MARK, marked_processes, wait_no_marked_processes
+from tests.conftest import RUN_MARK, marked_commands, marked_processes, wait_no_marked_processes
 from tests.test_lifetime import GONE_WITHIN_S, _stale_port_claims
 
 pytestmark = [
@@ -227,7 +227,7 @@ def test_a_sigkilled_r_session_leaves_nothing(r_library: str, sessions: list[Ses
     assert session.mark is not None
     deadline = time.monotonic() + DEADLINE_S
     while True:  # both R trees (3 sleeps each) and the Python worker are up
-        commands = [" ".join(p.cmdline()) for p in marked_processes(session.mark)]
+        commands = marked_commands(session.mark)
         sleeps = sum(c.startswith("sleep 30") for c in commands)
         if sleeps == 6 and any("time.sleep(302)" in c for c in commands):
             break
