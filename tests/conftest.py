@@ -61,6 +61,20 @@ def marked_commands(mark: str | None = None) -> list[str]:
     return commands
 
 
+def marked_environment_values(name: str, mark: str | None = None) -> set[str]:
+    """The values of variable ``name`` in the live marked processes' environments."""
+    prefix = f"{name}=".encode()
+    values = set()
+    for proc in marked_processes(mark):
+        try:
+            with open(f"/proc/{proc.pid}/environ", "rb") as f:
+                entries = f.read().split(b"\0")
+        except OSError:
+            continue
+        values |= {e[len(prefix) :].decode() for e in entries if e.startswith(prefix)}
+    return values
+
+
 def wait_no_marked_processes(timeout_s: float = LEAK_WAIT_S, mark: str | None = None) -> list[str]:
     """Wait until no marked process is left; returns descriptions of those still there."""
     deadline = time.monotonic() + timeout_s

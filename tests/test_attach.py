@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,21 +57,35 @@ def _head_processes(temp: Path) -> list[psutil.Process]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """An external Ray head; yields its address and temp dir. Killed by pid after."""
-    temp = tmp_path_factory.mktemp("cluster")
+def cluster() -> Iterator[tuple[str, Path]]:
+    """An external Ray head; yields its address and temp dir. Killed by pid after.
+
+    Its temp dir is short, never pytest's (under pytest-xdist that is
+    ``.../popen-gw0/...``): Ray's socket paths in it must fit AF_UNIX's 107 bytes.
+    """
+    temp = Path(tempfile.mkdtemp(prefix="cmlray-head-"))
+    try:
+        yield from _external_head(temp)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _external_head(temp: Path) -> Iterator[tuple[str, Path]]:
     token = temp / "token"
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     port = _free_port()
     ray_cli = str(Path(sys.executable).parent / "ray")
-    subprocess.run(
+    started = subprocess.run(
         [ray_cli, "start", "--head", f"--port={port}",
          f"--temp-dir={temp / 'ray'}", "--include-dashboard=false", "--num-cpus=2",
          "--disable-usage-stats"],
-        env=dict(os.environ, **auth), check=True, capture_output=True, timeout=120,
+        env=dict(os.environ, **auth), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
+    if started.returncode != 0:
+        _stop_head(temp / "ray")
+        raise RuntimeError(f"ray start --head failed:\n{started.stderr[-3000:]}")
     saved = {key: os.environ.get(key) for key in auth}
     os.environ.update(auth)
     try:

@@ -22,10 +22,15 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.conftest import RUN_MARK, marked_commands, marked_processes, wait_no_marked_processes
+from tests.conftest import (
+    RUN_MARK,
+    marked_commands,
+    marked_environment_values,
+    marked_processes,
+    wait_no_marked_processes,
+)
 
 DRIVER = Path(__file__).parent / "drivers" / "lifetime_driver.py"
 GONE_WITHIN_S = 10.0
@@ -37,6 +42,7 @@ class Driver:
 
     def __init__(self, mode: str, *extra: str) -> None:
         self.mark = uuid.uuid4().hex
+        self.ports: set[int] = set()  # its workers' CDSW_APP_PORTs, once they run
         env = dict(os.environ, **{RUN_MARK: self.mark})
         self.proc = subprocess.Popen(
             [sys.executable, str(DRIVER), mode, *extra],
@@ -88,25 +94,22 @@ def kill_leftovers() -> Iterator[list[Driver]]:
             proc.kill()
 
 
-def _stale_port_claims() -> list[str]:
-    """CDSW_APP_PORT claim files whose owner is gone (temp files left behind)."""
+def app_ports(mark: str | None) -> set[int]:
+    """The CDSW_APP_PORTs of a session's running programs (read from their environment)."""
+    return {int(port) for port in marked_environment_values("CDSW_APP_PORT", mark)}
+
+
+def claimed(ports: set[int]) -> list[int]:
+    """Those of ``ports`` still claimed on this machine (a claim file left behind)."""
     directory = os.path.join(tempfile.gettempdir(), f"cmlray-ports-{os.getuid()}")
-    stale = []
-    for name in os.listdir(directory) if os.path.isdir(directory) else []:
-        if not name.isdigit():  # the directory's lock file
-            continue
-        with open(os.path.join(directory, name)) as f:
-            owner = int(f.read().strip() or 0)
-        if not psutil.pid_exists(owner):
-            stale.append(name)
-    return stale
+    return sorted(port for port in ports if os.path.exists(os.path.join(directory, str(port))))
 
 
 def _assert_nothing_left(driver: Driver) -> None:
     left = wait_no_marked_processes(GONE_WITHIN_S, driver.mark)
     assert not left, "left behind:\n" + "\n".join(left)
     assert driver.info["temp_dir"] is None or not os.path.exists(driver.info["temp_dir"])
-    assert not _stale_port_claims()
+    assert not claimed(driver.ports)
 
 
 def _start(mode: str, drivers: list[Driver]) -> Driver:
@@ -116,6 +119,8 @@ def _start(mode: str, drivers: list[Driver]) -> Driver:
     assert sum(c.startswith("sleep 30") for c in commands) == 8, commands  # 4 a worker
     assert sum("time.sleep(302)" in c for c in commands) == 2, commands
     assert any("raylet" in c for c in commands)
+    driver.ports = app_ports(driver.mark)
+    assert len(driver.ports) == 2 and claimed(driver.ports) == sorted(driver.ports)
     return driver
 
 

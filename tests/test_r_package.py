@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RUN_MARK, marked_commands, marked_processes, wait_no_marked_processes
-from tests.test_lifetime import GONE_WITHIN_S, _stale_port_claims
+from tests.test_lifetime import GONE_WITHIN_S, app_ports, claimed
 
 pytestmark = [
     pytest.mark.skipif(
@@ -234,10 +234,12 @@ def test_a_sigkilled_r_session_leaves_nothing(r_library: str, sessions: list[Ses
         assert time.monotonic() < deadline, commands
         time.sleep(0.1)
     assert any("cmlray._rbridge" in c for c in commands) and any("raylet" in c for c in commands)
+    ports = app_ports(session.mark)
+    assert len(ports) == 3 and claimed(ports) == sorted(ports)
     os.kill(session.proc.pid, signal.SIGKILL)
     left = wait_no_marked_processes(GONE_WITHIN_S, session.mark)
     assert not left, "left behind:\n" + "\n".join(left)
-    assert not _stale_port_claims()
+    assert not claimed(ports)
 
 
 def test_bad_arguments_are_r_errors_naming_them(r_library: str) -> None:
