@@ -104,23 +104,29 @@ def test_a_program_shorter_than_a_sample_still_shows_its_peak() -> None:
 
 
 BUSY_2_CPU_S = (
-    "import time\nwhile time.process_time() < 2.0:\n    pass\nprint('burnt', time.process_time())\n"
+    "import time\nstarted = time.monotonic()\n"
+    "while time.process_time() < 2.0:\n    pass\n"
+    "print('burnt', time.process_time() / (time.monotonic() - started))\n"
 )
 
 
 def test_a_busy_loop_uses_about_one_core() -> None:
+    """The samples show the cores the loop really got: one on a quiet machine, fewer beside
+    a busy neighbour, as its own clocks say (never more than one)."""
     (launched,) = cmlray.launch_workers(1, cpu=1, memory=0.3, code=BUSY_2_CPU_S)
     seen: list[float] = []
 
-    def busy_seen() -> bool:
+    def finished() -> bool:
         worker = describe(launched["id"])
         if worker["status"] == "running" and worker["cpu_used"] is not None:
             seen.append(worker["cpu_used"])
-        return any(cores >= 0.5 for cores in seen) or worker["finished_at"] is not None
+        return worker["finished_at"] is not None
 
-    wait_for(busy_seen, "a sample of the busy loop")
-    assert max(seen) >= 0.5 and max(seen) <= 1.3, seen  # about one core (shared machine)
+    wait_for(finished, "the busy loop's end")
     (done,) = cmlray.await_workers(launched)["workers"]
+    (burnt,) = [line for line in done["tail"] if line.startswith("burnt ")]
+    got_cores = float(burnt.split()[1])  # CPU time over wall time, as the program saw it
+    assert seen and 0.7 * got_cores <= max(seen) <= 1.3, (seen, got_cores)
     # The program burnt 2.0 s of CPU (process_time), plus its interpreter's start.
     assert 2.0 <= done["cpu_seconds"] <= 2.6, done
     assert done["cpu_used"] == pytest.approx(done["cpu_seconds"] / done["duration"], abs=0.01)
