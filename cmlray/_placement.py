@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
+import time
 from typing import Any
 
 from cmlray._spec import WorkerSpec
@@ -39,14 +41,87 @@ def reserve(spec: WorkerSpec, worker_id: str) -> Any:
     return placement_group([bundle(spec)], name=f"cmlray-{worker_id}")
 
 
-def release(group: Any) -> None:
-    """Give the worker's resources back (harmless if already removed)."""
+def _remove(group: Any) -> None:
     from ray.util.placement_group import remove_placement_group
 
     try:
         remove_placement_group(group)
     except Exception:  # already removed, or the cluster is gone with the session
         return
+
+
+def _state(group: Any) -> str:
+    from ray.util.placement_group import placement_group_table
+
+    try:
+        return str(placement_group_table(group).get("state", "REMOVED"))
+    except Exception:  # the cluster is gone with the session
+        return "REMOVED"
+
+
+class _Releaser:
+    """Removes groups given back before Ray had placed them, once Ray has.
+
+    Ray 2.60 leaks a bundle's resources on its node when a group is removed
+    while Ray is still preparing it (ray-project/ray#64693: the node keeps the
+    CPU reserved for good, so a later worker that needs it waits forever). A
+    worker stopped while ``scheduling`` is such a group; this waits on a
+    thread of its own until Ray has placed the group (or dropped it), then
+    removes it. A group still waiting for room is never being prepared, but
+    nothing tells the two apart, so it waits too.
+    """
+
+    def __init__(self, poll_s: float = 0.2) -> None:
+        self.poll_s = poll_s
+        self._lock = threading.Lock()
+        self._groups: list[Any] = []
+        self._thread: threading.Thread | None = None
+
+    def release(self, group: Any) -> None:
+        """Remove ``group`` now if Ray has placed it, else as soon as it has."""
+        if _state(group) in _SETTLED:
+            _remove(group)
+            return
+        with self._lock:
+            self._groups.append(group)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                groups = list(self._groups)
+                if not groups:
+                    self._thread = None
+                    return
+            settled = [g for g in groups if _state(g) in _SETTLED]
+            for group in settled:
+                _remove(group)
+            with self._lock:
+                self._groups = [g for g in self._groups if g not in settled]
+            time.sleep(self.poll_s)
+
+    def close(self) -> None:
+        """At the session's end: remove what is still waiting (its job ends with it)."""
+        with self._lock:
+            groups, self._groups = self._groups, []
+        for group in groups:
+            _remove(group)
+
+
+_SETTLED = ("CREATED", "REMOVED")
+_releaser = _Releaser()
+
+
+def release(group: Any) -> None:
+    """Give the worker's resources back (harmless if already removed)."""
+    _releaser.release(group)
+
+
+def close() -> None:
+    """Remove the groups still waiting to be placed (the session is ending)."""
+    _releaser.close()
 
 
 async def placed_node(group: Any) -> str:

@@ -242,6 +242,7 @@ class Session:
         self.agents.close()
         for worker_id in self.registry.ids():
             self._release_group(worker_id)
+        _placement.close()
         self.head.close()
         self.on_closed()
 

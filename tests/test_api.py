@@ -298,6 +298,26 @@ def test_stop_a_scheduling_worker() -> None:
     cdsw.stop_workers(*big)
 
 
+def test_workers_stopped_while_being_placed_give_every_cpu_back() -> None:
+    """Stopped at once, a worker's group may still be in Ray's hands (being prepared):
+    removing it then would leak its CPU on the node for good (ray-project/ray#64693),
+    and a later worker needing all four would wait forever."""
+    import ray
+
+    cdsw.stop_workers()  # this session's CPUs all free (whatever ran before)
+    for i in range(40):  # stopped at moments that hit Ray's preparing (with the bug: ~1 in 10)
+        (worker,) = cdsw.launch_workers(1, cpu=0.25, memory=0.1, code="!sleep 300")
+        time.sleep(0.01 * (i % 7))
+        cdsw.stop_workers(worker)
+    deadline = time.monotonic() + 60
+    while ray.available_resources().get("CPU", 0) < 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ray.available_resources().get("CPU", 0) == 4
+    (whole,) = cdsw.launch_workers(1, cpu=4, memory=0.1, code="print('all four')")
+    (done,) = cdsw.await_workers(whole, timeout_seconds=60)["workers"]
+    assert done["tail"] == ["all four"]
+
+
 def test_cml_network_example_works_as_written() -> None:
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -40,12 +40,18 @@ class Terminal:
 
 
 TERMINAL = Terminal()
+_PROJECT: list[Any] = []  # the module session's project dir, for a test that restarts it
+
+
+def _init(project: Any) -> None:
+    cmlray.init(num_cpus=4, project_dir=str(project), console=TERMINAL.console)
 
 
 @pytest.fixture(scope="module")
 def session_no_log_dir(no_leaks: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     project = tmp_path_factory.mktemp("project")
-    cmlray.init(num_cpus=4, project_dir=str(project), console=TERMINAL.console)
+    _PROJECT.append(project)
+    _init(project)
     try:
         yield
     finally:
@@ -275,3 +281,4 @@ def test_session_end_removes_the_spilled_logs(tmp_path: Any) -> None:
     assert cmlray.await_workers(launched, timeout_seconds=120)["workers"]
     cmlray.shutdown()
     assert not os.path.exists(spill_dir)
+    _init(_PROJECT[-1])  # the module's session again, for the tests after this one
