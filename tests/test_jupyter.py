@@ -97,11 +97,23 @@ class Kernel:
         """Run a cell to its end; returns its msg_id. Fails if the cell raised."""
         msg_id = str(self.client.execute(code))
         self.collect_until(lambda: self._idle(msg_id))
-        reply = self.client.get_shell_msg(timeout=CELL_TIMEOUT_S)
-        assert reply["parent_header"]["msg_id"] == msg_id
+        reply = self._reply_to(msg_id)
         errors = [m["content"] for m in self.of(msg_id) if m["msg_type"] == "error"]
         assert reply["content"]["status"] == "ok", errors
         return msg_id
+
+    def _reply_to(self, msg_id: str) -> dict[str, Any]:
+        """The shell reply to ``msg_id``; replies to earlier requests are skipped.
+
+        On a loaded machine ``wait_for_ready`` may send kernel_info twice, and the
+        second reply then waits in the shell channel ahead of the cell's.
+        """
+        deadline = time.monotonic() + CELL_TIMEOUT_S
+        while True:
+            reply = self.client.get_shell_msg(timeout=max(deadline - time.monotonic(), 0.1))
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return dict(reply)
+            assert reply["msg_type"] == "kernel_info_reply", reply  # nothing else is stale
 
     def _idle(self, msg_id: str) -> bool:
         return any(
