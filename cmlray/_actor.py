@@ -156,7 +156,6 @@ class WorkerActor:
                 stdin=subprocess.DEVNULL,
                 check=True,
             )
-            self._ctl = ctl
         for fd in (out_w, err_w):
             os.close(fd)
         guard_ctl.close()
@@ -175,8 +174,11 @@ class WorkerActor:
         program_channel.close()
         serve_channel(channel, self.services)
         ctl.sendall(json.dumps(spec).encode() + b"\n")
+        # Only now may stop() write to the guard: its first line must be the spec
+        # (a stop written before it was read as the spec: "the guard process died").
         with self._lock:
-            if self._stop is not None:  # stop() came before the spec: resend it after
+            self._ctl = ctl
+            if self._stop is not None:  # stop() came before the spec: send it after
                 ctl.sendall(json.dumps(self._stop).encode() + b"\n")
         events = _Stream(ctl, out_r, err_r).events()
         try:

@@ -118,6 +118,16 @@ class EventPump:
             self._follow(worker_id, name, open_stream), self._loop
         )
         self._followed[worker_id] = future
+        # A callback, not a `finally` in _follow: a follow cancelled before the loop
+        # ran it never runs at all, and its worker's resources would stay reserved.
+        future.add_done_callback(lambda _done: self._ended(worker_id))
+
+    def _ended(self, worker_id: str) -> None:
+        self._followed.pop(worker_id, None)
+        self._registry.finish(worker_id, "failed", "the worker's event stream ended early")
+        if self._logs is not None:
+            self._logs.close(worker_id)
+        self._on_finished(worker_id)
 
     def cancel(self, worker_id: str) -> None:
         """Stop waiting for a worker that ended before it was placed."""
@@ -133,18 +143,10 @@ class EventPump:
             if stream is not None:
                 async for ref in stream:
                     self._handle(worker_id, name, await ref)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # a Ray error: the agent or its node is gone
             node_id = self._registry.get(worker_id).node_id
             reason = await asyncio.to_thread(death_reason, exc, node_id)
             self._registry.finish(worker_id, "failed", reason)
-        finally:
-            self._followed.pop(worker_id, None)
-            self._registry.finish(worker_id, "failed", "the worker's event stream ended early")
-            if self._logs is not None:
-                self._logs.close(worker_id)
-            self._on_finished(worker_id)
 
     def _handle(self, worker_id: str, name: str, batch: list[tuple[str, Any]]) -> None:
         self._registry.apply(worker_id, batch)

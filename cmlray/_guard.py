@@ -72,6 +72,7 @@ class Guard:
         self.final: dict[str, Any] | None = None
         self.terminated = False
         self.spec: dict[str, Any] = {}
+        self.early: list[dict[str, Any]] = []
         self.started = time.monotonic()
         self.ended_at = time.time()
         self.meter = usage.UsageMeter(os.getpid())
@@ -99,6 +100,7 @@ class Guard:
             if messages is None:
                 return None
             if messages:
+                self.early = messages[1:]  # a stop sent right after the spec, in one read
                 return messages[0]
 
     def record(self, reaped: dict[int, int]) -> None:
@@ -162,8 +164,15 @@ class Guard:
                 words = f"exceeded memory: used {used / GIB:.2f} GiB of {limit / GIB:.2f} GiB"
                 self.stop(min(grace_s, _MEMORY_GRACE_S), "failed", words)
 
+    def obey(self, messages: list[dict[str, Any]]) -> None:
+        """Carry out the stop requests among ``messages``."""
+        for message in messages:
+            if "stop" in message:
+                self.stop(float(message["stop"]), message["status"], message["reason"])
+
     def serve(self, wake_fd: int) -> None:
         """Wait for the program to end, a stop request, a limit, or the actor's death."""
+        self.obey(self.early)
         while self.exit_status is None:
             watched: list[Any] = [self.ctl, wake_fd]
             readable = select.select(watched, [], [], self.tick_s())[0]
@@ -178,9 +187,7 @@ class Guard:
                 if messages is None:
                     self.stop(_ORPHAN_GRACE_S, "failed", "actor died")
                     return
-                for message in messages:
-                    if "stop" in message:
-                        self.stop(float(message["stop"]), message["status"], message["reason"])
+                self.obey(messages)
             if self.exit_status is None and self.final is None:
                 self.check_limits()
                 self.sample_usage()

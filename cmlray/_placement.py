@@ -54,7 +54,8 @@ def _state(group: Any) -> str:
     from ray.util.placement_group import placement_group_table
 
     try:
-        return str(placement_group_table(group).get("state", "REMOVED"))
+        # Empty while the group's creation is still on its way to Ray: not settled.
+        return str(placement_group_table(group).get("state", "UNKNOWN"))
     except Exception:  # the cluster is gone with the session
         return "REMOVED"
 
