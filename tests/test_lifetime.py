@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from cmlray import _ports
 from tests.conftest import (
     RUN_MARK,
     marked_commands,
@@ -101,7 +101,7 @@ def app_ports(mark: str | None) -> set[int]:
 
 def claimed(ports: set[int]) -> list[int]:
     """Those of ``ports`` still claimed on this machine (a claim file left behind)."""
-    directory = os.path.join(tempfile.gettempdir(), f"cmlray-ports-{os.getuid()}")
+    directory = _ports._claims_path()
     return sorted(port for port in ports if os.path.exists(os.path.join(directory, str(port))))
 
 
