@@ -2,7 +2,8 @@
 
 Own head (the default): ``ray.init(address="local")``, never a bare
 ``ray.init()`` that would silently attach to whatever cluster the machine
-has recorded; no dashboard; Ray's log forwarding off (the session streams
+has recorded; no dashboard, and only the head services cmlray uses
+(``_headservices``); Ray's log forwarding off (the session streams
 workers' output itself); token authentication on, with a fresh token in a
 private temp dir only this user can read. A reaper process tied to the
 session by a pipe removes every process and file of the head once the
@@ -25,7 +26,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from cmlray import _process, _shipping
+from cmlray import _headservices, _process, _shipping
 from cmlray._hush import hush
 from cmlray.errors import SessionError, translate_ray_error
 
@@ -140,6 +141,7 @@ def start_own_head(
     num_gpus: int | None,
     resources: dict[str, float] | None,
     runtime_env: dict[str, Any] | None = None,
+    head_services: str = "minimal",
 ) -> Head:
     """Start a Ray head inside this process's session (see module docstring)."""
     import ray
@@ -147,17 +149,18 @@ def start_own_head(
     temp_dir = tempfile.mkdtemp(prefix="cmlray-")
     saved = _enable_token_auth(_write_token(temp_dir))
     try:
-        context = ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            resources=resources,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-            _temp_dir=temp_dir,
-            runtime_env=runtime_env,
-        )
+        with _headservices.only(head_services):
+            context = ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                resources=resources,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                _temp_dir=temp_dir,
+                runtime_env=runtime_env,
+            )
     except Exception as exc:
         _restore_env(saved)
         raise translate_ray_error(exc, "starting a Ray head") from exc

@@ -286,6 +286,7 @@ def start(
     ship_project: bool = True,
     project_excludes: tuple[str, ...] = (),
     block: bool = True,
+    head_services: str = "minimal",
 ) -> Session | None:
     """Start this process's session (see ``cmlray.init``); None when not ``block``."""
     global _current
@@ -303,7 +304,7 @@ def start(
             )
 
         def open_session(boot: Boot[Session] | None = None) -> Session:
-            head = _connect(address, num_cpus, num_gpus, resources, runtime_env)
+            head = _connect(address, num_cpus, num_gpus, resources, runtime_env, head_services)
             try:
                 session = Session(head, project, console, log_dir)
             except BaseException:
@@ -330,6 +331,7 @@ def _connect(
     num_gpus: int | None,
     resources: dict[str, float] | None,
     runtime_env: dict[str, Any] | None = None,
+    head_services: str = "minimal",
 ) -> _head.Head:
     import ray
 
@@ -338,7 +340,11 @@ def _connect(
     if ray.is_initialized():  # the user connected Ray themselves: use that connection
         return _head.Head(address=None, owns_head=False, disconnect=False)
     return _head.start_own_head(
-        num_cpus=num_cpus, num_gpus=num_gpus, resources=resources, runtime_env=runtime_env
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        resources=resources,
+        runtime_env=runtime_env,
+        head_services=head_services,
     )
 
 

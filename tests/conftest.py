@@ -13,6 +13,8 @@ import contextlib
 import io
 import os
 import random
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -90,6 +92,18 @@ def wait_no_marked_processes(timeout_s: float = LEAK_WAIT_S, mark: str | None = 
         except psutil.Error:
             continue
     return described
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C interrupts again, in this process and what it starts, if it came in ignored.
+
+    A suite started in the background of a script (``nohup pytest &``) inherits
+    SIGINT ignored, and so would every program it starts; the tests of what
+    Ctrl-C does (CLI, watch, a session's lifetime) need its default back.
+    """
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -106,7 +106,8 @@ def _stop_head(temp: Path) -> None:
     head is left: a process of Ray's may open its first file there late.
     """
     for proc in _head_processes(temp):
-        proc.terminate()
+        with contextlib.suppress(psutil.Error):  # it may end between listing and signalling
+            proc.terminate()
     psutil.wait_procs(_head_processes(temp), timeout=GONE_WITHIN_S)
     deadline = time.monotonic() + GONE_WITHIN_S
     while (left := _head_processes(temp)) and time.monotonic() < deadline:

@@ -68,6 +68,7 @@ BAD_CALLS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("init: resources negative", lambda: cmlray.init(resources={"x": -1}), ValueError, r"resources\['x'\] must be >= 0"),
     ("init: resources a list", lambda: cmlray.init(resources=[1]), TypeError, r"resources must be a dict"),
     ("init: address a number", lambda: cmlray.init(address=5), TypeError, r"address must be a string"),
+    ("init: head_services unknown", lambda: cmlray.init(head_services="none"), ValueError, r"head_services must be 'minimal' or 'all', got 'none'"),
     ("init: project_dir missing", lambda: cmlray.init(project_dir="/no/such/dir"), ValueError, r"project_dir must be an existing directory"),
 ]  # fmt: skip
 

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import threading
 
+import psutil
 import pytest
 
 import cmlray
 from cmlray import _session
 from cmlray._boot import Boot
 from tests.conftest import Captured
+from tests.test_security import HEAD_EXTRAS, head_commands
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
+DASHBOARD_PORT = 8265
 
 
 def test_first_call_waits_for_a_background_start(captured: Captured) -> None:
@@ -39,6 +42,29 @@ def test_shutdown_while_booting_ends_the_session() -> None:
     cmlray.init(num_cpus=1, block=False)
     cmlray.shutdown()  # waits for the boot, then ends it
     assert _session.current(create=False) is None
+
+
+def test_head_services_all_starts_rays_own_as_ray_init_does() -> None:
+    """Monitor, log monitor and API server, the latter with no frontend and no dashboard port.
+
+    Its gRPC port is Ray's own and listens on all interfaces (Ray 2.60 cannot
+    bind it to loopback): token authentication guards it.
+    """
+    cmlray.init(num_cpus=1, head_services="all")
+    try:
+        temp_dir = _session.require().head.temp_dir
+        assert temp_dir is not None
+        ours = head_commands(temp_dir)
+        for extra in HEAD_EXTRAS:
+            assert [c for _, c in ours if extra in c], f"no {extra} among {ours}"
+        for proc, cmdline in ours:
+            if "dashboard/dashboard.py" in cmdline:
+                assert "--disable-frontend" in cmdline
+                listening = proc.net_connections(kind="inet")
+                ports = {c.laddr.port for c in listening if c.status == psutil.CONN_LISTEN}
+                assert DASHBOARD_PORT not in ports
+    finally:
+        cmlray.shutdown()
 
 
 def test_a_failed_background_start_raises_at_the_first_call(

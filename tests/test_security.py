@@ -15,7 +15,6 @@ from tests.conftest import Captured
 
 pytestmark = pytest.mark.usefixtures("session")
 SECRET = "s3cr3t-Value-0f-the-user"
-DASHBOARD_PORT = 8265
 
 
 def test_own_head_uses_token_auth_with_a_private_token() -> None:
@@ -30,25 +29,30 @@ def test_own_head_uses_token_auth_with_a_private_token() -> None:
         assert len(f.read()) == 64
 
 
-def test_no_dashboard_is_served() -> None:
-    """Ray still runs its API head (usage stats), but with no frontend and no dashboard port.
-
-    Its gRPC port is Ray's own and listens on all interfaces (Ray 2.60 cannot
-    bind it to loopback): token authentication guards it.
-    """
-    temp_dir = _session.require().head.temp_dir
-    assert temp_dir is not None
+def head_commands(temp_dir: str) -> list[tuple[psutil.Process, str]]:
+    """The processes of the head whose temp dir is ``temp_dir``, with their command lines."""
     ours = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
         if temp_dir in cmdline:
             ours.append((proc, cmdline))
-    assert ours, "the head's processes name its temp dir"
-    dashboards = [(p, c) for p, c in ours if "dashboard/dashboard.py" in c]
-    for proc, cmdline in dashboards:
-        assert "--disable-frontend" in cmdline and "--modules-to-load=UsageStatsHead" in cmdline
-        listening = [c for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
-        assert DASHBOARD_PORT not in {c.laddr.port for c in listening}
+    return ours
+
+
+HEAD_EXTRAS = (
+    "dashboard/dashboard.py",
+    "autoscaler/_private/monitor.py",
+    "_private/log_monitor.py",
+)
+
+
+def test_no_dashboard_and_no_unused_head_service_runs() -> None:
+    """No dashboard, and none of the services cmlray does not use (``_headservices``)."""
+    temp_dir = _session.require().head.temp_dir
+    assert temp_dir is not None
+    commands = [cmdline for _, cmdline in head_commands(temp_dir)]
+    assert any("gcs_server" in c for c in commands) and any("raylet" in c for c in commands)
+    assert [c for c in commands if any(extra in c for extra in HEAD_EXTRAS)] == []
 
 
 def _cmlray_helpers() -> list[psutil.Process]:
