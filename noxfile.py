@@ -43,5 +43,5 @@ def stress(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """The benchmarks, cmlray side by side with raw Ray; tables on stdout, JSON in results/."""
     session.install("-e", ".[test,examples,bench]")
-    for name in ("launch", "relay", "queue", "hyperopt", "crawler", "bench_relay"):
+    for name in ("launch", "designs", "relay", "queue", "hyperopt", "crawler", "bench_relay"):
         session.run("python", f"benchmarks/{name}.py", *session.posargs)

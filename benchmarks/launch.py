@@ -67,6 +67,7 @@ from _common import SIDES, Json
 common.leave_sys_path()
 
 import argparse
+import contextlib
 import functools
 import statistics
 import subprocess
@@ -92,6 +93,7 @@ SOAK_WAVE = 10
 LATER_WAVES = 9
 AWAIT_SAMPLES = 10
 IDLE_TIMEOUT_S = 30.0
+FOOTPRINT_SETTLE_S = 2.0
 RESULTS_PATH = common.RESULTS_DIR / "launch.json"
 
 
@@ -125,10 +127,26 @@ def _open_ray(timings: Json) -> str:
     return temp_dir
 
 
+def _footprint(into: Json) -> None:
+    """The session's own head: how many processes this process started, and their memory."""
+    import psutil
+
+    time.sleep(FOOTPRINT_SETTLE_S)  # Ray starts some of its processes just after init returns
+    tree = psutil.Process().children(recursive=True)
+    rss = 0
+    for proc in tree:
+        with contextlib.suppress(psutil.Error):
+            rss += proc.memory_info().rss
+    into["head_processes"] = len(tree)
+    into["head_rss_mib"] = rss / 2**20
+
+
 def child_start_cmlray() -> Json:
     result: Json = {}
     _open_cmlray(result)
     import cmlray  # already imported (and timed) by _open_cmlray
+
+    _footprint(result)
 
     with common.timer(result, "shutdown_s"):
         cmlray.shutdown()
@@ -137,7 +155,9 @@ def child_start_cmlray() -> Json:
 
 def child_start_ray() -> Json:
     result: Json = {}
-    common.ray_shutdown(result, "shutdown_s", _open_ray(result))
+    temp_dir = _open_ray(result)
+    _footprint(result)
+    common.ray_shutdown(result, "shutdown_s", temp_dir)
     return result
 
 
@@ -429,6 +449,10 @@ def summarize(results: dict[str, dict[str, list[Json]]]) -> Json:
         medians[f"phase:{key}"] = {
             side: _medians([r["phases"] for r in rounds[side]], key) for side in SIDES
         }
+    footprint = {
+        key: {side: _medians(results["start"][side], key) for side in SIDES}
+        for key in ("head_processes", "head_rss_mib")
+    }
     gaps = [g for c in results["launch"]["cmlray"] for g in c["await_gaps_s"]]
     launches = results["launch"]
     return {
@@ -445,6 +469,7 @@ def summarize(results: dict[str, dict[str, list[Json]]]) -> Json:
                 lambda c: _medians([r for r in c["rounds"] if not r["first"]], "elapsed_s"),
             ),
         },
+        "footprint": footprint,
         "samples_per_side": {
             "init": len(fresh["cmlray"]),
             "idle_shutdown": len(results["start"]["cmlray"]),
@@ -546,6 +571,16 @@ def print_table(summary: Json) -> None:
             _times(summary["paired_ratios"].get(key)),
             goal,
         )
+    labels = {
+        "head_processes": "processes of the session (idle)",
+        "head_rss_mib": "  their memory (RSS)",
+    }
+    units = {"head_processes": "{:.0f}", "head_rss_mib": "{:.0f} MiB"}
+    for key, pair in summary["footprint"].items():
+        if None in pair.values():
+            continue
+        shown = [units[key].format(pair[side]) for side in SIDES]
+        table.add_row(labels[key], *shown, _times(_ratio(pair)), "", "")
     gaps = summary["await"]
     table.add_row(
         f"await return - finished_at (p50; max of {gaps['samples']})",

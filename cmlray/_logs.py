@@ -90,9 +90,13 @@ class WorkerLogs:
 
     def write(self, worker_id: str, name: str, lines: Sequence[str], stream: str = "out") -> None:
         """Append a batch of one worker's lines from ``stream`` ("out" or "err")."""
-        text = "".join(f"{line}\n" for line in lines if not is_progress(line))
-        if not text:
+        if not lines:
             return
+        text = "\n".join(lines) + "\n"
+        if "\r" in text:  # rare: progress states are not lines (the fast path is 4x faster)
+            text = "".join(f"{line}\n" for line in lines if not is_progress(line))
+            if not text:
+                return
         data = text.encode()
         with self._lock:
             log = self._logs.get(worker_id)

@@ -206,7 +206,8 @@ def _started(record: WorkerRecord, event: dict[str, Any]) -> None:
 def _lines(record: WorkerRecord, lines: list[str]) -> None:
     # A progress state is an open line's passing state, not a line the program printed.
     # Escapes stripped: a tail printed later must not move a terminal's cursor.
-    record.tail.extend(strip_escapes(line) for line in lines if not is_progress(line))
+    finished = [line for line in lines if not is_progress(line)]
+    record.tail.extend(strip_escapes(line) for line in finished[-TAIL_LINES:])
 
 
 def _usage(record: WorkerRecord, usage: dict[str, Any]) -> None:

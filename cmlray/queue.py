@@ -27,7 +27,7 @@ from typing import Any
 import cloudpickle
 
 from cmlray import _session
-from cmlray._queue import QueueActor
+from cmlray._queue import REPORT_LIMIT, QueueActor
 from cmlray._services import QUEUE_PREFIX as ACTOR_PREFIX
 from cmlray._spec import check_count, check_positive
 from cmlray.errors import QueueError
@@ -56,16 +56,15 @@ class QueueResult:
     attempts: int
 
 
-def _decode(raw: dict[str, Any]) -> QueueResult:
-    result = raw["result"]
-    return QueueResult(
-        item=cloudpickle.loads(raw["item"]),
-        ok=raw["ok"],
-        result=cloudpickle.loads(result) if result is not None else None,
-        error=raw["error"],
-        traceback=raw["traceback"],
-        attempts=raw["attempts"],
-    )
+def _decode(page: dict[str, list[Any]]) -> list[QueueResult]:
+    """A page of results (columns, see ``QueueState.report``) as QueueResults."""
+    loads = cloudpickle.loads
+    rows = zip(page["item"], page["ok"], page["result"], page["error"], page["traceback"],
+               page["attempts"], strict=True)  # fmt: skip
+    return [
+        QueueResult(loads(item), ok, None if result is None else loads(result), error, tb, tries)
+        for item, ok, result, error, tb, tries in rows
+    ]
 
 
 def _pickle(item: Any, index: int) -> bytes:
@@ -185,10 +184,10 @@ class Queue:
         """Every finished item's outcome so far, in completion order."""
         out: list[QueueResult] = []
         while True:
-            batch, _ = self._call("results_since", len(out), 0.0)
-            if not batch:
-                return out
-            out.extend(_decode(raw) for raw in batch)
+            page, drained = self._call("results_since", len(out), 0.0)
+            out.extend(_decode(page))
+            if not page["id"] or (drained and len(page["id"]) < REPORT_LIMIT):
+                return out  # nothing more, or every result there will be
 
     def as_completed(
         self, timeout: float | None = None, *, expect_more_workers: bool = False
@@ -201,9 +200,10 @@ class Queue:
         deadline = None if timeout is None else time.monotonic() + timeout
         seen = 0
         while True:
-            batch, drained = self._call("results_since", seen, _wait_slice(deadline, _POLL_WAIT_S))
+            page, drained = self._call("results_since", seen, _wait_slice(deadline, _POLL_WAIT_S))
+            batch = _decode(page)
             seen += len(batch)
-            yield from (_decode(raw) for raw in batch)
+            yield from batch
             if drained and not batch:
                 return
             if not batch and not expect_more_workers:
