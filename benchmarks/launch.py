@@ -470,6 +470,7 @@ def summarize(results: dict[str, dict[str, list[Json]]]) -> Json:
             ),
         },
         "footprint": footprint,
+        "soak_workers": results["soak"]["cmlray"][0]["soak_workers"],
         "samples_per_side": {
             "init": len(fresh["cmlray"]),
             "idle_shutdown": len(results["start"]["cmlray"]),
@@ -523,7 +524,7 @@ _LABELS = {
     "shutdown_after_use_s": "shutdown (after launches)",
     "launch_first_s": f"first wave after init: {N_WORKERS} x {WORKER_CPU} CPU -> all done",
     "launch_later_s": f"later waves (median): {N_WORKERS} x {WORKER_CPU} CPU -> all done",
-    "soak_s": f"soak: {SOAK_WORKERS} workers in waves of {SOAK_WAVE}, one session",
+    "soak_s": "soak: {workers} workers in waves of " + f"{SOAK_WAVE}, one session",
     "phase:launch_call_s": "  phase: launch_workers() call",
     "phase:to_first_running_s": "  phase: start -> first running",
     "phase:to_last_running_s": "  phase: start -> last running",
@@ -564,7 +565,7 @@ def print_table(summary: Json) -> None:
         if key == "soak_s" and pair["cmlray"] is not None:
             goal = f"cmlray <= {SOAK_GOAL_S:g} s {common.verdict(pair['cmlray'] <= SOAK_GOAL_S)}"
         table.add_row(
-            _LABELS.get(key, key),
+            _LABELS.get(key, key).format(workers=summary["soak_workers"]),
             _seconds(pair["cmlray"]),
             _seconds(pair["ray"]),
             _times(ratio),
