@@ -1,0 +1,54 @@
+"""``_headservices``: what of Ray's head an own head starts, without starting one.
+
+The real heads are checked in test_security (the default) and test_boot
+(``head_services="all"``); here, that the patch of Ray's private ``Node`` is
+undone after the one ``ray.init`` call, and that a Ray whose private names
+moved gets a full head rather than an error.
+"""
+
+from __future__ import annotations
+
+import pytest
+from ray._private import node, parameter
+
+from cmlray import _headservices
+
+
+def test_minimal_patches_rays_node_only_inside_the_block() -> None:
+    before = (node.Node.__init__, node.Node.start_api_server)
+    with _headservices.only("minimal"):
+        assert (node.Node.__init__, node.Node.start_api_server) != before
+        assert node.Node.start_api_server(object()) is None
+    assert (node.Node.__init__, node.Node.start_api_server) == before
+
+
+def test_the_patch_is_undone_when_ray_init_raises() -> None:
+    before = node.Node.__init__
+    with pytest.raises(RuntimeError, match="no head"), _headservices.only("minimal"):
+        raise RuntimeError("no head")
+    assert node.Node.__init__ is before
+
+
+def test_all_changes_nothing() -> None:
+    before = (node.Node.__init__, node.Node.start_api_server)
+    with _headservices.only("all"):
+        assert (node.Node.__init__, node.Node.start_api_server) == before
+
+
+def test_a_ray_whose_private_names_moved_gets_a_full_head(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class OtherParams:  # a future RayParams without the two switches
+        pass
+
+    monkeypatch.setattr(parameter, "RayParams", OtherParams)
+    assert _headservices._node_class() is None
+    before = node.Node.__init__
+    with _headservices.only("minimal"):
+        assert node.Node.__init__ is before
+
+
+@pytest.mark.parametrize("value", ["none", "", None, ["minimal"], 1])
+def test_check_names_the_argument(value: object) -> None:
+    with pytest.raises(ValueError, match=r"head_services must be 'minimal' or 'all', got"):
+        _headservices.check(value)
