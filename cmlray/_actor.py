@@ -22,7 +22,6 @@ import json
 import os
 import selectors
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -32,12 +31,12 @@ from typing import Any
 
 from cmlray import _ports, _process
 from cmlray._channel import CHANNEL_ENV
+from cmlray._forkserver import start_guard
 from cmlray._lines import LineSplitter
 from cmlray._services import ProgramServices, serve_channel
 
 Event = tuple[str, Any]
 
-_GUARD_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_guard.py")
 _READ_SIZE = 1 << 16
 _BATCH_MAX_LINES = 4096
 _BATCH_MAX_BYTES = 1 << 20
@@ -150,12 +149,7 @@ class WorkerActor:
             if self._stop is not None:
                 yield [("exited", _final(None, self._stop["status"], self._stop["reason"]))]
                 return
-            subprocess.run(
-                [sys.executable, "-I", "-S", _GUARD_PATH, *map(str, fds)],
-                pass_fds=fds,
-                stdin=subprocess.DEVNULL,
-                check=True,
-            )
+            start_guard(fds)
         for fd in (out_w, err_w):
             os.close(fd)
         guard_ctl.close()

@@ -32,7 +32,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from cmlray import _files
+from cmlray import _files, _forkserver
 from cmlray._actor import Event, Placement, WorkerActor, WorkerLaunch
 
 LEASE_CHECK_S = 5.0
@@ -54,6 +54,7 @@ class NodeAgent:
                 so long (0: never; an own head's agents share the session's host).
         """
         self._home = home
+        _forkserver.enable()  # guards forked, not each a new interpreter
         self._cwd = os.getcwd()  # its node's copy of the project, when one was shipped
         self._workers: dict[str, WorkerActor] = {}
         self._early_stops: dict[str, tuple[float, str, str]] = {}

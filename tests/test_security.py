@@ -59,7 +59,7 @@ def _cmlray_helpers() -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if "cmlray/_guard.py" in cmdline or "cmlray/_reaper.py" in cmdline:
+        if any(f"cmlray/{name}.py" in cmdline for name in ("_guard", "_forkserver", "_reaper")):
             found.append(proc)
     return found
 
@@ -68,7 +68,7 @@ def test_cmlray_own_processes_open_no_network_socket() -> None:
     workers = cmlray.launch_workers(2, cpu=0.25, memory=0.1, code="!echo up; sleep 300")
     cmlray.await_workers(workers, wait_for_completion=False)
     helpers = _cmlray_helpers()
-    assert len(helpers) >= 3  # two guards and the reaper
+    assert len(helpers) >= 4  # two guards (forks of the agent's fork server), it, the reaper
     for proc in helpers:
         assert proc.net_connections(kind="inet") == [], proc.cmdline()
     cmlray.stop_workers(*workers)

@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -175,10 +176,26 @@ def test_logs_of_a_worker_that_printed_over_1_mb_while_it_runs_and_after(tmp_pat
     assert len(describe(launched["id"])["tail"]) == 100
 
 
-def test_watch_shows_a_live_table_under_the_output_until_they_end() -> None:
+def _touch_once_shown(path: Path, text: str, since: int, timeout_s: float = 120.0) -> None:
+    """Create ``path`` once the terminal has shown ``text`` (or after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while text not in ANSI.sub("", TERMINAL.file.getvalue()[since:]):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    path.touch()
+
+
+def test_watch_shows_a_live_table_under_the_output_until_they_end(tmp_path: Path) -> None:
     before = len(TERMINAL.file.getvalue())
-    code = "import time\nfor i in range(3):\n    print('tick', i, flush=True); time.sleep(0.4)"
+    go = tmp_path / "go"  # the programs tick once the panel has shown all three running
+    code = (
+        f"import os, time\nwhile not os.path.exists({str(go)!r}): time.sleep(0.02)\n"
+        "for i in range(3):\n    print('tick', i, flush=True); time.sleep(0.2)"
+    )
     workers = cmlray.launch_workers(3, cpu=0.25, memory=0.2, code=code, name="watched")
+    args = (go, "3 workers: 3 running", before)
+    threading.Thread(target=_touch_once_shown, args=args, daemon=True).start()
     final = cmlray.watch(workers, refresh_s=0.1)
     assert [w["status"] for w in final] == ["succeeded"] * 3
     assert isinstance(final, list) and all(type(w) is dict for w in final)
