@@ -13,6 +13,7 @@ import contextlib
 import os
 import pty
 import queue
+import re
 import select
 import shutil
 import signal
@@ -175,6 +176,20 @@ def _private_network() -> list[str]:
     return prefix
 
 
+# CML's master.r serves its two workers on two listening sockets in turn. A worker
+# whose connect lands between the first socket's close and the second's listen is
+# refused (nothing listens for those microseconds) and fails; on CML engines start
+# seconds apart, cmlray's within milliseconds. The example is CML's and runs
+# unchanged, so a run that lost exactly that race is run again (found: 1 run in 8
+# beside two CPU spinners); any other failure fails the test at once.
+NETWORK_ATTEMPTS = 3
+
+
+def _lost_cmls_race(output: str) -> bool:
+    """Whether a run of CML's network example failed only by a worker refused between sockets."""
+    return re.search(r"^\[worker-\d+:err\] Error in socketConnection", output, re.M) is not None
+
+
 def test_cml_network_example(r_library: str) -> None:
     private = _private_network()
     if not private:
@@ -185,13 +200,22 @@ def test_cml_network_example(r_library: str) -> None:
             except OSError:
                 pytest.skip("port 6000 is taken on this machine")
     folder = PACKAGE / "examples" / "network"
-    done = rscript(
-        r_library,
-        "-e",
-        'source("master.r"); stopifnot(length(await.workers(workers)$workers) == 2)',
-        cwd=folder,
-        prefix=private,
-    )
+    for attempt in range(1, NETWORK_ATTEMPTS + 1):
+        try:
+            done = rscript(
+                r_library,
+                "-e",
+                'source("master.r"); stopifnot(length(await.workers(workers)$workers) == 2)',
+                cwd=folder,
+                prefix=private,
+            )
+        except subprocess.TimeoutExpired as exc:  # the master waits for a refused worker
+            output = exc.output.decode() if isinstance(exc.output, bytes) else exc.output or ""
+            if attempt < NETWORK_ATTEMPTS and _lost_cmls_race(output):
+                continue
+            raise
+        if done.returncode == 0 or not _lost_cmls_race(done.stdout):
+            break
     assert done.returncode == 0, done.stdout
     lines = done.stdout.splitlines()
     assert lines.count('[1] "Server received: Hello from Worker"') == 2, done.stdout
