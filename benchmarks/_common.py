@@ -141,6 +141,17 @@ def ray_init(temp_dir: str, num_cpus: int, *, log_to_driver: bool = False) -> No
     )
 
 
+def wait_idle(num_cpus: float, timeout_s: float) -> None:
+    """Wait (untimed) until every CPU of the head is free again."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while ray.available_resources().get("CPU", 0.0) < num_cpus - 1e-6:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"CPUs still busy after {timeout_s:g} s")
+        time.sleep(0.02)
+
+
 def ray_shutdown(timings: Json, key: str, temp_dir: str) -> None:
     """``ray.shutdown()``, timed into ``timings[key]``; then remove ``temp_dir``."""
     import ray

@@ -53,13 +53,7 @@ RESULTS_PATH = common.RESULTS_DIR / "designs.json"
 
 
 def _wait_idle() -> None:
-    import ray
-
-    deadline = time.monotonic() + IDLE_TIMEOUT_S
-    while ray.available_resources().get("CPU", 0.0) < NUM_CPUS - 1e-6:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"CPUs still busy after {IDLE_TIMEOUT_S:g} s")
-        time.sleep(0.02)
+    common.wait_idle(NUM_CPUS, IDLE_TIMEOUT_S)
 
 
 def _wait_files(folder: Path, count: int) -> None:

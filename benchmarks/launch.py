@@ -162,14 +162,7 @@ def child_start_ray() -> Json:
 
 
 def _wait_idle() -> None:
-    """Wait (untimed) until every CPU of the head is free again."""
-    import ray
-
-    deadline = time.monotonic() + IDLE_TIMEOUT_S
-    while ray.available_resources().get("CPU", 0.0) < NUM_CPUS - 1e-6:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"CPUs still busy after {IDLE_TIMEOUT_S:g} s")
-        time.sleep(0.02)
+    common.wait_idle(NUM_CPUS, IDLE_TIMEOUT_S)
 
 
 def _phases(t0: float, t_end: float, started: list[float], ended: list[float]) -> Json:
