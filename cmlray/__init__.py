@@ -7,9 +7,13 @@
     workers = cdsw.launch_workers(n=2, cpu=0.5, memory=0.5, code="print('hi')")
     cdsw.await_workers(workers)
 
-The public names below are imported on first use: a worker's actor and a
-worker's program import ``cmlray._actor`` or ``cmlray.worker`` without
-paying for the session side (Rich, the relay, the API).
+The public surface is the table ``_PUBLIC`` below, once: ``__all__`` is
+derived from it, the type checker reads the same names from the
+``TYPE_CHECKING`` block, and ``tests/unit/test_public_api.py`` pins the
+names and checks the three agree. Names are imported on first use: a
+worker's program imports ``cmlray.worker`` without paying for the session
+side (Ray, Rich, the relay), and the standard-library-only programs
+(``_standalone.py``) import this package without importing anything else.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# name -> the module that defines it
 _PUBLIC = {
     "launch_workers": "cmlray._api",
     "list_workers": "cmlray._api",
@@ -27,8 +32,8 @@ _PUBLIC = {
     "StopResult": "cmlray._api",
     "watch": "cmlray._watch",
     "logs": "cmlray._logread",
-    "init": "cmlray._init",
-    "shutdown": "cmlray._init",
+    "init": "cmlray._lifecycle",
+    "shutdown": "cmlray._lifecycle",
     "Queue": "cmlray.queue",
     "QueueResult": "cmlray.queue",
     "CmlrayError": "cmlray.errors",
@@ -38,39 +43,25 @@ _PUBLIC = {
     "WorkerError": "cmlray.errors",
 }
 
-__all__ = [
-    "CmlrayError",
-    "InfeasibleRequestError",
-    "Queue",
-    "QueueError",
-    "QueueResult",
-    "SessionError",
-    "StopResult",
-    "WorkerError",
-    "__version__",
-    "await_workers",
-    "init",
-    "launch_workers",
-    "list_workers",
-    "logs",
-    "shutdown",
-    "stop_workers",
-    "watch",
-]
+__all__ = [*_PUBLIC, "__version__"]  # noqa: PLE0604 - pinned by tests/unit/test_public_api.py
 
-if TYPE_CHECKING:
-    from cmlray._api import StopResult, await_workers, launch_workers, list_workers, stop_workers
-    from cmlray._init import init, shutdown
-    from cmlray._logread import logs
-    from cmlray._watch import watch
-    from cmlray.errors import (
-        CmlrayError,
-        InfeasibleRequestError,
-        QueueError,
-        SessionError,
-        WorkerError,
-    )
-    from cmlray.queue import Queue, QueueResult
+if TYPE_CHECKING:  # the same names, for type checkers ("X as X": re-exported)
+    from cmlray._api import StopResult as StopResult
+    from cmlray._api import await_workers as await_workers
+    from cmlray._api import launch_workers as launch_workers
+    from cmlray._api import list_workers as list_workers
+    from cmlray._api import stop_workers as stop_workers
+    from cmlray._lifecycle import init as init
+    from cmlray._lifecycle import shutdown as shutdown
+    from cmlray._logread import logs as logs
+    from cmlray._watch import watch as watch
+    from cmlray.errors import CmlrayError as CmlrayError
+    from cmlray.errors import InfeasibleRequestError as InfeasibleRequestError
+    from cmlray.errors import QueueError as QueueError
+    from cmlray.errors import SessionError as SessionError
+    from cmlray.errors import WorkerError as WorkerError
+    from cmlray.queue import Queue as Queue
+    from cmlray.queue import QueueResult as QueueResult
 
 
 def __getattr__(name: str) -> Any:

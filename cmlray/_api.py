@@ -1,21 +1,21 @@
 """The four functions of CML's Workers API, with cmlray's session behind them.
 
 CML's names and units are converted here once: ``memory`` in GiB,
-``timeout_seconds`` (0 means none), worker ids or description dicts
-wherever an id is taken.
+``timeout_seconds`` (0 means none), and workers referred to by id, dict or
+name (``_refs.py``) wherever a worker is taken.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cmlray import _session
-from cmlray._ids import is_id
-from cmlray._registry import FINAL
-from cmlray._spec import WorkerSpec, check_non_negative
+from cmlray import _lifecycle, _refs
+from cmlray._checks import check_non_negative
+from cmlray._registry import FINAL, WorkerRecord
+from cmlray._spec import WorkerSpec
 from cmlray._table import WorkerList
 
 
@@ -86,7 +86,7 @@ def launch_workers(
     """
     del resource_profile_id, resource_group_id, rdma_network_selections
     spec = WorkerSpec.from_call(
-        _session.project_dir(),
+        _lifecycle.project_dir(),
         n=n,
         cpu=cpu,
         memory=memory,
@@ -103,7 +103,7 @@ def launch_workers(
         args=args,
         kwargs=kwargs,
     )
-    return _session.require().launch(spec)
+    return _lifecycle.require().launch(spec)
 
 
 def list_workers() -> WorkerList:
@@ -112,7 +112,7 @@ def list_workers() -> WorkerList:
     A plain list of plain dicts (a ``list`` subclass) that a notebook shows as
     an HTML table and a Rich console as a table.
     """
-    session = _session.current(create=False)
+    session = _lifecycle.current(create=False)
     return WorkerList(session.registry.describe() if session is not None else [])
 
 
@@ -142,14 +142,6 @@ class StopResult:
         return dict(self.worker) if self.worker else {"id": self.id, "error": "not found"}
 
 
-def _worker_id(value: object, argument: str) -> str:
-    if isinstance(value, Mapping):
-        value = value.get("id")
-    if not isinstance(value, str):
-        raise TypeError(f"{argument} must be worker ids or worker dicts, got {value!r}")
-    return value
-
-
 def stop_workers(
     *worker_id: str | Mapping[str, Any], grace_period_s: float | None = None
 ) -> list[StopResult]:
@@ -159,33 +151,27 @@ def stop_workers(
     the grace period. Returns once they have ended.
 
     Args:
-        *worker_id: ids or description dicts. Unknown ids give a result with
-            ``status_code`` 404 (as CML's HTTP responses).
+        *worker_id: ids, description dicts or names. Unknown ones give a
+            result with ``status_code`` 404 (as CML's HTTP responses).
         grace_period_s: overrides each worker's own grace period.
     """
     if grace_period_s is not None:
         grace_period_s = check_non_negative("grace_period_s", grace_period_s)
-    ids = [_worker_id(value, "worker_id") for value in worker_id]
-    session = _session.current(create=False)
+    session = _lifecycle.current(create=False)
+    registry = session.registry if session is not None else None
+    targets = [_refs.resolve(registry, value, "worker_id") for value in worker_id]
     if session is None:
-        return [StopResult(i, 404, None, None) for i in ids]
-    known = [i for i in (ids or session.registry.ids()) if i in session.registry]
+        return [StopResult(given, 404, None, None) for given, _ in targets]
+    if not worker_id:
+        targets = [(i, i) for i in session.registry.ids()]
+    known = [worker_id for _, worker_id in targets if worker_id is not None]
     final = {d["id"]: d for d in session.stop(known, grace_period_s)}
-    targets = ids or known
     return [
-        StopResult(i, 200, final[i]["status"], final[i])
-        if i in final
-        else StopResult(i, 404, None, None)
-        for i in targets
+        StopResult(found, 200, final[found]["status"], final[found])
+        if found is not None
+        else StopResult(given, 404, None, None)
+        for given, found in targets
     ]
-
-
-def _await_ids(ids: object) -> list[str]:
-    if isinstance(ids, str | Mapping):
-        ids = [ids]
-    if not isinstance(ids, Iterable):
-        raise TypeError(f"ids must be a worker id, a worker dict, or a list of them, got {ids!r}")
-    return [_worker_id(value, "ids") for value in ids]
 
 
 def _reached(status: str, wait_for_completion: bool, ip_known: bool) -> bool | None:
@@ -203,8 +189,8 @@ def await_workers(
     """Wait until workers succeed (or run), fail, or the timeout passes.
 
     Args:
-        ids: an id, a description dict, or a list of either. An id this
-            session never launched raises ``ValueError`` at once.
+        ids: an id, a description dict or a name, or a list of them. A
+            worker this session never launched raises ``ValueError`` at once.
         wait_for_completion: True: a worker counts once it exits 0. False:
             once it is running with a known IP; one that already ended fails.
         timeout_seconds: seconds to wait; 0 (or None) waits without limit.
@@ -213,26 +199,17 @@ def await_workers(
         ``{"workers": [...reached the goal], "failures": [...the rest]}``,
         returned as soon as every worker is decided (no 5 s polling).
     """
-    wanted = list(dict.fromkeys(_await_ids(ids)))
     timeout_s = check_non_negative("timeout_seconds", timeout_seconds or 0) or None
-    session = _session.current(create=False)
-    unknown = [i for i in wanted if session is None or i not in session.registry]
-    if unknown:
-        shown = ", ".join(repr(i) if is_id(i) else f"{i!r} (not an id)" for i in unknown)
-        raise ValueError(f"ids: this session launched no worker {shown}")
-    assert session is not None
+    session = _lifecycle.current(create=False)
+    wanted = _refs.known_ids(session.registry if session is not None else None, ids, "ids")
+    assert session is not None  # known_ids found the workers in it
     registry = session.registry
 
-    def decided() -> bool:
-        return all(
-            _reached(
-                registry.status(i), wait_for_completion, registry.get(i).ip_address != "unknown"
-            )
-            is not None
-            for i in wanted
-        )
+    def decided(record: WorkerRecord) -> bool:
+        ip_known = record.ip_address != "unknown"
+        return _reached(record.status, wait_for_completion, ip_known) is not None
 
-    registry.wait_for(decided, None if timeout_s is None else max(timeout_s, 0.0))
+    registry.wait_until(wanted, decided, None if timeout_s is None else max(timeout_s, 0.0))
     workers, failures = [], []
     for description in registry.describe(wanted):
         verdict = _reached(

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from cmlray._rayerrors import session_error
 from cmlray._spec import GIB, WorkerSpec
-from cmlray.errors import InfeasibleRequestError, translate_ray_error
+from cmlray.errors import InfeasibleRequestError
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def alive_nodes() -> list[NodeCapacity]:
     try:
         nodes = ray.nodes()
     except Exception as exc:
-        raise translate_ray_error(exc, "reading the cluster's nodes") from exc
+        raise session_error(exc, "reading the cluster's nodes") from exc
     return [_capacity(node) for node in nodes if node.get("Alive")]
 
 

@@ -4,24 +4,23 @@ A guard used to start as ``python -I -S _guard.py FD...``: about 30 ms of CPU
 per worker, as much as a small program of its own. Now each node agent keeps
 one *fork server*, a single-threaded process that has loaded the guard's code
 once, and a guard is a fork of it (about 1 ms). The agent hands the server the
-guard's file descriptors over a Unix socket (``SCM_RIGHTS``), with the numbers
-they have in the agent: the child moves them back to those numbers, since the
-guard's spec names them, then runs the guard's ``main`` exactly as the script
-would (which detaches it from the server at once).
+guard's file descriptors over a Unix socket (``SCM_RIGHTS``); the child moves
+them to the lowest numbers (3, 4, ...: an agent with hundreds of workers holds
+numbers in the thousands) and runs the guard's ``main`` on them, exactly as
+the script would (which detaches it from the server at once).
 
 The server reads requests until its socket closes, which happens when the
 agent's process ends, however it ends: it then exits. A request the server
 cannot take (it died, say) is started the old way, as a script; so is every
-guard of a process that did not ``enable`` the server (the unit tests'
-actors, which run in the test process itself).
+guard of a process that did not ``enable`` the server (unit tests that
+supervise a program from the test process itself).
 
-Standard library only, run as ``python -I -S _forkserver.py SOCKET_FD``.
+Standard library only, run as ``_standalone.command("cmlray._forkserver", SOCKET_FD)``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import socket
@@ -30,14 +29,15 @@ import sys
 import threading
 from collections.abc import Sequence
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-GUARD_PATH = os.path.join(_HERE, "_guard.py")
+from cmlray import _guard, _standalone
+
 _MAX_FDS = 16
+_LOWEST_FREE_FD = 3
 
 
 def exec_guard(fds: Sequence[int]) -> None:
     """Start a guard as its own interpreter (the fallback); returns once it detached."""
-    argv = [sys.executable, "-I", "-S", GUARD_PATH, *map(str, fds)]
+    argv = _standalone.command("cmlray._guard", *map(str, fds))
     subprocess.run(argv, pass_fds=tuple(fds), stdin=subprocess.DEVNULL, check=True)
 
 
@@ -54,7 +54,7 @@ class GuardStarter:
         with self._lock:
             try:
                 sock = self._connected()
-                socket.send_fds(sock, [json.dumps(list(fds)).encode()], list(fds))
+                socket.send_fds(sock, [json.dumps(len(fds)).encode()], list(fds))
                 if sock.recv(1) == b"k":
                     return
             except OSError:
@@ -66,7 +66,7 @@ class GuardStarter:
         if self._sock is None:
             ours, theirs = socket.socketpair()
             self._server = subprocess.Popen(
-                [sys.executable, "-I", "-S", os.path.abspath(__file__), str(theirs.fileno())],
+                _standalone.command("cmlray._forkserver", str(theirs.fileno())),
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
             )
@@ -103,40 +103,40 @@ def start_guard(fds: Sequence[int]) -> None:
         _starter.start(fds)
 
 
-def _load_guard() -> object:
-    spec = importlib.util.spec_from_file_location("cmlray_forked_guard", GUARD_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _renumber(received: list[int], wanted: list[int]) -> None:
-    """Give each received fd the number it had in the agent (the guard's spec names those)."""
+def _renumber(received: list[int]) -> list[int]:
+    """Move the received fds to the lowest numbers (3, 4, ...); returns those numbers."""
     import fcntl
 
-    floor = max([*received, *wanted]) + 1  # above every number in play: nothing is clobbered
+    floor = max([*received, _LOWEST_FREE_FD + len(received)]) + 1  # nothing in play is clobbered
     moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, floor) for fd in received]
     for fd in received:
         os.close(fd)
+    wanted = list(range(_LOWEST_FREE_FD, _LOWEST_FREE_FD + len(received)))
     for fd, number in zip(moved, wanted, strict=True):
-        os.dup2(fd, number)  # inheritable, as pass_fds made them for the script
+        os.dup2(fd, number)  # inheritable, as pass_fds makes them for the script
         os.close(fd)
+    return wanted
 
 
-def _child(sock: socket.socket, guard: object, received: list[int], wanted: list[int]) -> None:
+def _child(sock: socket.socket, received: list[int]) -> None:
     sock.close()
     code = 1
     try:
-        _renumber(received, wanted)
-        code = guard.main(["_guard.py", *map(str, wanted)])  # type: ignore[attr-defined]
+        code = _guard.main(["_guard", *map(str, _renumber(received))])
     finally:
         os._exit(code)
 
 
+def _refuse(ctl_fd: int, exc: OSError) -> None:
+    """Tell a guard's agent, on the guard's control socket, that it could not be forked."""
+    words = _guard.limit_error(exc) or f"fork failed: {exc}"
+    message = json.dumps({"error": f"cannot start its guard: {words}"}) + "\n"
+    with contextlib.suppress(OSError):
+        os.write(ctl_fd, message.encode())
+
+
 def serve(sock: socket.socket) -> int:
     """Fork a guard for each request until the agent's end of ``sock`` closes."""
-    guard = _load_guard()
     os.chdir("/")
     while True:
         try:
@@ -145,13 +145,18 @@ def serve(sock: socket.socket) -> int:
             return 0
         if not message:
             return 0
-        wanted = [int(fd) for fd in json.loads(message)]
-        pid = os.fork()
-        if pid == 0:
-            _child(sock, guard, received, wanted)
+        try:
+            pid = os.fork()
+        except OSError as exc:  # the node's limits: the guard's agent reads why on its socket
+            _refuse(received[0], exc)
+            pid = 0
+        else:
+            if pid == 0:
+                _child(sock, received)
         for fd in received:
             os.close(fd)
-        os.waitpid(pid, 0)  # the guard detaches at once: this is its first process
+        if pid:
+            os.waitpid(pid, 0)  # the guard detaches at once: this is its first process
         try:
             sock.sendall(b"k")
         except OSError:

@@ -1,34 +1,40 @@
-"""The guard: the process that owns a worker's program and outlives its actor.
+"""The guard: the process that owns a worker's program and outlives its node agent.
 
-Run by the worker's actor as ``python -I -S _guard.py CTL_FD OUT_FD ERR_FD [FD...]``
-(the further fds are passed on to the program: its channel to the actor).
-It forks once more and the first process exits, so the guard is no longer a
-child of the actor: when the actor's process ends, Ray SIGKILLs that
-process's direct children, and a supervisor that is one cannot clean up
-(DESIGN 4). The guard makes itself a child subreaper, so every process the
+Forked by the node agent's fork server (``_forkserver.py``), or run as
+``_standalone.command("cmlray._guard", CTL_FD, OUT_FD, ERR_FD, CHANNEL_FD)``
+when there is none. It forks once more and the first process exits, so the
+guard is no child of the agent's Ray worker process: when that process
+ends, Ray SIGKILLs its direct children, and a supervisor that is one cannot
+clean up. The guard makes itself a child subreaper, so every process the
 program starts stays below it, ``setsid`` daemons included.
 
 Protocol on the control socket (JSON, one object a line):
 
-- actor -> guard, first: ``{"argv", "env", "cwd", "grace_period_s"}``;
-  later ``{"stop": grace_s, "status": "stopped"|"timedout", "reason": text}``.
-- guard -> actor: ``{"pid"}`` once started, or ``{"error"}``; then
+- agent -> guard, first: ``{"argv", "env", "cwd", "grace_period_s",
+  "memory_limit_bytes", "timeout_s", "cleanup_paths"}``; later
+  ``{"stop": grace_s, "status": "stopped"|"timedout"|..., "reason": text}``.
+- guard -> agent: ``{"pid", "time"}`` once started, or ``{"error"}``; then
   ``{"usage": {"rss_bytes", "peak_rss_bytes", "cpu_s", "cores"}}`` about every
   ``USAGE_INTERVAL_S`` while it runs, when the figures changed;
-  ``{"exit_code", "reason", "status", "usage"}`` when the program ended;
-  ``{"done"}`` once every descendant is gone.
+  ``{"exit_code", "reason", "status", "usage", "time"}`` when the program
+  ended; ``{"done"}`` once every descendant is gone.
 
-When the control socket closes (the actor died, whatever the cause), the
-guard stops the whole tree and exits: this is what makes a worker's program
-and all it started end with the session on every exit path.
+The program gets the channel fd (its link to the agent, ``_channel.py``)
+under the number named by ``CMLRAY_CHANNEL_FD``. When the control socket
+closes (the agent died, whatever the cause), the guard stops the whole tree
+and exits: this is what makes a worker's program and all it started end
+with the session on every exit path.
 
-Standard library only: it must start fast in a bare interpreter.
+It waits with ``poll``, never ``select``: an agent running hundreds of
+workers hands out descriptor numbers past ``select``'s limit of 1024.
+
+Standard library only (see ``_standalone.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import errno
 import json
 import os
 import select
@@ -36,8 +42,11 @@ import signal
 import socket
 import sys
 import time
-from types import ModuleType
 from typing import Any
+
+from cmlray import _proctree as proc
+from cmlray import _usage as usage
+from cmlray._channel import CHANNEL_ENV
 
 _LEFTOVER_GRACE_S = 2.0
 _ORPHAN_GRACE_S = 3.0
@@ -45,20 +54,6 @@ _MEMORY_CHECK_S = 0.25
 _MEMORY_GRACE_S = 1.0
 USAGE_INTERVAL_S = 1.0
 GIB = 1 << 30
-
-
-def _load_sibling(name: str) -> ModuleType:
-    """A stdlib-only module of cmlray's, loaded by path (no cmlray import here)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"cmlray_guard{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-proc = _load_sibling("_process")
-usage = _load_sibling("_usage")
 
 
 class Guard:
@@ -140,7 +135,7 @@ class Guard:
         return tick
 
     def sample_usage(self) -> None:
-        """Sample the tree's usage when due; tell the actor when the figures changed."""
+        """Sample the tree's usage when due; tell the agent when the figures changed."""
         now = time.monotonic()
         if now < self.usage_due:
             return
@@ -171,21 +166,23 @@ class Guard:
                 self.stop(float(message["stop"]), message["status"], message["reason"])
 
     def serve(self, wake_fd: int) -> None:
-        """Wait for the program to end, a stop request, a limit, or the actor's death."""
+        """Wait for the program to end, a stop request, a limit, or the agent's death."""
         self.obey(self.early)
+        poller = select.poll()
+        poller.register(self.ctl.fileno(), select.POLLIN)
+        poller.register(wake_fd, select.POLLIN)
         while self.exit_status is None:
-            watched: list[Any] = [self.ctl, wake_fd]
-            readable = select.select(watched, [], [], self.tick_s())[0]
+            readable = {fd for fd, _ in poller.poll(self.tick_s() * 1000)}
             if wake_fd in readable:
                 _drain(wake_fd)
             self.record(proc.reap_children())
             if self.terminated and self.exit_status is None:
                 self.stop(_ORPHAN_GRACE_S, "failed", "its guard was terminated (SIGTERM)")
                 break
-            if self.ctl in readable and self.exit_status is None:
+            if self.ctl.fileno() in readable and self.exit_status is None:
                 messages = self.read_messages()
                 if messages is None:
-                    self.stop(_ORPHAN_GRACE_S, "failed", "actor died")
+                    self.stop(_ORPHAN_GRACE_S, "failed", "its node agent died")
                     return
                 self.obey(messages)
             if self.exit_status is None and self.final is None:
@@ -196,9 +193,27 @@ class Guard:
         self.send({"done": True})
 
 
+# What the errors of fork and exec mean on a node running many workers.
+LIMIT_WORDS = {
+    errno.EAGAIN: "the node's limit on processes was reached (ulimit -u, pids.max)",
+    errno.EMFILE: "{who} has too many open files (ulimit -n)",
+    errno.ENFILE: "the node's table of open files is full (fs.file-max)",
+    errno.ENOMEM: "the node is out of memory",
+}
+
+
+def limit_error(exc: OSError, who: str = "its guard") -> str | None:
+    """The words for an error that means a node limit was reached (by ``who``), else None."""
+    words = LIMIT_WORDS.get(exc.errno or 0)
+    return f"{words.format(who=who)} ({exc.strerror})" if words else None
+
+
 def _spawn_error(spec: dict[str, Any], exc: OSError) -> str:
     """Why the program could not start, naming what is really missing."""
     node = socket.gethostname()
+    limit = limit_error(exc)
+    if limit is not None:
+        return f"cannot start it on {node}: {limit}"
     if not os.path.isdir(spec["cwd"]):
         return f"cannot start it: its working directory {spec['cwd']!r} does not exist on {node}"
     return f"cannot start {spec['argv'][0]!r} on {node}: {exc.strerror or exc}"
@@ -213,9 +228,9 @@ def _drain(fd: int) -> None:
 
 
 def _detach() -> None:
-    """Fork away from the actor: the parent returns at once, the child goes on.
+    """Fork away from the agent: the parent returns at once, the child goes on.
 
-    The guard also leaves the actor's working directory (inside Ray's temp
+    The guard also leaves the agent's working directory (inside Ray's temp
     dir, which the head reaper sweeps).
     """
     if os.fork() > 0:
@@ -225,8 +240,16 @@ def _detach() -> None:
 
 
 def main(argv: list[str]) -> int:
+    """Run the guard on the fds named by ``argv[1:]``: control, stdout, stderr, channel."""
     ctl_fd, out_fd, err_fd, *extra_fds = (int(arg) for arg in argv[1:])
-    _detach()
+    try:
+        _detach()
+    except OSError as exc:  # fork refused: say why, on the socket the agent reads
+        words = limit_error(exc) or f"fork failed: {exc}"
+        message = json.dumps({"error": f"cannot start its guard: {words}"}) + "\n"
+        with contextlib.suppress(OSError):
+            os.write(ctl_fd, message.encode())
+        return 1
     proc.become_subreaper()
     for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(signum, signal.SIG_IGN)
@@ -256,14 +279,17 @@ def main(argv: list[str]) -> int:
 def _run(
     guard: Guard, spec: dict[str, Any], out_fd: int, err_fd: int, extra_fds: list[int], wake_r: int
 ) -> int:
+    env = dict(spec["env"])
+    if extra_fds:  # the program's channel to its agent
+        env[CHANNEL_ENV] = str(extra_fds[0])
     try:
         guard.program = proc.spawn(
             spec["argv"],
-            env=spec["env"],
+            env=env,
             cwd=spec["cwd"],
             stdout_fd=out_fd,
             stderr_fd=err_fd,
-            pass_fds=spec.get("pass_fds", ()),
+            pass_fds=extra_fds[:1],
         )
     except OSError as exc:
         guard.send({"error": _spawn_error(spec, exc)})

@@ -21,16 +21,18 @@ import logging
 import os
 import secrets
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cmlray import _headservices, _process, _shipping
+from cmlray import _headservices, _procfs, _shipping, _standalone
 from cmlray._hush import hush
-from cmlray.errors import SessionError, translate_ray_error
+from cmlray._rayerrors import is_upload_too_large, session_error
+from cmlray.errors import SessionError
 
-_REAPER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_reaper.py")
+if TYPE_CHECKING:
+    from cmlray._config import SessionConfig
+
 _AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")
 
 
@@ -106,23 +108,18 @@ def _refresh_ray_auth() -> None:
 
 def _head_processes(temp_dir: str) -> list[list[int | None]]:
     """This process's descendants that belong to the head under ``temp_dir``."""
-    holders = set(_process.holders_of(temp_dir))
+    holders = set(_procfs.holders_of(temp_dir))
     found = []
-    for pid in _process.descendants(os.getpid()):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                in_cmdline = temp_dir.encode() in f.read()
-        except OSError:
-            continue
-        if in_cmdline or pid in holders:
-            found.append([pid, _process.start_time(pid)])
+    for pid in _procfs.descendants(os.getpid()):
+        if temp_dir.encode() in _procfs.cmdline(pid) or pid in holders:
+            found.append([pid, _procfs.start_ticks(pid)])
     return found
 
 
 def _start_reaper(temp_dir: str) -> subprocess.Popen[bytes]:
     head_pids = _head_processes(temp_dir)
     reaper = subprocess.Popen(
-        [sys.executable, "-I", "-S", _REAPER_PATH],
+        _standalone.command("cmlray._reaper"),
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         start_new_session=True,
@@ -133,6 +130,24 @@ def _start_reaper(temp_dir: str) -> subprocess.Popen[bytes]:
     reaper.stdin.write(json.dumps(plan).encode() + b"\n")
     reaper.stdin.flush()
     return reaper
+
+
+def connect(config: SessionConfig) -> Head:
+    """The session's Ray: the cluster at ``config.address``, the user's, or an own head."""
+    import ray
+
+    runtime_env = dict(config.runtime_env) if config.runtime_env is not None else None
+    if config.address is not None:
+        return attach(config.address, runtime_env)
+    if ray.is_initialized():  # the user connected Ray themselves: use that connection
+        return Head(address=None, owns_head=False, disconnect=False)
+    return start_own_head(
+        num_cpus=config.num_cpus,
+        num_gpus=config.num_gpus,
+        resources=dict(config.resources) if config.resources is not None else None,
+        runtime_env=runtime_env,
+        head_services=config.head_services,
+    )
 
 
 def start_own_head(
@@ -163,7 +178,7 @@ def start_own_head(
             )
     except Exception as exc:
         _restore_env(saved)
-        raise translate_ray_error(exc, "starting a Ray head") from exc
+        raise session_error(exc, "starting a Ray head") from exc
     head = Head(address=_address_of(context), owns_head=True, temp_dir=temp_dir)
     head.saved_env = saved
     head.reaper = _start_reaper(temp_dir)
@@ -187,10 +202,10 @@ def attach(address: str, runtime_env: dict[str, Any] | None = None) -> Head:
     except Exception as exc:
         with contextlib.suppress(Exception):  # connected before the upload failed
             ray.shutdown()
-        if "exceeds the maximum size" in str(exc) and runtime_env:
+        if is_upload_too_large(exc) and runtime_env:
             hint = _shipping.too_large_hint(str(runtime_env.get("working_dir")))
             raise SessionError(f"{hint} ({str(exc).splitlines()[0]})") from exc
-        raise translate_ray_error(exc, f"attaching to the Ray cluster at {address}") from exc
+        raise session_error(exc, f"attaching to the Ray cluster at {address}") from exc
     return Head(address=_address_of(context) or address, owns_head=False)
 
 

@@ -27,15 +27,6 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-HEAD_SERVICES = ("minimal", "all")
-
-
-def check(head_services: object) -> str:
-    """``head_services`` validated: one of ``HEAD_SERVICES``."""
-    if head_services not in HEAD_SERVICES:
-        raise ValueError(f"head_services must be 'minimal' or 'all', got {head_services!r}")
-    return str(head_services)
-
 
 @contextlib.contextmanager
 def only(head_services: str) -> Iterator[None]:

@@ -3,14 +3,17 @@
 On CML every engine has its own IP; here workers share their node's IP, so
 each gets a port of its own. A free port is found by binding to port 0, and
 claimed with a lock file (``O_EXCL``) under a per-user directory holding the
-claimant's pid, so two workers on one node never get the same port. A stale
-claim (its pid gone: a node's agent and guard killed together) is taken over,
-and ``sweep()`` removes stale claims: each lease sweeps, and so does an own
-head's reaper once the session's processes are gone, so no claim outlives the
-session that made it. Stale claims are removed under a lock on the directory,
-so a claim made meanwhile by another session is never removed.
+claimant's pid (the node agent), so two workers on one node never get the
+same port. A worker's guard removes its claim when it ends. A claim whose
+pid is gone (a node's agent and guards killed together) is stale: taken over
+when its port comes up again, removed by ``sweep()`` when a node agent
+starts, and by an own head's reaper once the session's processes are gone, so
+no claim outlives the session that made it. A lease touches only its own
+port's file, never the whole directory: a node running a thousand workers
+claims each port in constant time. Stale claims are removed under a lock on
+the directory, so a claim made meanwhile by another session is never removed.
 
-Standard library only (the reaper loads this file by path).
+Standard library only (see ``_standalone.py``).
 """
 
 from __future__ import annotations
@@ -118,7 +121,6 @@ def sweep(directory: str | None = None) -> list[int]:
 def lease() -> PortLease:
     """Claim a port that no other cmlray worker on this node holds."""
     directory = claims_dir()
-    sweep(directory)
     for _ in range(_ATTEMPTS):
         port = _free_port()
         if _try_claim(directory, port):

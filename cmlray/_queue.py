@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PENDING, LEASED, DONE, FAILED = "pending", "leased", "done", "failed"
+QUEUE_PREFIX = "cmlray-queue:"  # a queue's actor name: the prefix, then the queue's name
 REPORT_LIMIT = 20_000  # results per page of ``QueueState.report``
 
 
@@ -276,8 +277,9 @@ class QueueActor:
     async def heartbeat(self, worker: str) -> None:
         self.state.heartbeat(worker)
 
-    async def release_worker(self, worker: str, why: str) -> int:
-        released = self.state.release_worker(worker, why)
+    async def release_workers(self, ended: list[tuple[str, str]]) -> int:
+        """Workers are gone (``(worker, why)`` each): their leased items go back."""
+        released = sum(self.state.release_worker(worker, why) for worker, why in ended)
         self._releases += 1
         await self._notify()  # also wakes join(), which checks that a worker serves it
         return released

@@ -3,7 +3,7 @@
 A queue's actor lives on the session's own node (a worker node that dies
 must not take the queue's state with it) and is named, so that the agents of
 the session's workers find it for their programs. The session tells every
-queue when a worker ends (its leased items go back at once), and asks, for
+queue when workers end (their leased items go back at once), and asks, for
 ``Queue.join``, whether any live worker could still serve a queue.
 """
 
@@ -13,7 +13,8 @@ import contextlib
 from collections.abc import Set
 from typing import Any
 
-from cmlray.errors import QueueError, translate_ray_error
+from cmlray._rayerrors import session_error
+from cmlray.errors import QueueError
 
 
 class QueueBook:
@@ -33,15 +34,21 @@ class QueueBook:
             options = {"name": actor_name, "num_cpus": 0, **on_this_node()}
             handle = ray.remote(actor_class).options(**options).remote(*args)
         except Exception as exc:
-            raise translate_ray_error(exc, "starting a queue") from exc
+            raise session_error(exc, "starting a queue") from exc
         self._queues[actor_name] = handle
         return handle
 
-    def worker_ended(self, worker_id: str, why: str) -> None:
-        """Every queue takes back the items the worker held (and wakes its joiners)."""
+    def workers_ended(self, ended: list[tuple[str, str]]) -> None:
+        """Every queue takes back the items these workers held: ``(worker id, why)`` each.
+
+        One call per queue for a whole batch of ended workers (and it wakes
+        the queue's joiners).
+        """
+        if not ended:
+            return
         for queue in list(self._queues.values()):
             with contextlib.suppress(Exception):
-                queue.release_worker.remote(worker_id, why)
+                queue.release_workers.remote(ended)
 
     def could_serve(self, queue: Any, live: Set[str]) -> bool:
         """Whether one of the ``live`` workers serves ``queue``, or may yet.

@@ -1,8 +1,9 @@
 """The head reaper: makes sure nothing of a session's Ray head outlives it.
 
-Started by a session that runs its own head, as ``python -I -S _reaper.py``
-in a session of its own (so Ctrl-C in the terminal does not reach it), with
-a pipe from the session on its stdin. The session writes one JSON line: the
+Started by a session that runs its own head, as
+``_standalone.command("cmlray._reaper")`` in a session of its own (so
+Ctrl-C in the terminal does not reach it), with a pipe from the session on
+its stdin. The session writes one JSON line: the
 head's processes (pid and start time, so a reused pid is never hit) and the
 head's private temp dir. When the pipe closes, whether the session shut
 down cleanly or was SIGKILLed, the reaper waits briefly for the head to exit
@@ -13,44 +14,30 @@ Ray alone leaves ``ray::DashboardAgent`` and ``ray::RuntimeEnvAgent``
 running after a SIGKILLed driver; never ``ray stop``, which would kill every
 Ray on the machine.
 
-Standard library only.
+Standard library only (see ``_standalone.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
 import signal
 import sys
 import time
-from types import ModuleType
 from typing import Any
+
+from cmlray import _ports, _procfs
 
 _SETTLE_S = 1.0
 _GRACE_S = 2.0
 _POLL_S = 0.05
 
 
-def _load_sibling(name: str) -> ModuleType:
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"cmlray_reaper{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-proc = _load_sibling("_process")
-ports = _load_sibling("_ports")
-
-
 def _survivors(plan: dict[str, Any]) -> list[int]:
-    listed = [pid for pid, started in plan["pids"] if proc.start_time(pid) == started]
-    held = proc.holders_of(plan["temp_dir"]) if os.path.isdir(plan["temp_dir"]) else []
+    listed = [pid for pid, started in plan["pids"] if _procfs.start_ticks(pid) == started]
+    held = _procfs.holders_of(plan["temp_dir"]) if os.path.isdir(plan["temp_dir"]) else []
     return sorted((set(listed) | set(held)) - set(plan.get("spare", [])))
 
 
@@ -80,7 +67,7 @@ def sweep(plan: dict[str, Any]) -> None:
     # A worker's CDSW_APP_PORT claim outlives it when its agent and guard were
     # killed together; they are gone now, so such a claim is stale.
     with contextlib.suppress(OSError):
-        ports.sweep()
+        _ports.sweep()
 
 
 def main() -> int:

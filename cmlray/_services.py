@@ -1,8 +1,8 @@
-"""What a worker's actor does for its program, over the local channel.
+"""What a node agent does for a worker's program, over the program's local channel.
 
-The program (``cmlray.worker``, ``cmlray._fnrun``) sends requests; the actor
-answers them on a thread of its own, reaching the session's queues through
-Ray on the program's behalf (DESIGN 8: worker programs don't join Ray).
+The program (``cmlray.worker``, ``cmlray._fnrun``) sends requests; the agent
+answers them on its event loop, reaching the session's queues through Ray on
+the program's behalf: worker programs never join Ray (``_channel.py``).
 
 Requests:
     ("exchange", queue, outcomes, want, wait_s) -> (items, drained)
@@ -10,23 +10,23 @@ Requests:
     ("result", pickled_value)                   -> None; the worker's ``result``
     ("error", text)                             -> None; why ``fn`` failed
     ("send_file", source, dest)                 -> the path it has on the session's host
+
+A failed request is answered ``("error", words)``, which the program raises
+as ``QueueError``; Ray's errors are put in words by ``_rayerrors.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import os
-import socket
-import threading
 from typing import Any
 
-from cmlray import _channel, _files
-
-QUEUE_PREFIX = "cmlray-queue:"
+from cmlray import _channel, _files, _rayerrors
+from cmlray._queue import QUEUE_PREFIX
 
 
 class ProgramServices:
-    """Answers one program's requests; remembers its function result."""
+    """Answers one program's requests; remembers its function's result or error."""
 
     def __init__(
         self, worker_id: str, payload: bytes | None, home: Any = None, home_dir: str = ""
@@ -38,16 +38,15 @@ class ProgramServices:
         self._sent = 0
         self.result: bytes | None = None
         self.error: str | None = None
-        self._queues: dict[str, Any] = {}
 
     def final_fields(self) -> dict[str, Any]:
         """What the worker's final event carries besides its exit."""
         return {"result": self.result, "error": self.error}
 
-    def handle(self, request: tuple[Any, ...]) -> Any:
+    async def handle(self, request: tuple[Any, ...]) -> Any:
         op, *args = request
         if op == "exchange":
-            return self.exchange(*args)
+            return await self.exchange(*args)
         if op == "payload":
             if self.payload is None:
                 raise LookupError("this worker was not launched with fn=")
@@ -59,24 +58,12 @@ class ProgramServices:
             self.error = args[0]
             return None
         if op == "send_file":
-            return self.send_file(*args)
+            return await asyncio.to_thread(self.send_file, *args)
         raise LookupError(f"unknown request {op!r}")
 
-    def queue(self, name: str) -> Any:
-        import ray
-
-        if name not in self._queues:
-            try:
-                self._queues[name] = ray.get_actor(QUEUE_PREFIX + name)
-            except ValueError:
-                raise LookupError(f"no queue named {name!r} in this session") from None
-        return self._queues[name]
-
-    def exchange(self, name: str, outcomes: list[Any], want: int, wait_s: float) -> Any:
-        import ray
-
-        handle = self.queue(name)
-        return ray.get(handle.exchange.remote(self.worker_id, outcomes, want, wait_s))
+    async def exchange(self, name: str, outcomes: list[Any], want: int, wait_s: float) -> Any:
+        handle = await queue_handle(name)
+        return await handle.exchange.remote(self.worker_id, outcomes, want, wait_s)
 
     def send_file(self, source: str, dest: str) -> str:
         """Put the program's file ``source`` at ``dest`` on the session's host."""
@@ -92,37 +79,55 @@ class ProgramServices:
         return path
 
 
-def serve_channel(sock: socket.socket, services: ProgramServices) -> threading.Thread:
-    """Answer the program's requests on a daemon thread until it closes the channel."""
-
-    def loop() -> None:
-        with contextlib.closing(sock):
-            while True:
-                try:
-                    request = _channel.receive(sock)
-                except (_channel.ChannelClosedError, OSError):
-                    return
-                try:
-                    reply: tuple[Any, ...] = ("ok", services.handle(request))
-                except Exception as exc:  # told to the program, which raises QueueError
-                    reply = ("error", _describe(exc))
-                try:
-                    _channel.send(sock, reply)
-                except OSError:
-                    return
-
-    thread = threading.Thread(target=loop, name="cmlray-channel", daemon=True)
-    thread.start()
-    return thread
+_queues: dict[str, Any] = {}
 
 
-def _describe(exc: BaseException) -> str:
-    cause = getattr(exc, "cause", None)  # a RayTaskError wraps the actor's exception
-    if isinstance(cause, BaseException):
-        return _describe(cause)
-    if isinstance(exc, LookupError):
-        return str(exc.args[0]) if exc.args else str(exc)
-    text = " ".join(str(exc).split())
-    if "QueueClosedError" in text:
-        return "the queue is closed"
-    return f"{type(exc).__name__}: {text[:500]}"
+async def queue_handle(name: str) -> Any:
+    """The session's queue actor named ``name`` (looked up once per agent)."""
+    import ray
+
+    handle = _queues.get(name)
+    if handle is None:
+        try:
+            handle = await asyncio.to_thread(ray.get_actor, QUEUE_PREFIX + name)
+        except ValueError:
+            raise LookupError(f"no queue named {name!r} in this session") from None
+        _queues[name] = handle
+    return handle
+
+
+class ChannelProtocol(asyncio.Protocol):
+    """The agent's end of one program's channel: requests in, replies out, in order."""
+
+    def __init__(self, services: ProgramServices) -> None:
+        self._services = services
+        self._reader = _channel.FrameReader()
+        self._transport: asyncio.Transport | None = None
+        self._requests: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._task = asyncio.get_running_loop().create_task(self._serve())
+
+    def data_received(self, data: bytes) -> None:
+        for request in self._reader.feed(data):
+            self._requests.put_nowait(request)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _serve(self) -> None:
+        while True:
+            request = await self._requests.get()
+            try:
+                reply: tuple[Any, ...] = ("ok", await self._services.handle(request))
+            except Exception as exc:  # told to the program, which raises QueueError
+                reply = ("error", _rayerrors.words_for_program(exc))
+            if self._transport is None or self._transport.is_closing():
+                return
+            self._transport.write(_channel.encode(reply))

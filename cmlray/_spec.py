@@ -1,25 +1,34 @@
 """``WorkerSpec``: one launch request, validated before anything starts.
 
-Every check of ``launch_workers``' arguments lives here, so a bad call raises
-``TypeError``/``ValueError`` naming the argument and what was expected, and
-no worker is started. The spec then yields the resources to reserve
-(``_placement.bundle``) and the environment each worker's program sees.
+``WorkerSpec.from_call`` checks every argument of ``launch_workers``
+(through ``_checks.py``), so a bad call raises ``TypeError``/``ValueError``
+naming the argument and what was expected, and no worker is started. The
+spec then yields the program's command line (``_cmdline.py``), the shape
+to reserve (``_reservations.Shape``) and the environment each worker's
+program sees.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import shutil
 import sys
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import cloudpickle
-
-from cmlray import _process
+from cmlray import _cmdline
+from cmlray._checks import (
+    check_count,
+    check_env,
+    check_function,
+    check_kernel,
+    check_name,
+    check_non_negative,
+    check_positive,
+    check_program,
+    check_timeout,
+)
 
 GIB = 1 << 30
 THREAD_VARIABLES = (
@@ -30,19 +39,6 @@ THREAD_VARIABLES = (
     "VECLIB_MAXIMUM_THREADS",
     "BLIS_NUM_THREADS",
 )
-# Set by cmlray for each worker; a user's env= may not override them.
-RESERVED_VARIABLES = frozenset(
-    {
-        "CML_MASTER_IP",
-        "CDSW_MASTER_IP",
-        "CDSW_MASTER_ID",
-        "CDSW_ENGINE_ID",
-        "CDSW_IP_ADDRESS",
-        "CDSW_APP_PORT",
-        "CUDA_VISIBLE_DEVICES",
-    }
-)
-KERNELS_CML_ONLY = {"python2": "Python 2", "scala": "Scala"}
 # What describes the session's own host and interpreter: an attached
 # session's workers take these from their node instead of from the session.
 HOST_VARIABLES = frozenset(
@@ -63,131 +59,6 @@ def portable_environment(env: Mapping[str, str]) -> dict[str, str]:
         for key, value in env.items()
         if key not in HOST_VARIABLES and not key.startswith(HOST_PREFIXES)
     }
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def check_positive(name: str, value: object, unit: str) -> float:
-    """``value`` as a float, if it is a finite number > 0."""
-    if not _is_number(value):
-        raise TypeError(f"{name} must be a number of {unit} > 0, got {value!r}")
-    number = float(value)  # type: ignore[arg-type]
-    if not (math.isfinite(number) and number > 0):
-        raise ValueError(f"{name} must be a number of {unit} > 0, got {value!r}")
-    return number
-
-
-def check_count(name: str, value: object, minimum: int) -> int:
-    """``value`` as an int, if it is a whole number >= ``minimum``."""
-    integral = isinstance(value, float) and value.is_integer()
-    if not (isinstance(value, int) or integral) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a whole number >= {minimum}, got {value!r}")
-    if value < minimum:  # type: ignore[operator]
-        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
-    return int(value)  # type: ignore[call-overload,no-any-return]
-
-
-def check_non_negative(name: str, value: object) -> float:
-    if not _is_number(value) or not math.isfinite(float(value)) or float(value) < 0:  # type: ignore[arg-type]
-        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
-
-
-def check_timeout(timeout_s: object) -> float | None:
-    """A run time limit in seconds (> 0), or None for none."""
-    if timeout_s is None:
-        return None
-    return check_positive("timeout_s", timeout_s, "seconds")
-
-
-def check_kernel(kernel: object) -> str:
-    """The kernel name, normalised, if cmlray can run it here."""
-    if not isinstance(kernel, str):
-        raise TypeError(f"kernel must be a string such as 'python3', got {kernel!r}")
-    name = kernel.strip().lower()
-    if name in ("python3", "python"):
-        return "python3"
-    if name == "r":
-        if shutil.which("Rscript") is None:
-            raise ValueError("kernel='r' needs Rscript on PATH, and there is none")
-        return "r"
-    if name in KERNELS_CML_ONLY:
-        raise ValueError(
-            f"kernel={kernel!r}: cmlray cannot run {KERNELS_CML_ONLY[name]} workers;"
-            " use 'python3' (or 'r' with Rscript installed)"
-        )
-    raise ValueError(f"kernel must be 'python3' or 'r', got {kernel!r}")
-
-
-def check_env(env: object) -> dict[str, str]:
-    """A copy of ``env`` if it maps str names to str values."""
-    if env is None:
-        return {}
-    if not isinstance(env, Mapping):
-        raise TypeError(f"env must be a dict of str to str, got {type(env).__name__}")
-    checked: dict[str, str] = {}
-    for key, value in env.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise TypeError(f"env must map str to str, got {key!r}: {type(value).__name__}")
-        if not key or "=" in key or "\0" in key or "\0" in value:
-            raise ValueError(f"env has an invalid variable name or value: {key!r}")
-        if key in RESERVED_VARIABLES:
-            raise ValueError(f"env may not set {key}: cmlray sets it for each worker")
-        checked[key] = value
-    return checked
-
-
-def check_program(script: object, code: object, project_dir: str) -> tuple[str, str]:
-    """(absolute script path, code); exactly one of them is non-empty."""
-    if script is None:
-        script = ""
-    if code is None:
-        code = ""
-    if not isinstance(script, str | os.PathLike):
-        raise TypeError(f"script must be a path to a script file, got {script!r}")
-    if not isinstance(code, str):
-        raise TypeError(f"code must be a string of source code or '!shell' lines, got {code!r}")
-    script = os.fspath(script)
-    if not script and not code.strip():
-        raise ValueError("launch_workers needs script= (a file) or code= (source or '!cmd')")
-    if not script:
-        return "", code
-    path = os.path.join(project_dir, os.path.expanduser(script))
-    if not os.path.isfile(path):
-        raise ValueError(f"script {script!r} not found (looked for {path})")
-    if code.strip():
-        warnings.warn("both script and code given: code is ignored (CML's rule)", stacklevel=4)
-    return os.path.abspath(path), ""
-
-
-def check_function(fn: object, args: object, kwargs: object) -> bytes | None:
-    """The cloudpickled ``(fn, args, kwargs)`` of a function worker, or None."""
-    if fn is None:
-        if args or kwargs:
-            raise ValueError("args= and kwargs= need fn= (a callable to run)")
-        return None
-    if not callable(fn):
-        raise TypeError(f"fn must be a callable, got {fn!r}")
-    if not isinstance(args, tuple | list):
-        raise TypeError(f"args must be a tuple of arguments for fn, got {args!r}")
-    if kwargs is not None and not (
-        isinstance(kwargs, Mapping) and all(isinstance(k, str) for k in kwargs)
-    ):
-        raise TypeError(f"kwargs must be a dict of str to value for fn, got {kwargs!r}")
-    try:
-        return bytes(cloudpickle.dumps((fn, tuple(args), dict(kwargs or {}))))
-    except Exception as exc:
-        raise TypeError(f"fn and its arguments must be picklable: {exc}") from exc
-
-
-def check_name(name: object) -> str | None:
-    if name is None:
-        return None
-    if not isinstance(name, str) or not name.strip():
-        raise TypeError(f"name must be a non-empty string, got {name!r}")
-    return name.strip()
 
 
 @dataclass(frozen=True)
@@ -244,7 +115,7 @@ class WorkerSpec:
         """The program's command line."""
         if self.payload is not None:
             return [python, "-u", "-m", "cmlray._fnrun"]
-        return _process.build_argv(
+        return _cmdline.build_argv(
             kernel=self.kernel, script=self.script, code=self.code, python=python
         )
 

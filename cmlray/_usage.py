@@ -1,7 +1,7 @@
 """A worker's program tree's memory and CPU use, sampled from ``/proc`` by its guard.
 
-Standard library only, and no import of the rest of cmlray: the guard loads
-this file by path in a bare ``python -I -S`` (like ``_process.py``).
+Standard library only (see ``_standalone.py``): the guard runs it in a bare
+interpreter.
 
 The tree is the guard's descendants (the guard is a child subreaper, so
 daemons the program started stay below it). Memory is their resident set
@@ -9,52 +9,20 @@ summed; CPU time counts live and not yet reaped processes (each with its own
 reaped children, ``cutime``/``cstime``) plus what the guard reaped itself
 (``RUSAGE_CHILDREN``), so the figure never drops when a child ends. The walk
 reads ``/proc/<pid>/task/<tid>/children`` of the tree's processes only, not
-every process of the machine, so a sample costs little even on a busy host.
+every process of the machine (``_procfs.descendants``), so a sample costs
+little even on a busy host.
 """
 
 from __future__ import annotations
 
-import os
 import resource
 import time
 from typing import Any
 
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+from cmlray import _procfs
+
 _MIB = 1 << 20
 RATE_WINDOW_S = 0.5
-
-
-def _children(pid: int) -> list[int]:
-    """``pid``'s child processes, from every one of its threads' children lists."""
-    found: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                found.extend(int(child) for child in f.read().split())
-        except (OSError, ValueError):
-            continue
-    return found
-
-
-def _stat(pid: int) -> tuple[bool, int, int] | None:
-    """(zombie, CPU ticks incl. reaped children, resident pages) of ``pid``, None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # The command name may hold spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    try:
-        ticks = sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
-        return fields[0] == b"Z", ticks, int(fields[21])
-    except (IndexError, ValueError):
-        return None
 
 
 def tree_sample(root_pid: int) -> tuple[int, float]:
@@ -64,22 +32,14 @@ def tree_sample(root_pid: int) -> tuple[int, float]:
     :meth:`UsageMeter.sample`, which adds them).
     """
     rss_pages = ticks = 0
-    seen: set[int] = set()
-    stack = _children(root_pid)
-    while stack:
-        pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        stat = _stat(pid)
+    for pid in _procfs.descendants(root_pid):
+        stat = _procfs.stat(pid)
         if stat is None:
             continue
-        zombie, own_ticks, pages = stat
-        ticks += own_ticks
-        if not zombie:
-            rss_pages += pages
-            stack.extend(_children(pid))
-    return rss_pages * _PAGE_BYTES, ticks / _CLOCK_TICKS
+        ticks += stat.cpu_ticks
+        if not stat.zombie:
+            rss_pages += stat.rss_pages
+    return rss_pages * _procfs.PAGE_BYTES, ticks / _procfs.CLOCK_TICKS
 
 
 def _reaped_cpu_s() -> float:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,9 +24,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from cmlray import _session
-from cmlray._logread import resolve_ids
-from cmlray._registry import FINAL
+from cmlray import _lifecycle, _refs
+from cmlray._checks import check_seconds
+from cmlray._registry import WorkerRecord
+from cmlray._session import Session
 from cmlray._table import WorkerList, summary_line, worker_table
 
 REFRESH_S = 0.25
@@ -58,11 +58,12 @@ def watch(
         ValueError: an id or name this session never launched, or a bad
             ``refresh_s``. TypeError: arguments of the wrong type.
     """
-    refresh_s = check_refresh(refresh_s)
+    refresh_s = check_seconds("refresh_s", refresh_s)
     if console is not None and not isinstance(console, Console):
         raise TypeError(f"console must be a rich.console.Console or None, got {console!r}")
-    session = _session.current(create=False)
-    chosen = None if workers is None else resolve_ids(session, workers, "workers")
+    session = _lifecycle.current(create=False)
+    registry = session.registry if session is not None else None
+    chosen = None if workers is None else _refs.known_ids(registry, workers, "workers")
     if session is None:
         return WorkerList()
 
@@ -74,16 +75,12 @@ def watch(
     return WorkerList(session.registry.describe(ids()))
 
 
-def check_refresh(refresh_s: object) -> float:
-    if isinstance(refresh_s, bool) or not isinstance(refresh_s, int | float):
-        raise TypeError(f"refresh_s must be a number of seconds, got {refresh_s!r}")
-    if not (math.isfinite(refresh_s) and refresh_s > 0):
-        raise ValueError(f"refresh_s must be a number of seconds > 0, got {refresh_s!r}")
-    return float(refresh_s)
+def _final(record: WorkerRecord) -> bool:
+    return record.final
 
 
 def follow(
-    session: _session.Session,
+    session: Session,
     ids: Callable[[], list[str]],
     console: Console,
     refresh_s: float,
@@ -98,9 +95,6 @@ def follow(
     registry = session.registry
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
 
-    def decided() -> bool:
-        return all(registry.status(i) in FINAL for i in ids())
-
     def snapshot() -> list[dict[str, Any]]:
         return registry.describe(ids())
 
@@ -109,7 +103,7 @@ def follow(
         display.show(snapshot())
         while True:
             wait_s = refresh_s if deadline is None else min(refresh_s, deadline - time.monotonic())
-            done = registry.wait_for(decided, max(0.0, wait_s))
+            done = registry.wait_until(ids(), _final, max(0.0, wait_s))
             display.show(snapshot())
             if done or (deadline is not None and time.monotonic() >= deadline):
                 display.end(snapshot())

@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 import cmlray
-from cmlray import _session, _watch
+from cmlray import _lifecycle, _watch
 from cmlray._sanitize import strip_escapes
 from cmlray._spec import WorkerSpec
 
@@ -153,7 +153,7 @@ def _wait(args: argparse.Namespace, workers: list[dict[str, Any]], console: Cons
         return cmlray.await_workers(workers, timeout_seconds=args.timeout)
     ids = [w["id"] for w in workers]
     done = _watch.follow(
-        _session.require(),
+        _lifecycle.require(),
         lambda: ids,
         console,
         _watch.REFRESH_S,

@@ -13,8 +13,8 @@ cmlray raises beyond those derives from :class:`CmlrayError`::
         +-- InfeasibleRequestError      no node of the cluster could ever hold the request
             (also a CmlrayError)
 
-Errors coming from Ray are translated here, at one boundary
-(:func:`translate_ray_error`), and chained with ``raise ... from exc`` so the
+Errors coming from Ray are translated at one boundary, by type
+(``cmlray/_rayerrors.py``), and chained with ``raise ... from exc`` so the
 original stays visible.
 """
 
@@ -26,7 +26,6 @@ __all__ = [
     "QueueError",
     "SessionError",
     "WorkerError",
-    "translate_ray_error",
 ]
 
 
@@ -59,29 +58,3 @@ class InfeasibleRequestError(CmlrayError, ValueError):
 
     Ray would leave such a request pending forever; cmlray refuses it at once.
     """
-
-
-def translate_ray_error(exc: BaseException, context: str) -> CmlrayError:
-    """Turn an exception raised by Ray into the cmlray error a user should see.
-
-    Args:
-        exc: the exception Ray raised.
-        context: what cmlray was doing, e.g. ``"starting the Ray head"``.
-
-    Returns:
-        The error to raise, with ``from exc`` at the call site.
-    """
-    from cmlray._sanitize import strip_escapes  # Ray colours parts of its messages
-
-    name = type(exc).__name__
-    text = strip_escapes(str(exc)).strip().splitlines()
-    first = text[0] if text else ""
-    if "Authentication" in name or "authentication" in first.lower():
-        hint = (
-            " (the cluster requires a token: set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH"
-            " as for `ray` itself)"
-        )
-        return SessionError(f"{context} failed: {name}: {first}{hint}")
-    if "ActorDied" in name or "ActorUnavailable" in name:
-        return WorkerError(f"{context} failed: the worker's actor is gone ({first})")
-    return SessionError(f"{context} failed: {name}: {first}")

@@ -26,10 +26,9 @@ from typing import Any
 
 import cloudpickle
 
-from cmlray import _session
-from cmlray._queue import REPORT_LIMIT, QueueActor
-from cmlray._services import QUEUE_PREFIX as ACTOR_PREFIX
-from cmlray._spec import check_count, check_positive
+from cmlray import _lifecycle, _rayerrors
+from cmlray._checks import check_count, check_positive, check_text
+from cmlray._queue import QUEUE_PREFIX, REPORT_LIMIT, QueueActor
 from cmlray.errors import QueueError
 
 _POLL_WAIT_S = 5.0
@@ -86,14 +85,13 @@ class Queue:
     """
 
     def __init__(self, name: str, *, max_attempts: int = 3, lease_timeout_s: float = 300.0) -> None:
-        if not isinstance(name, str) or not name.strip():
-            raise TypeError(f"name must be a non-empty string, got {name!r}")
+        check_text("name", name)
         self.name = name
         self.max_attempts = check_count("max_attempts", max_attempts, 1)
         self.lease_timeout_s = check_positive("lease_timeout_s", lease_timeout_s, "seconds")
-        session = _session.require()
+        session = _lifecycle.require()
         self._actor = session.create_queue(
-            ACTOR_PREFIX + name, QueueActor, self.max_attempts, self.lease_timeout_s
+            QUEUE_PREFIX + name, QueueActor, self.max_attempts, self.lease_timeout_s
         )
         self._put_count = 0
 
@@ -103,11 +101,7 @@ class Queue:
         try:
             return ray.get(getattr(self._actor, method).remote(*args))
         except Exception as exc:
-            if "QueueClosedError" in str(exc) or "QueueClosedError" in type(exc).__name__:
-                raise QueueError(
-                    f"queue {self.name!r} is closed: no more items can be put"
-                ) from exc
-            raise QueueError(f"queue {self.name!r}: {method} failed: {exc}") from exc
+            raise _rayerrors.queue_error(exc, self.name, method) from exc
 
     def put(self, item: Any) -> None:
         """Add one item."""
@@ -166,7 +160,7 @@ class Queue:
 
     def _check_served(self) -> None:
         """Raise QueueError when items are left and no live worker can serve them."""
-        session = _session.require()
+        session = _lifecycle.require()
         if session.could_serve(self._actor):
             return
         stats = self.stats()
@@ -226,4 +220,4 @@ def _wait_slice(deadline: float | None, longest_s: float) -> float:
 def _progress_display(queue: Queue) -> Any:
     from cmlray._queue_progress import QueueProgress
 
-    return QueueProgress(queue.name, _session.require().relay.console)
+    return QueueProgress(queue.name, _lifecycle.require().relay.console)

@@ -1,97 +1,34 @@
 """Shared fixtures: one cmlray session per test module, and a leak check.
 
-Every process this test run starts (Ray's head, actors, guards, workers'
-programs and their children) inherits ``CMLRAY_TEST_RUN`` in its
-environment. After each module's session has ended, no such process may be
-left: the check waits for them to go (up to ``LEAK_WAIT_S``) and fails the
-module's last test otherwise, naming what was left.
+Every process this test run starts inherits a mark (``tests/support/processes.py``).
+After each module's session has ended, no such process may be left: the
+check waits for them to go (up to ``LEAK_WAIT_S``) and fails the module's
+last test otherwise, naming what was left.
+
+Tests under ``tests/unit/`` start no Ray: ``pytest tests/unit`` runs them in seconds.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import random
 import signal
 import threading
-import time
-import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import psutil
 import pytest
-from rich.console import Console
 
 import cmlray
+from tests.support.console import Captured
+from tests.support.processes import wait_no_marked_processes
 
 if TYPE_CHECKING:
-    from tests.netcluster import NamespaceCluster
+    from tests.clusters.netcluster import NamespaceCluster
 
-RUN_MARK = "CMLRAY_TEST_RUN"
-# One mark per test process (each pytest-xdist worker has its own), so a
-# module's leak check sees only the processes its own process started.
-os.environ[RUN_MARK] = uuid.uuid4().hex
-LEAK_WAIT_S = 15.0
-
-
-def marked_processes(mark: str | None = None) -> list[psutil.Process]:
-    """Live processes (not this one) that inherited this run's mark."""
-    needle = f"{RUN_MARK}={mark or os.environ[RUN_MARK]}".encode()
-    found = []
-    for proc in psutil.process_iter():
-        if proc.pid == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{proc.pid}/environ", "rb") as f:
-                if needle in f.read().split(b"\0") and proc.status() != psutil.STATUS_ZOMBIE:
-                    found.append(proc)
-        except (OSError, psutil.Error):
-            continue
-    return found
-
-
-def marked_commands(mark: str | None = None) -> list[str]:
-    """The command lines of the live marked processes (those ending meanwhile left out)."""
-    commands = []
-    for proc in marked_processes(mark):
-        try:
-            commands.append(" ".join(proc.cmdline()))
-        except psutil.Error:
-            continue
-    return commands
-
-
-def marked_environment_values(name: str, mark: str | None = None) -> set[str]:
-    """The values of variable ``name`` in the live marked processes' environments."""
-    prefix = f"{name}=".encode()
-    values = set()
-    for proc in marked_processes(mark):
-        try:
-            with open(f"/proc/{proc.pid}/environ", "rb") as f:
-                entries = f.read().split(b"\0")
-        except OSError:
-            continue
-        values |= {e[len(prefix) :].decode() for e in entries if e.startswith(prefix)}
-    return values
-
-
-def wait_no_marked_processes(timeout_s: float = LEAK_WAIT_S, mark: str | None = None) -> list[str]:
-    """Wait until no marked process is left; returns descriptions of those still there."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        left = marked_processes(mark)
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    described = []
-    for proc in left:
-        try:
-            described.append(f"{proc.pid} {' '.join(proc.cmdline())[:150]}")
-        except psutil.Error:
-            continue
-    return described
+UNIT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "unit")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -107,11 +44,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """With ``CMLRAY_SHUFFLE_SEED`` set: modules in a random order, tests too within each.
+    """Marks the tests of ``tests/unit/`` ``unit``; shuffles with ``CMLRAY_SHUFFLE_SEED``.
 
-    benchmarks/stress.py uses it to find tests that depend on what ran before.
-    Modules stay whole, so each still starts its session once.
+    With the seed set, modules run in a random order, tests too within each
+    (tests/tools/stress.py uses it to find tests that depend on what ran
+    before). Modules stay whole, so each still starts its session once.
     """
+    for item in items:
+        if str(item.path).startswith(UNIT_DIR + os.sep):
+            item.add_marker(pytest.mark.unit)
     seed = os.environ.get("CMLRAY_SHUFFLE_SEED")
     if not seed:
         return
@@ -138,17 +79,6 @@ def no_leaks() -> Iterator[None]:
     assert not left, "processes left behind:\n" + "\n".join(left)
 
 
-class Captured:
-    """The session's console output, captured in memory."""
-
-    def __init__(self) -> None:
-        self.file = io.StringIO()
-        self.console = Console(file=self.file, force_terminal=False, width=200)
-
-    def text(self) -> str:
-        return self.file.getvalue()
-
-
 @pytest.fixture(scope="module")
 def captured() -> Captured:
     return Captured()
@@ -170,8 +100,8 @@ def session(
 
 @pytest.fixture(scope="module")
 def netcluster() -> Iterator[NamespaceCluster]:
-    """A Ray cluster of three hosts made of namespaces (see tests/netcluster.py)."""
-    from tests.netcluster import cluster_fixture
+    """A Ray cluster of three hosts made of namespaces (see tests/clusters/netcluster.py)."""
+    from tests.clusters.netcluster import cluster_fixture
 
     with cluster_fixture() as cluster:
         yield cluster

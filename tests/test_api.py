@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 import cmlray as cdsw
-from tests.conftest import Captured
+from tests.support.console import Captured
 
 pytestmark = pytest.mark.usefixtures("session")
 
@@ -182,9 +182,9 @@ def _alive(pid: int) -> bool:
 
 
 def _started_marker(worker_id: str, text: str) -> bool:
-    from cmlray import _session
+    from cmlray import _lifecycle
 
-    session = _session.current(create=False)
+    session = _lifecycle.current(create=False)
     assert session is not None
     return session.registry.wait_for(lambda: text in session.registry.get(worker_id).tail, 30)
 
@@ -400,12 +400,12 @@ def test_signature_keeps_cml_parameters() -> None:
 
 
 def test_log_dir_keeps_every_line_of_every_worker() -> None:
-    from cmlray import _session
+    from cmlray import _lifecycle
 
     code = "import sys\nfor i in range(300):\n    print('line', i, file=sys.stderr if i % 7 == 0 else sys.stdout)"
     workers = cdsw.launch_workers(2, cpu=0.25, memory=0.1, code=code, name="logged")
     done = cdsw.await_workers(workers)["workers"]
-    logs = _session.require().logs
+    logs = _lifecycle.require().logs
     assert logs is not None
     for worker in done:
         with open(logs.path(worker["id"], worker["name"])) as f:

@@ -27,9 +27,9 @@ import pytest
 import ray
 
 import cmlray
-from cmlray import _process
-from tests.conftest import marked_processes, wait_no_marked_processes
-from tests.test_lifetime import GONE_WITHIN_S, Driver
+from cmlray import _procfs
+from tests.support.lifetime import GONE_WITHIN_S, Driver
+from tests.support.processes import marked_processes, wait_no_marked_processes
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leaks")]
 
@@ -42,7 +42,7 @@ def _free_port() -> int:
 
 def _head_processes(temp: Path) -> list[psutil.Process]:
     """The external head's processes: a file open in its temp dir, or it in their command."""
-    pids = set(_process.holders_of(str(temp)))
+    pids = set(_procfs.holders_of(str(temp)))
     for proc in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
             if str(temp) in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import cmlray
-from cmlray import _session
+from cmlray import _lifecycle
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -82,18 +82,18 @@ def test_bad_call_raises_before_anything_starts(
 ) -> None:
     with pytest.raises(error, match=message):
         call()
-    assert _session.current(create=False) is None, "a bad call must not start a session"
+    assert _lifecycle.current(create=False) is None, "a bad call must not start a session"
 
 
 def test_stop_without_session_answers_404() -> None:
     (result,) = cmlray.stop_workers("abcdefabcdefabcd")
     assert result.status_code == 404 and not result.ok
-    assert _session.current(create=False) is None
+    assert _lifecycle.current(create=False) is None
 
 
 def test_list_without_session_is_empty() -> None:
     assert cmlray.list_workers() == []
-    assert _session.current(create=False) is None
+    assert _lifecycle.current(create=False) is None
 
 
 CLI_BAD = [

@@ -12,10 +12,10 @@ import psutil
 import pytest
 
 import cmlray
-from cmlray import _session
+from cmlray import _head, _lifecycle
 from cmlray._boot import Boot
-from tests.conftest import Captured
-from tests.test_security import HEAD_EXTRAS, head_commands
+from tests.support.console import Captured
+from tests.support.heads import HEAD_EXTRAS, head_commands
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 DASHBOARD_PORT = 8265
@@ -35,13 +35,13 @@ def test_first_call_waits_for_a_background_start(captured: Captured) -> None:
         assert len(again["workers"]) == 1, again["failures"]
     finally:
         cmlray.shutdown()
-    assert _session.current(create=False) is None
+    assert _lifecycle.current(create=False) is None
 
 
 def test_shutdown_while_booting_ends_the_session() -> None:
     cmlray.init(num_cpus=1, block=False)
     cmlray.shutdown()  # waits for the boot, then ends it
-    assert _session.current(create=False) is None
+    assert _lifecycle.current(create=False) is None
 
 
 def test_head_services_all_starts_rays_own_as_ray_init_does() -> None:
@@ -52,7 +52,7 @@ def test_head_services_all_starts_rays_own_as_ray_init_does() -> None:
     """
     cmlray.init(num_cpus=1, head_services="all")
     try:
-        temp_dir = _session.require().head.temp_dir
+        temp_dir = _lifecycle.require().head.temp_dir
         assert temp_dir is not None
         ours = head_commands(temp_dir)
         for extra in HEAD_EXTRAS:
@@ -74,11 +74,11 @@ def test_a_failed_background_start_raises_at_the_first_call(
     def refuse(*_args: object) -> None:
         raise cmlray.SessionError("starting a Ray head failed: no room")
 
-    monkeypatch.setattr(_session, "_connect", refuse)
+    monkeypatch.setattr(_head, "connect", refuse)
     cmlray.init(block=False)
     with pytest.raises(cmlray.SessionError, match="no room"):
         cmlray.list_workers()
-    assert _session.current(create=False) is None  # gone: a new init may follow
+    assert _lifecycle.current(create=False) is None  # gone: a new init may follow
 
 
 def test_boot_hands_its_result_or_error_to_the_caller_and_waits_for_release() -> None:

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import RUN_MARK, wait_no_marked_processes
+from tests.support.processes import RUN_MARK, wait_no_marked_processes
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leaks")]
 CMLRAY = [sys.executable, "-m", "cmlray", "launch", "--cpu", "0.5", "--memory", "0.2"]

@@ -22,8 +22,8 @@ import psutil
 import pytest
 
 import cmlray
-from cmlray import _head, _process, _session
-from tests.conftest import Captured
+from cmlray import _head, _lifecycle, _procfs
+from tests.support.console import Captured
 
 pytestmark = pytest.mark.slow
 SLEEP = "!echo up; sleep 300"
@@ -36,7 +36,7 @@ class Nodes:
 
 def _kill_holders(temp: str) -> None:
     procs = []
-    for pid in _process.holders_of(temp):
+    for pid in _procfs.holders_of(temp):
         with contextlib.suppress(psutil.Error):
             procs.append(psutil.Process(pid))
     for proc in procs:
@@ -142,7 +142,7 @@ def _visible(worker: dict) -> str:
 def test_gpu_workers_see_exactly_their_gpu(nodes: Nodes) -> None:
     code = "import json, os, time\nprint(json.dumps(os.environ['CUDA_VISIBLE_DEVICES']), flush=True)\ntime.sleep(300)"
     gpu_workers = _running(cmlray.launch_workers(2, cpu=0.5, memory=0.1, nvidia_gpu=1, code=code))
-    registry = _session.require().registry
+    registry = _lifecycle.require().registry
     assert registry.wait_for(lambda: all(registry.get(w["id"]).tail for w in gpu_workers), 60)
     seen = sorted(
         _visible(w) for w in cmlray.list_workers() if w["id"] in {g["id"] for g in gpu_workers}
@@ -181,7 +181,7 @@ def test_node_loss_fails_its_workers_and_returns_their_items(nodes: Nodes) -> No
     serve = "import time, cmlray.worker\ncmlray.worker.serve('survive', lambda x: (time.sleep(0.5), x)[1])"
     (victim,) = cmlray.launch_workers(1, cpu=1, memory=0.2, accelerator_label_id="DOOM", code=serve)
     _running([victim])
-    registry = _session.require().registry
+    registry = _lifecycle.require().registry
     assert registry.wait_for(lambda: registry.get(victim["id"]).status == "running", 60)
     for _ in q.as_completed(timeout=120):  # the victim has finished one and holds another
         break

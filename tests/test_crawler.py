@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from tests.conftest import Captured
+from tests.support.console import Captured
 
 pytest.importorskip("selectolax", reason="the crawler example needs the 'examples' extra")
 pytest.importorskip("aiohttp", reason="the crawler example needs the 'examples' extra")

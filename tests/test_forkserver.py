@@ -1,22 +1,29 @@
 """Guards forked by the fork server (``_forkserver``), driven without Ray.
 
-A node agent enables the server; here the test process does, so the actor
-class runs exactly as in an agent. The rest of the suite runs every worker
-through it too (every worker's guard is forked in its agent).
+A node agent enables the server; here the test process does, so the
+supervisors run exactly as in an agent. The rest of the suite runs every
+worker through it too (every worker's guard is forked in its agent).
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import threading
 from collections.abc import Iterator
 
 import psutil
 import pytest
 
 from cmlray import _forkserver
-from tests.test_process import _collect, _descendants_named, _launch
+from cmlray._supervisor import WorkerSupervisor
+from tests.support.supervise import (
+    descendants_named,
+    final,
+    launch,
+    out_lines,
+    supervise,
+    supervise_many,
+)
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -30,12 +37,8 @@ def starter(monkeypatch: pytest.MonkeyPatch) -> Iterator[_forkserver.GuardStarte
     starter.close()
 
 
-def _out(events: list[tuple[str, object]]) -> list[str]:
-    return [line for kind, lines in events if kind == "out" for line in lines]  # type: ignore[union-attr]
-
-
 def _server_pids() -> list[int]:
-    return _descendants_named(os.getpid(), "_forkserver.py")
+    return descendants_named(os.getpid(), "cmlray._forkserver")
 
 
 def test_a_forked_guard_runs_the_program_with_its_fds_and_exit_code(
@@ -48,11 +51,9 @@ def test_a_forked_guard_runs_the_program_with_its_fds_and_exit_code(
         "print('to stderr', file=sys.stderr)\n"
         "sys.exit(3)"
     )
-    events = _collect(_launch(code))
-    final = events[-1][1]
-    assert isinstance(final, dict)
-    assert (final["status"], final["exit_code"]) == ("failed", 3)
-    assert _out(events) == ["True 127.0.0.1"]
+    events = supervise(launch(code))
+    assert (final(events)["status"], final(events)["exit_code"]) == ("failed", 3)
+    assert out_lines(events) == ["True 127.0.0.1"]
     assert ("err", ["to stderr"]) in events
     assert len(_server_pids()) == 1  # the server stays for the next guard
 
@@ -60,35 +61,34 @@ def test_a_forked_guard_runs_the_program_with_its_fds_and_exit_code(
 def test_many_guards_from_one_server_each_get_their_own_fds(
     starter: _forkserver.GuardStarter,
 ) -> None:
-    results: dict[int, list[str]] = {}
-
-    def run(index: int) -> None:
-        results[index] = _out(_collect(_launch(f"print({index} * 7)")))
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert results == {i: [str(i * 7)] for i in range(8)}
+    launches = [launch(f"print({i} * 7)", worker_id=f"{i:016d}") for i in range(8)]
+    events = supervise_many(launches)
+    assert {int(w): out_lines(e) for w, e in events.items()} == {i: [str(i * 7)] for i in range(8)}
     assert len(_server_pids()) == 1
 
 
 def test_a_stop_ends_a_forked_guards_whole_tree(starter: _forkserver.GuardStarter) -> None:
-    actor = _launch("!setsid sleep 321 & sleep 322 & echo ready; wait", grace_period_s=2)
-    events: list[tuple[str, object]] = []
     below: list[int] = []
-    for batch in actor.run():
-        events.extend(batch)
-        if any(kind == "out" for kind, _ in batch):
-            started = next(p for k, p in events if k == "started")
-            assert isinstance(started, dict)
-            guard = psutil.Process(started["pid"]).parent()
-            assert guard is not None and "_forkserver.py" in " ".join(guard.cmdline())
-            below = [p.pid for p in guard.children(recursive=True)]
-            threading.Thread(target=actor.stop, args=(2.0,)).start()
-    final = events[-1][1]
-    assert isinstance(final, dict) and final["status"] == "stopped"
+    seen: list[tuple[str, object]] = []
+
+    def printed(events: list[tuple[str, object]]) -> bool:
+        seen[:] = events
+        return any(kind == "out" for kind, _ in events)
+
+    def stop(supervisor: WorkerSupervisor) -> None:
+        started = next(p for k, p in seen if k == "started")
+        assert isinstance(started, dict)
+        guard = psutil.Process(started["pid"]).parent()
+        assert guard is not None and "cmlray._forkserver" in " ".join(guard.cmdline())
+        below.extend(p.pid for p in guard.children(recursive=True))
+        supervisor.stop(2.0)
+
+    events = supervise(
+        launch("!setsid sleep 321 & sleep 322 & echo ready; wait", grace_period_s=2),
+        when=printed,
+        then=stop,
+    )
+    assert final(events)["status"] == "stopped"
     assert below
     _, alive = psutil.wait_procs([psutil.Process(p) for p in below if psutil.pid_exists(p)], 10)
     assert not alive, alive
@@ -97,12 +97,12 @@ def test_a_stop_ends_a_forked_guards_whole_tree(starter: _forkserver.GuardStarte
 def test_a_dead_server_is_replaced_and_the_server_ends_with_its_socket(
     starter: _forkserver.GuardStarter,
 ) -> None:
-    assert _out(_collect(_launch("print('first')"))) == ["first"]
+    assert out_lines(supervise(launch("print('first')"))) == ["first"]
     (server,) = _server_pids()
     os.kill(server, signal.SIGKILL)
     psutil.Process(server).wait(10)
-    assert _out(_collect(_launch("print('second')"))) == ["second"]  # started the old way
-    assert _out(_collect(_launch("print('third')"))) == ["third"]  # through a new server
+    assert out_lines(supervise(launch("print('second')"))) == ["second"]  # started the old way
+    assert out_lines(supervise(launch("print('third')"))) == ["third"]  # through a new server
     (replacement,) = _server_pids()
     assert replacement != server
     starter.close()  # as the agent's process ending closes its end

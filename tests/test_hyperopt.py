@@ -35,7 +35,7 @@ from estimators import get_model, load_dataset, make_cv  # noqa: E402
 from studydb import StudyStore  # noqa: E402
 
 import cmlray  # noqa: E402
-from tests.conftest import Captured  # noqa: E402
+from tests.support.console import Captured  # noqa: E402
 
 # Ties on purpose: C=10 and C=100 score the same at gamma=0.001 (and at 'scale').
 SVC_GRID = {"C": [1, 10, 100], "gamma": ["scale", 0.001]}

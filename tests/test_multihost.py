@@ -2,7 +2,7 @@
 
 The nodes h1 and h2 have Ray alone (no cmlray, no checkout, not the session's
 interpreter); the session runs on h0, the head's host, in a project dir of
-its own (tests/drivers/multihost_driver.py). What a user meets beyond one
+its own (tests/support/drivers/multihost_driver.py). What a user meets beyond one
 machine: workers on remote nodes with the nodes' interpreter, the project on
 every node, files sent home, CML's network example across hosts, GPUs, and
 the failure paths: a SIGKILLed session, a host crash, a partition.
@@ -25,12 +25,12 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import wait_no_marked_processes
-from tests.drivers.multihost_driver import ITEMS
+from tests.support.drivers.multihost_driver import ITEMS
+from tests.support.processes import wait_no_marked_processes
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leaks")]
 
-DRIVER = Path(__file__).parent / "drivers" / "multihost_driver.py"
+DRIVER = Path(__file__).parent / "support" / "drivers" / "multihost_driver.py"
 TIMES = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "failure_times.json"
 DEADLINE_S = 120.0
 LEASE_S = 10
@@ -42,7 +42,7 @@ def project(netcluster: Any) -> Iterator[str]:
     folder = netcluster.hosts["h0"].tmp_dir / "project"
     folder.mkdir()
     (folder / "data.txt").write_text("payload from the project\n")
-    from tests.drivers.multihost_driver import JOB
+    from tests.support.drivers.multihost_driver import JOB
 
     (folder / "job.py").write_text(JOB)
     yield netcluster.host_path("h0", folder)

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import _rayonly
-from tests.netcluster import CHECKOUT, NamespaceCluster, cluster_fixture
+from tests.clusters import rayonly as _rayonly
+from tests.clusters.netcluster import CHECKOUT, NamespaceCluster, cluster_fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leaks")]
 

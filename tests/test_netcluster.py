@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import _netns, _netns_cleanup
-from tests.netcluster import CHECKOUT, MARK, HostSpec, NamespaceCluster, skip_reason
+from tests.clusters import netns as _netns
+from tests.clusters import netns_cleanup as _netns_cleanup
+from tests.clusters.netcluster import CHECKOUT, MARK, HostSpec, NamespaceCluster, skip_reason
 
 DEADLINE_S = 60.0
 CONNECT_TIMEOUT_S = 1.5
@@ -241,7 +242,7 @@ def test_a_sigkilled_owner_is_cleaned_up_by_its_reaper() -> None:
 
 OWNER = """
 import sys, time
-from tests.netcluster import HostSpec, NamespaceCluster
+from tests.clusters.netcluster import HostSpec, NamespaceCluster
 cluster = NamespaceCluster((HostSpec("h0", sees_checkout=True),))
 cluster.start()
 print(cluster.run_id, flush=True)

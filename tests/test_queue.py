@@ -9,8 +9,8 @@ import textwrap
 import pytest
 
 import cmlray
-from cmlray import _session
-from tests.conftest import Captured
+from cmlray import _lifecycle
+from tests.support.console import Captured
 
 pytestmark = pytest.mark.usefixtures("session")
 
@@ -182,7 +182,7 @@ def test_hung_worker_loses_its_lease() -> None:
     first_worker = serve(
         "hang", "handle", n=1, setup="first = __import__('os').environ['CDSW_ENGINE_ID']\n" + setup
     )
-    registry = _session.require().registry
+    registry = _lifecycle.require().registry
     hanging = registry.get(first_worker[0]["id"]).tail
     assert registry.wait_for(lambda: "hanging" in hanging, 60)  # the first holds "hang"
     second = serve(
@@ -203,7 +203,7 @@ def test_chaos_killed_programs_lose_nothing() -> None:
     q.put_many(range(1000))
     q.close()
     workers = serve("chaos", "lambda x: (__import__('time').sleep(0.005), x * 2)[1]", n=3)
-    registry = _session.require().registry
+    registry = _lifecycle.require().registry
     victims = {150: workers[0], 450: workers[1]}
     for count, _ in enumerate(q.as_completed(timeout=180), start=1):
         if count in victims:  # SIGKILL a worker's program while it holds items

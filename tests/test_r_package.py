@@ -28,8 +28,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RUN_MARK, marked_commands, marked_processes, wait_no_marked_processes
-from tests.test_lifetime import GONE_WITHIN_S, app_ports, claimed
+from tests.support.lifetime import GONE_WITHIN_S, app_ports, claimed
+from tests.support.processes import (
+    RUN_MARK,
+    marked_commands,
+    marked_processes,
+    wait_no_marked_processes,
+)
 
 pytestmark = [
     pytest.mark.skipif(

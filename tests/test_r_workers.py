@@ -16,8 +16,8 @@ import psutil
 import pytest
 
 import cmlray as cdsw
-from cmlray import _session
-from tests.conftest import Captured
+from cmlray import _lifecycle
+from tests.support.console import Captured
 
 pytestmark = pytest.mark.skipif(
     shutil.which("Rscript") is None, reason="R is not installed (apt-get install r-base-core)"
@@ -56,7 +56,7 @@ def test_an_r_script_sees_the_workers_environment(session: str, captured: Captur
     worker = _run(script="whoami.R", env={"GREETING": "hej"})
     assert worker["status"] == "succeeded" and worker["exit_code"] == 0, worker
     seen = dict(line.split("=", 1) for line in worker["tail"])  # type: ignore[attr-defined]
-    session_id = _session.require().id
+    session_id = _lifecycle.require().id
     assert seen["CML_MASTER_IP"] == seen["CDSW_MASTER_IP"] == "127.0.0.1"
     assert seen["CDSW_ENGINE_ID"] == worker["id"] and seen["CDSW_MASTER_ID"] == session_id
     assert seen["CDSW_APP_PORT"].isdigit() and seen["CDSW_IP_ADDRESS"] == worker["ip_address"]

@@ -21,7 +21,7 @@ from cmlray._lines import LineSplitter, is_progress, last_state
 from cmlray._registry import Registry, WorkerRecord
 from cmlray._relay import Relay
 from cmlray._sanitize import keep_colours, strip_escapes
-from tests.conftest import Captured
+from tests.support.console import Captured
 
 SGR = re.compile(r"\x1b\[[0-9;]*m")
 

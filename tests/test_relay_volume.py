@@ -16,7 +16,7 @@ from collections import defaultdict
 import pytest
 
 import cmlray as cdsw
-from tests.conftest import Captured
+from tests.support.console import Captured
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("session")]
 

@@ -10,15 +10,16 @@ import psutil
 import pytest
 
 import cmlray
-from cmlray import _session
-from tests.conftest import Captured
+from cmlray import _lifecycle
+from tests.support.console import Captured
+from tests.support.heads import HEAD_EXTRAS, head_commands
 
 pytestmark = pytest.mark.usefixtures("session")
 SECRET = "s3cr3t-Value-0f-the-user"
 
 
 def test_own_head_uses_token_auth_with_a_private_token() -> None:
-    head = _session.require().head
+    head = _lifecycle.require().head
     assert head.owns_head and head.temp_dir is not None
     token = os.environ["RAY_AUTH_TOKEN_PATH"]
     assert os.environ["RAY_AUTH_MODE"] == "token"
@@ -29,26 +30,9 @@ def test_own_head_uses_token_auth_with_a_private_token() -> None:
         assert len(f.read()) == 64
 
 
-def head_commands(temp_dir: str) -> list[tuple[psutil.Process, str]]:
-    """The processes of the head whose temp dir is ``temp_dir``, with their command lines."""
-    ours = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if temp_dir in cmdline:
-            ours.append((proc, cmdline))
-    return ours
-
-
-HEAD_EXTRAS = (
-    "dashboard/dashboard.py",
-    "autoscaler/_private/monitor.py",
-    "_private/log_monitor.py",
-)
-
-
 def test_no_dashboard_and_no_unused_head_service_runs() -> None:
     """No dashboard, and none of the services cmlray does not use (``_headservices``)."""
-    temp_dir = _session.require().head.temp_dir
+    temp_dir = _lifecycle.require().head.temp_dir
     assert temp_dir is not None
     commands = [cmdline for _, cmdline in head_commands(temp_dir)]
     assert any("gcs_server" in c for c in commands) and any("raylet" in c for c in commands)
@@ -59,7 +43,7 @@ def _cmlray_helpers() -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if any(f"cmlray/{name}.py" in cmdline for name in ("_guard", "_forkserver", "_reaper")):
+        if any(f"cmlray.{name}" in cmdline for name in ("_guard", "_forkserver", "_reaper")):
             found.append(proc)
     return found
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import cmlray
-from tests.conftest import Captured
+from tests.support.console import Captured
 
 pytestmark = pytest.mark.slow
 

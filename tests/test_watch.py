@@ -21,7 +21,7 @@ import pytest
 from rich.console import Console
 
 import cmlray
-from cmlray import _session
+from cmlray import _lifecycle
 
 pytestmark = pytest.mark.usefixtures("session_no_log_dir")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -168,7 +168,7 @@ def test_logs_of_a_worker_that_printed_over_1_mb_while_it_runs_and_after(tmp_pat
     assert cmlray.logs("chatty", tail=2, stream="out") == expected_out.splitlines(True)[-2] + (
         "all written\n"
     )
-    spill_dir = _session.require().logs._spill_dir  # past 1 MiB: in a file, not in memory
+    spill_dir = _lifecycle.require().logs._spill_dir  # past 1 MiB: in a file, not in memory
     assert spill_dir is not None and os.listdir(spill_dir) == [f"{launched['id']}.log"]
     release.touch()
     cmlray.await_workers(launched)
@@ -265,7 +265,11 @@ def test_no_secret_from_env_is_shown() -> None:
         (lambda: cmlray.logs(42), TypeError, "worker must be one worker id, name or dict"),
         (lambda: cmlray.logs(["a"]), TypeError, "worker must be one"),
         (lambda: cmlray.logs("no-such-worker"), ValueError, "launched no worker 'no-such-worker'"),
-        (lambda: cmlray.logs("chatty", stream="both"), ValueError, "stream must be one of"),
+        (
+            lambda: cmlray.logs("chatty", stream="both"),
+            ValueError,
+            "stream must be 'all', 'out' or 'err'",
+        ),
         (lambda: cmlray.logs("chatty", tail=-1), ValueError, "tail must be >= 0"),
         (lambda: cmlray.logs("chatty", tail=True), TypeError, "tail must be a whole number"),
         (lambda: cmlray.logs("chatty", tail=2.5), TypeError, "tail must be a whole number"),
@@ -292,7 +296,7 @@ def test_session_end_removes_the_spilled_logs(tmp_path: Any) -> None:
     code = MEGABYTE_OF_LINES.replace("{release}", str(tmp_path / "release"))
     (launched,) = cmlray.launch_workers(1, cpu=0.5, memory=0.5, code=code, name="spiller")
     wait_for(lambda: cmlray.logs(launched).endswith("all written\n"), "the whole output")
-    spill_dir = _session.require().logs._spill_dir
+    spill_dir = _lifecycle.require().logs._spill_dir
     assert spill_dir is not None and os.path.isdir(spill_dir)
     (tmp_path / "release").touch()
     assert cmlray.await_workers(launched, timeout_seconds=120)["workers"]

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_jupyter import Kernel, kernel  # noqa: F401 - the kernel fixture
+from tests.support.jupyter import Kernel, kernel  # noqa: F401 - the kernel fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leaks")]
 DEADLINE_S = 120.0

@@ -13,7 +13,7 @@ import sys
 import time
 
 import cmlray
-from cmlray import _session
+from cmlray import _lifecycle
 
 TREE = (
     "!sleep 300 | cat & setsid sleep 301 & "
@@ -26,7 +26,7 @@ def main() -> None:
     mode = sys.argv[1]
     cmlray.init(address=sys.argv[2] if len(sys.argv) > 2 else None, num_cpus=2)
     workers = cmlray.launch_workers(2, cpu=0.5, memory=0.1, code=TREE)
-    session = _session.current(create=False)
+    session = _lifecycle.current(create=False)
     assert session is not None
     ok = session.registry.wait_for(
         lambda: all("started" in session.registry.get(w["id"]).tail for w in workers), 60

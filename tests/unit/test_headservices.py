@@ -12,6 +12,7 @@ import pytest
 from ray._private import node, parameter
 
 from cmlray import _headservices
+from cmlray._config import SessionConfig
 
 
 def test_minimal_patches_rays_node_only_inside_the_block() -> None:
@@ -51,4 +52,4 @@ def test_a_ray_whose_private_names_moved_gets_a_full_head(
 @pytest.mark.parametrize("value", ["none", "", None, ["minimal"], 1])
 def test_check_names_the_argument(value: object) -> None:
     with pytest.raises(ValueError, match=r"head_services must be 'minimal' or 'all', got"):
-        _headservices.check(value)
+        SessionConfig.build(head_services=value)

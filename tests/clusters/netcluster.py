@@ -41,10 +41,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests import _netns, _netns_cleanup, _rayonly
-from tests._rayonly import HostSpec
+from tests.clusters import netns as _netns
+from tests.clusters import netns_cleanup as _netns_cleanup
+from tests.clusters import rayonly as _rayonly
+from tests.clusters.rayonly import HostSpec
 
-CHECKOUT = Path(__file__).resolve().parent.parent
+CHECKOUT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 180.0
 MARK = "CMLRAY_NETCLUSTER"  # in the environment of every process a run starts
 
@@ -147,7 +149,7 @@ class NamespaceCluster:
         subnet = _netns.free_subnet()
         _netns.create_run(self.layout)
         self._reaper = subprocess.Popen(
-            [sys.executable, "-m", "tests._netns_cleanup", "reap", self.run_id],
+            [sys.executable, "-m", "tests.clusters.netns_cleanup", "reap", self.run_id],
             stdin=subprocess.PIPE,
             cwd=CHECKOUT,
             env=_clean_env({}),

@@ -31,7 +31,7 @@ import time
 from typing import Any
 
 import cmlray
-from cmlray import _session
+from cmlray import _lifecycle
 
 SEE = (
     "import json, os, sys, cmlray\n"
@@ -105,7 +105,7 @@ def gpus() -> Any:
 
 def wait() -> Any:
     workers = cmlray.launch_workers(6, cpu=1, memory=0.2, code=TREE)
-    session = _session.require()
+    session = _lifecycle.require()
     ok = session.registry.wait_for(
         lambda: all("started" in session.registry.get(w["id"]).tail for w in workers), 180
     )
@@ -119,7 +119,7 @@ def queue() -> Any:
     q.put_many(range(ITEMS))
     q.close()
     workers = cmlray.launch_workers(6, cpu=1, memory=0.2, code=SERVE)
-    registry = _session.require().registry
+    registry = _lifecycle.require().registry
     ids = [w["id"] for w in workers]
     registry.wait_for(lambda: all(registry.status(i) == "running" for i in ids), 180)
     deadline = time.monotonic() + 180
@@ -136,7 +136,7 @@ def queue() -> Any:
 
 def partition() -> Any:
     workers = cmlray.launch_workers(3, cpu=2, memory=0.2, code="!echo up; sleep 321")
-    registry = _session.require().registry
+    registry = _lifecycle.require().registry
     if not registry.wait_for(lambda: all("up" in registry.get(w["id"]).tail for w in workers), 180):
         print("NOT PLACED", json.dumps(_cluster_state()), flush=True)
     print("READY", json.dumps(cmlray.list_workers()), flush=True)

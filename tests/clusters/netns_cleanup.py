@@ -5,7 +5,7 @@ teardown needs no other state, is idempotent and carries on past failures.
 Stdlib only, because it also runs as the reaper: a process holding the read
 end of a pipe from the cluster's owner, which tears the run down when the
 owner dies by any path (SIGKILL included):
-``python -m tests._netns_cleanup reap <run id>`` (from the checkout).
+``python -m tests.clusters.netns_cleanup reap <run id>`` (from the checkout).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from tests._netns import (
+from tests.clusters.netns import (
     DATA_ROOT,
     PREFIX,
     RUN_ID,

@@ -1,0 +1,225 @@
+"""The session's node agents: one per node it uses, started on demand, retired when idle.
+
+An agent starts on a node the first time a worker is placed there (the one
+on the session's own node starts with the session, so the first launch finds
+it warm). Agents hold no resources (``num_cpus=0``) and are pinned to their
+node. The pool sends each agent the workers placed on its node in batches
+(one ``start`` call per agent per turn of the loop), stops them by id, and
+consumes each agent's event stream on the pump's loop.
+
+An agent with no worker for ``idle_s`` is retired (the session's own node's
+aside): Ray counts a node holding any leased worker process as busy, so an
+idle agent would keep an autoscaler from removing its node. The next worker
+placed there starts a new one.
+
+An agent that dies (its node lost, killed, out of memory) is classified
+once, not once per worker (``_rayerrors.agent_death``, on a thread of its
+own), and its workers are reported ended with that reason; the next worker
+placed on its node gets a new agent.
+
+Every method but ``start_home`` and ``close`` runs on the pump's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cmlray import _rayerrors
+from cmlray._nodeagent import NodeAgent
+from cmlray._outbox import Event
+from cmlray._rayerrors import Death
+from cmlray._supervisor import WorkerLaunch
+
+AGENT_CONCURRENCY = 100_000  # calls in flight: starts, stops, pings, file chunks
+STREAM_WINDOW_BATCHES = 32  # batches an agent may stream ahead of the session
+AGENT_IDLE_S = 5.0
+
+Deaths = Callable[[str, list[str], Death], None]  # (node id, its workers, why)
+
+
+@dataclass(eq=False)
+class _Agent:
+    handle: Any
+    node_id: str
+    workers: set[str] = field(default_factory=set)
+    pending: list[WorkerLaunch] = field(default_factory=list)
+    flushing: bool = False
+    retired: bool = False
+    idle_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def actor_id(self) -> str:
+        return str(self.handle._actor_id.hex())
+
+
+class AgentPool:
+    """Finds or starts the agent of a node, follows its events, ends them all with the session.
+
+    Args:
+        lease_s: how long a remote agent waits for an unreachable session (None: never).
+        idle_s: retire an agent that has had no worker this long (None: never).
+        on_events: a batch of an agent's events (on the loop).
+        on_death: an agent died; its workers and why (on the loop).
+    """
+
+    def __init__(
+        self,
+        *,
+        lease_s: float | None,
+        idle_s: float | None,
+        on_events: Callable[[list[Event]], None],
+        on_death: Deaths,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        import ray
+
+        self._actor_class: Any = ray.remote(NodeAgent)
+        self._lease_s = lease_s
+        self._idle_s = idle_s
+        self._on_events = on_events
+        self._on_death = on_death
+        self._loop = loop
+        self._agents: dict[str, _Agent] = {}
+        self._of_worker: dict[str, _Agent] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._home: Any = None
+        self._home_node: str | None = None
+
+    def start_home(self) -> None:
+        """Start the agent of the session's own node now (from any thread), without waiting.
+
+        The other agents send the files workers send home to this one and,
+        with a lease (attached sessions), check that it answers, to learn when
+        their node is cut off from the session.
+        """
+        import ray
+
+        try:
+            node_id = ray.get_runtime_context().get_node_id()
+        except Exception:  # no node of its own
+            return
+        self._home_node = node_id
+        self._home = self._start_agent(node_id).handle
+
+    def start(self, node_id: str, launch: WorkerLaunch) -> None:
+        """Start a worker placed on ``node_id`` (batched with others of this turn)."""
+        agent = self._agents.get(node_id) or self._start_agent(node_id)
+        if agent.idle_timer is not None:
+            agent.idle_timer.cancel()
+            agent.idle_timer = None
+        agent.workers.add(launch.worker_id)
+        agent.pending.append(launch)
+        self._of_worker[launch.worker_id] = agent
+        if not agent.flushing:
+            agent.flushing = True
+            self._loop.call_soon(self._flush, agent)
+
+    def _flush(self, agent: _Agent) -> None:
+        launches, agent.pending, agent.flushing = agent.pending, [], False
+        if launches and not agent.retired:
+            agent.handle.start.remote(launches)
+
+    def stop(
+        self, worker_ids: list[str], grace_period_s: float, status: str, reason: str
+    ) -> list[str]:
+        """Stop these workers where they run; returns those that run nowhere (yet)."""
+        by_agent: dict[_Agent, list[str]] = {}
+        nowhere = []
+        for worker_id in worker_ids:
+            agent = self._of_worker.get(worker_id)
+            if agent is None:
+                nowhere.append(worker_id)
+            else:
+                by_agent.setdefault(agent, []).append(worker_id)
+        for agent, ids in by_agent.items():
+            if agent.pending:  # starts go out before the stops that follow them
+                self._flush(agent)
+            agent.handle.stop.remote(ids, grace_period_s, status, reason)
+        return nowhere
+
+    def ended(self, worker_ids: list[str]) -> None:
+        """These workers ended: an agent left with none may retire."""
+        for worker_id in worker_ids:
+            agent = self._of_worker.pop(worker_id, None)
+            if agent is None:
+                continue
+            agent.workers.discard(worker_id)
+            if not agent.workers and self._idle_s is not None and agent.node_id != self._home_node:
+                agent.idle_timer = self._loop.call_later(self._idle_s, self._retire, agent)
+
+    def node_of(self, worker_id: str) -> str | None:
+        agent = self._of_worker.get(worker_id)
+        return None if agent is None else agent.node_id
+
+    def _retire(self, agent: _Agent) -> None:
+        if agent.workers or agent.retired or self._agents.get(agent.node_id) is not agent:
+            return
+        agent.retired = True
+        del self._agents[agent.node_id]
+        self._spawn(asyncio.to_thread(_kill, agent.handle))
+
+    def _start_agent(self, node_id: str) -> _Agent:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        handle = self._actor_class.options(
+            num_cpus=0,
+            max_concurrency=AGENT_CONCURRENCY,
+            max_restarts=0,
+            max_task_retries=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+        ).remote(self._home, self._lease_s or 0.0)
+        agent = _Agent(handle, node_id)
+        self._agents[node_id] = agent
+        stream = handle.events.options(
+            num_returns="streaming", _generator_backpressure_num_objects=STREAM_WINDOW_BATCHES
+        ).remote()
+        asyncio.run_coroutine_threadsafe(self._follow(agent, stream), self._loop)
+        return agent
+
+    async def _follow(self, agent: _Agent, stream: Any) -> None:
+        try:
+            async for ref in stream:
+                self._on_events(await ref)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the agent is gone: say why, once for all its workers
+            if agent.retired:
+                return
+            death = await asyncio.to_thread(
+                _rayerrors.agent_death, exc, agent.actor_id, agent.node_id
+            )
+            self._forget(agent)
+            workers = list(agent.workers)
+            for worker_id in workers:
+                self._of_worker.pop(worker_id, None)
+            agent.workers.clear()
+            self._on_death(agent.node_id, workers, death)
+
+    def _forget(self, agent: _Agent) -> None:
+        agent.retired = True
+        if self._agents.get(agent.node_id) is agent:
+            del self._agents[agent.node_id]
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = self._loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close(self) -> None:
+        """Kill every agent (from any thread): their guards end whatever program is left."""
+        agents = list(self._agents.values())
+        self._agents.clear()
+        for agent in agents:
+            agent.retired = True
+            _kill(agent.handle)
+
+
+def _kill(handle: Any) -> None:
+    import ray
+
+    with contextlib.suppress(Exception):  # already gone with its node
+        ray.kill(handle, no_restart=True)

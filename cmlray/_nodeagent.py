@@ -1,0 +1,211 @@
+"""The node agent: one warm Ray actor per node and session that starts workers.
+
+Starting a Ray actor per worker would cost a fresh Ray worker process each
+(Python plus ``import ray``: about a CPU-second). Instead the session keeps
+one agent per node it uses, an async actor holding no resources of its own
+(``num_cpus=0``). Each worker's CPU, memory and GPUs are reserved by the
+session (``_reservations.py``), so Ray still accounts them and nobody
+oversubscribes the node; the agent starts workers as the session sends them
+(``start``, in batches) and streams every worker's events back through one
+streaming generator (``events``, see ``_outbox.py``).
+
+All of it runs on the actor's one event loop: a :class:`WorkerSupervisor`
+per worker, asyncio transports on the guards' sockets and the programs'
+pipes. Guards are forked by one fork server per agent (``_forkserver.py``).
+
+Fate-sharing: an agent is owned by the session's driver, so it dies with the
+session; each guard ends its program's tree when its agent's control socket
+closes, whatever killed the agent. An agent attached to a remote session
+also checks that the session can still be reached (``_Lease``): a node cut
+off from the session's node for ``lease_s`` stops its workers and exits, so a
+network partition leaves no orphaned program holding the node's CPU or GPU.
+
+:class:`NodeAgent` is a plain class, made remote by the session (``_agentpool.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from cmlray import _files, _forkserver, _ports
+from cmlray._outbox import Event, Outbox
+from cmlray._services import ProgramServices
+from cmlray._supervisor import Where, WorkerLaunch, WorkerSupervisor
+
+LEASE_CHECK_S = 5.0
+LOST_GRACE_S = 1.0
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit; returns it.
+
+    Each running worker holds four descriptors in its agent (the guard's
+    socket, two pipes, the program's channel): hundreds of workers need more
+    than the usual soft limit of 1,024.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class NodeAgent:
+    """Starts and supervises the workers one session runs on this node."""
+
+    def __init__(self, home: Any = None, lease_s: float = 0.0) -> None:
+        """An agent for one node of one session.
+
+        Args:
+            home: the agent on the session's own node (None: this is it), which
+                receives the files workers send home and, with ``lease_s``,
+                answers the lease checks.
+            lease_s: end this node's workers when ``home`` has not answered for
+                so long (0: never; an own head's agents share the session's host).
+        """
+        self._home = home
+        _forkserver.enable()  # guards forked, not each a new interpreter
+        with contextlib.suppress(OSError):
+            _ports.sweep()  # claims left by an agent of this node killed with its guards
+        raise_open_files_limit()
+        self._cwd = os.getcwd()  # its node's copy of the project, when one was shipped
+        self._outbox = Outbox()
+        self._workers: dict[str, WorkerSupervisor] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._early_stops: dict[str, tuple[float, str, str]] = {}
+        self._where: Where | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lease = _Lease(self, home, lease_s) if home is not None and lease_s > 0 else None
+
+    async def ready(self) -> dict[str, Any]:
+        """Where the agent runs: its node's IP and id, its interpreter and pid."""
+        where = self._node()
+        return {
+            "ip": where.ip,
+            "node_id": where.node_id,
+            "python": sys.executable,
+            "pid": os.getpid(),
+        }
+
+    async def ping(self) -> bool:
+        """Answers while the agent is reachable (other agents' lease checks)."""
+        return True
+
+    async def events(self) -> AsyncIterator[list[Event]]:
+        """Every worker's events, in batches, for as long as the agent lives."""
+        self._loop = asyncio.get_running_loop()
+        if self._lease is not None:
+            self._lease.start(self._loop)
+        async for batch in self._outbox.batches():
+            yield batch
+
+    async def start(self, launches: list[WorkerLaunch]) -> None:
+        """Start these workers; their events follow on ``events``."""
+        where = self._node()
+        for launch in launches:
+            launch.cwd = launch.cwd or self._cwd
+            services = ProgramServices(
+                launch.worker_id, launch.payload, self._home, launch.home_dir
+            )
+            supervisor = WorkerSupervisor(launch, where, self._outbox, services)
+            self._workers[launch.worker_id] = supervisor
+            early = self._early_stops.pop(launch.worker_id, None)
+            if early is not None:
+                supervisor.stop(*early)
+            task = asyncio.get_running_loop().create_task(self._supervise(supervisor))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _supervise(self, supervisor: WorkerSupervisor) -> None:
+        try:
+            await supervisor.run()
+        finally:
+            self._workers.pop(supervisor.launch.worker_id, None)
+
+    async def stop(
+        self, worker_ids: list[str], grace_period_s: float, status: str, reason: str
+    ) -> None:
+        """Stop workers' trees (SIGTERM, grace, SIGKILL); before ``start``, when it comes."""
+        for worker_id in worker_ids:
+            worker = self._workers.get(worker_id)
+            if worker is None:
+                self._early_stops[worker_id] = (grace_period_s, status, reason)
+            else:
+                worker.stop(grace_period_s, status, reason)
+
+    async def stop_all(self, grace_period_s: float, status: str, reason: str) -> None:
+        for worker in list(self._workers.values()):
+            worker.stop(grace_period_s, status, reason)
+
+    async def running(self) -> int:
+        """How many workers this agent supervises now."""
+        return len(self._workers)
+
+    async def receive_file(
+        self, path: str, data: bytes, offset: int, final: bool, token: str
+    ) -> None:
+        """Write a chunk of a file a worker elsewhere sends home (see ``_files``)."""
+        await asyncio.to_thread(_files.write_chunk, path, data, offset, final, token)
+
+    def _node(self) -> Where:
+        if self._where is None:
+            import ray
+
+            node_id = ray.get_runtime_context().get_node_id()
+            self._where = Where(ray.util.get_node_ip_address(), node_id)
+        return self._where
+
+
+class _Lease:
+    """Stops the agent's workers and ends the agent when the session is unreachable."""
+
+    def __init__(self, agent: NodeAgent, home: Any, lease_s: float) -> None:
+        self.agent = agent
+        self.home = home
+        self.lease_s = lease_s
+        self._started = False
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._started:
+            self._started = True
+            threading.Thread(
+                target=self._watch, args=(loop,), name="cmlray-lease", daemon=True
+            ).start()
+
+    def _reachable(self) -> bool:
+        import ray
+
+        try:
+            return bool(ray.get(self.home.ping.remote(), timeout=LEASE_CHECK_S))
+        except Exception:
+            return False
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        last_ok = time.monotonic()
+        while True:
+            if self._reachable():
+                last_ok = time.monotonic()
+                time.sleep(LEASE_CHECK_S)
+            elif time.monotonic() - last_ok >= self.lease_s:
+                break
+            else:
+                time.sleep(1.0)
+        reason = f"node lost (cut off from the session for {self.lease_s:g} s)"
+        with contextlib.suppress(Exception):
+            stopping = self.agent.stop_all(LOST_GRACE_S, "failed", reason)
+            asyncio.run_coroutine_threadsafe(stopping, loop).result(5.0)
+        deadline = time.monotonic() + LOST_GRACE_S + 10.0
+        while self.agent._workers and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"cmlray agent: {reason}; exiting\n")
+        os._exit(1)

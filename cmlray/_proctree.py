@@ -1,0 +1,141 @@
+"""A worker's program as a tree of operating-system processes: spawn, reap, stop.
+
+Stopping is an escalation ladder on the whole tree: SIGTERM to the
+program's process group and to every descendant of its guard (setsid'd ones
+too, since the guard is a child subreaper and so inherits every orphan), a
+grace period, then SIGKILL to whatever is left.
+
+Standard library only (see ``_standalone.py``): the guard runs it in a bare
+interpreter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+
+from cmlray import _procfs
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+_POLL_S = 0.02
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def become_subreaper() -> bool:
+    """Make this process inherit its descendants' orphans (Linux only)."""
+    try:
+        return bool(_libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def _child_setup() -> None:
+    """Runs in the program's process between fork and exec."""
+    with contextlib.suppress(OSError, AttributeError):
+        _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    env: dict[str, str],
+    cwd: str,
+    stdout_fd: int,
+    stderr_fd: int,
+    pass_fds: Sequence[int] = (),
+) -> subprocess.Popen[bytes]:
+    """Start a program in its own session and process group.
+
+    The program gets SIGKILL if its parent (the guard) dies, and default
+    signal dispositions whatever the parent ignored.
+    """
+    return subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=stdout_fd,
+        stderr=stderr_fd,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+        preexec_fn=_child_setup,  # noqa: PLW1509 - the guard is single threaded
+        close_fds=True,
+        pass_fds=tuple(pass_fds),
+    )
+
+
+def reap_children() -> dict[int, int]:
+    """Collect every exited child without blocking: {pid: wait status}."""
+    reaped: dict[int, int] = {}
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return reaped
+        if pid == 0:
+            return reaped
+        reaped[pid] = status
+
+
+def _signal_all(pids: Sequence[int], pgid: int | None, signum: int) -> None:
+    if pgid is not None:
+        with contextlib.suppress(OSError):
+            os.killpg(pgid, signum)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signum)
+
+
+def terminate_tree(
+    root_pid: int,
+    pgid: int | None,
+    grace_period_s: float,
+    on_reaped: Callable[[dict[int, int]], None] = lambda _r: None,
+) -> bool:
+    """SIGTERM every descendant of ``root_pid``, wait, then SIGKILL the rest.
+
+    Args:
+        root_pid: the process whose descendants die (the guard: itself spared).
+        pgid: the program's process group, signalled as a whole as well.
+        grace_period_s: how long the tree may take to exit after SIGTERM.
+        on_reaped: told of each child reaped meanwhile (pid -> wait status).
+
+    Returns:
+        True if SIGKILL was needed.
+    """
+    _signal_all(_procfs.descendants(root_pid), pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_period_s
+    while True:
+        on_reaped(reap_children())
+        remaining = _procfs.alive(_procfs.descendants(root_pid))
+        if not remaining:
+            return False
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(_POLL_S)
+    while remaining:
+        _signal_all(remaining, pgid, signal.SIGKILL)
+        time.sleep(_POLL_S)
+        on_reaped(reap_children())
+        remaining = _procfs.alive(_procfs.descendants(root_pid))
+    return True
+
+
+def describe_status(status: int) -> tuple[int, str]:
+    """A wait status as (exit code, words); a signal gives a negative code."""
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        return -signum, f"killed by {signal.Signals(signum).name}"
+    code = os.WEXITSTATUS(status)
+    return code, f"exit code {code}"

@@ -1,0 +1,1 @@
+"""Test clusters: hosts of namespaces, autoscaling clusters of local processes."""

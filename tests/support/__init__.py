@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: processes of a run, captured consoles, drivers."""
