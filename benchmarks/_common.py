@@ -1,6 +1,6 @@
-"""Helpers shared by the benchmark scripts (launch.py, queue.py, crawler.py).
+"""Helpers shared by the benchmark scripts.
 
-The cmlray-against-raw-Ray benchmarks (launch.py, queue.py) share one shape: a
+The cmlray-against-its-peers benchmarks (launch.py, queue_throughput.py, ...) share one shape: a
 parent process marks its run (``RUN_MARK`` in the environment, inherited by
 every process it starts), runs each Ray session in a fresh child process of
 the same script (``--child MODE``) that prints one marked JSON line, waits
@@ -14,9 +14,9 @@ Imports: only the standard library at module level, and only modules the
 scripts imported themselves before this module existed: the launch children
 time ``import cmlray`` in a fresh interpreter, so importing this module must
 not import early anything cmlray or Ray would import (psutil, Rich, Ray are
-imported inside the functions that use them). None of them may import
-``queue`` either: the scripts import this module first, while this folder,
-with its queue.py, still heads sys.path (see ``leave_sys_path``).
+imported inside the functions that use them). No script here is named after a
+standard library module or an installed package (the folder heads sys.path
+when a script runs).
 """
 
 from __future__ import annotations
@@ -57,22 +57,6 @@ RUN_MARK = "CMLRAY_BENCH_RUN"
 CHILD_TIMEOUT_S = 240.0
 SETTLE_S = 10.0
 LEAK_WAIT_S = 15.0
-
-
-def leave_sys_path() -> None:
-    """Take this folder off sys.path, before anything imports ``queue``.
-
-    Run as ``python benchmarks/NAME.py``, a script has this folder at the head
-    of sys.path, where benchmarks/queue.py shadows the standard library's
-    ``queue`` (Ray imports it): in the script's process, and in Ray's workers,
-    since ``ray.init`` hands them the driver's script directory, at the head of
-    their sys.path, when it is on the driver's. So a script imports this module
-    first (its own imports import no ``queue``) and calls this right away.
-    """
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCHMARKS]
-    shadow = getattr(sys.modules.get("queue"), "__file__", None)
-    if shadow and Path(shadow).resolve().parent == BENCHMARKS:
-        raise ImportError(f"{shadow} was imported as the standard library's queue")
 
 
 # --------------------------------------------------------------------------

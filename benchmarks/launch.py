@@ -55,16 +55,7 @@ per side; a 300-worker soak per side); ``--quick`` for a smoke run (1 of each,
 3 later waves, a 60-worker soak).
 """
 
-# ruff: noqa: E402  (imports after the sys.path fix)
 from __future__ import annotations
-
-# Run as a script, this directory heads sys.path, and its queue.py would
-# shadow the standard library's queue, which Ray imports: _common (which
-# imports no queue) first, then it takes the directory off sys.path.
-import _common as common
-from _common import SIDES, Json
-
-common.leave_sys_path()
 
 import argparse
 import contextlib
@@ -76,6 +67,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import _common as common
+from _common import SIDES, Json
 
 NUM_CPUS = 2
 N_WORKERS = 8

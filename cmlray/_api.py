@@ -14,7 +14,7 @@ from typing import Any
 
 from cmlray import _lifecycle, _refs
 from cmlray._checks import check_non_negative
-from cmlray._registry import FINAL, WorkerRecord
+from cmlray._record import FINAL, WorkerRecord
 from cmlray._spec import WorkerSpec
 from cmlray._table import WorkerList
 

@@ -1,7 +1,7 @@
 """The program of a worker launched with ``fn=``: run the function, report its result.
 
 Started by the worker's guard as ``python -u -m cmlray._fnrun``. The function
-and its arguments come from the actor over the local channel (cloudpickled
+and its arguments come from its node agent over the local channel (cloudpickled
 in the session); the return value goes back the same way and lands in the
 worker's ``result``. An exception is printed (so it is in the worker's
 ``tail``), named in its ``reason``, and the program exits 1.

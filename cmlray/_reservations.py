@@ -29,7 +29,7 @@ slab holds is the sum of its slots.
 - A group is never removed while Ray may be preparing it: Ray 2.60 then
   keeps its resources reserved on the node for good and stops scheduling
   groups (ray-project/ray#64693). A group still waiting is removed once Ray
-  has placed it (``_Releaser``).
+  has placed it (``_groups.py``).
 
 Every method runs on the event pump's loop (one thread): no locks.
 """
@@ -38,82 +38,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import itertools
-import math
-import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from cmlray._spec import WorkerSpec
+from cmlray import _groups
+from cmlray._slabs import Shape, Slab, plan_slabs
 
-SLAB_CPU = 1.0
-SLAB_MEMORY_BYTES = 2 << 30
 LINGER_S = 2.0
 ROOM_WAIT_S = 1.5
 _ROOM_POLL_S = 0.02
-_EPSILON = 1e-9
-
-
-@dataclass(frozen=True)
-class Shape:
-    """What one worker reserves, in Ray's units."""
-
-    cpu: float
-    memory_bytes: int
-    gpu: int = 0
-    accelerator: str | None = None
-
-    @classmethod
-    def of(cls, spec: WorkerSpec) -> Shape:
-        return cls(spec.cpu, spec.memory_bytes, spec.nvidia_gpu, spec.accelerator_type)
-
-    def bundle(self, slots: int = 1) -> dict[str, float]:
-        """The bundle of ``slots`` workers of this shape."""
-        resources = {"CPU": self.cpu * slots, "memory": float(self.memory_bytes * slots)}
-        if self.gpu:
-            resources["GPU"] = float(self.gpu * slots)
-        if self.accelerator:  # as Ray's own accelerator_type option: a sliver of the marker
-            resources[f"accelerator_type:{self.accelerator}"] = 0.001 * slots
-        return resources
-
-    def slab_slots(self) -> int:
-        """Slots of a full slab: small workers share one, a core or more get one each."""
-        if self.gpu:
-            return 1
-        by_cpu = math.floor(SLAB_CPU / self.cpu + _EPSILON)
-        by_memory = SLAB_MEMORY_BYTES // max(1, self.memory_bytes)
-        return max(1, min(by_cpu, by_memory))
-
-    def fits(self, free: dict[str, float]) -> int:
-        """How many workers of this shape ``free`` resources hold."""
-        counts = [
-            math.floor((free.get(name, 0.0) + _EPSILON) / amount)
-            for name, amount in self.bundle().items()
-            if amount > 0
-        ]
-        return max(0, min(counts)) if counts else 0
-
-
-@dataclass(eq=False)
-class Slab:
-    """One placement group of ``size`` slots of one shape."""
-
-    group: Any
-    shape: Shape
-    size: int
-    node_id: str | None = None
-    gpus: list[str] = field(default_factory=list)
-    free: list[int] = field(default_factory=list)
-    holders: dict[str, int] = field(default_factory=dict)  # worker id -> slot
-    idle_since: float | None = None
-
-    def slot_gpus(self, slot: int) -> tuple[str, ...]:
-        per = self.shape.gpu
-        return tuple(self.gpus[slot * per : (slot + 1) * per])
 
 
 Placed = Callable[[str, str, tuple[str, ...]], None]  # (worker id, node id, GPU ids)
@@ -175,7 +109,7 @@ class ReservationPool:
                 slabs.remove(slab)
                 for worker_id in slab.holders:
                     self._holding.pop(worker_id, None)
-                release_group(slab.group)
+                _groups.release_group(slab.group)
 
     def waiting_since(self) -> dict[str, tuple[Shape, float]]:
         """The workers waiting for a slot: their shape and since when (monotonic)."""
@@ -228,7 +162,7 @@ class ReservationPool:
         slabs = self._slabs.get(slab.shape, [])
         if slab in slabs:
             slabs.remove(slab)
-            release_group(slab.group)
+            _groups.release_group(slab.group)
 
     # Asks: new slabs -----------------------------------------------------------------
 
@@ -245,7 +179,7 @@ class ReservationPool:
 
     async def _make_asks(self, shape: Shape) -> None:
         try:
-            room = await asyncio.to_thread(free_per_node)
+            room = await asyncio.to_thread(_groups.free_per_node)
             if not any(shape.fits(free) for free in room.values()) and self._retire_idle_others(
                 shape
             ):
@@ -279,15 +213,13 @@ class ReservationPool:
         """Ray's free resources once they hold one of ``shape`` (or after ``ROOM_WAIT_S``)."""
         deadline = time.monotonic() + ROOM_WAIT_S
         while True:
-            room = await asyncio.to_thread(free_per_node)
+            room = await asyncio.to_thread(_groups.free_per_node)
             if any(shape.fits(free) for free in room.values()) or time.monotonic() > deadline:
                 return room
             await asyncio.sleep(_ROOM_POLL_S)
 
     def _ask(self, shape: Shape, size: int) -> None:
-        from ray.util.placement_group import placement_group
-
-        group = placement_group([shape.bundle(size)], name=next(_names))
+        group = _groups.create(shape.bundle(size))
         ask = Slab(group, shape, size, free=list(range(size - 1, -1, -1)))
         self._asks.setdefault(shape, []).append(ask)
         self._spawn(self._await_placed(ask))
@@ -295,18 +227,18 @@ class ReservationPool:
     async def _await_placed(self, ask: Slab) -> None:
         try:
             await ask.group.ready()
-            ask.node_id = await asyncio.to_thread(placed_node, ask.group)
+            ask.node_id = await asyncio.to_thread(_groups.placed_node, ask.group)
             if ask.shape.gpu:
-                ask.gpus = await gpu_ids(ask.group, ask.shape.gpu * ask.size)
+                ask.gpus = await _groups.gpu_ids(ask.group, ask.shape.gpu * ask.size)
         except Exception:
             with contextlib.suppress(ValueError):
                 self._asks[ask.shape].remove(ask)
-            release_group(ask.group)
+            _groups.release_group(ask.group)
             self._cover(ask.shape)
             return
         self._asks[ask.shape].remove(ask)
         if self._closed:
-            release_group(ask.group)
+            _groups.release_group(ask.group)
             return
         self._slabs.setdefault(ask.shape, []).append(ask)
         self._serve_queue(ask)
@@ -327,148 +259,5 @@ class ReservationPool:
         self._slabs.clear()
         self._holding.clear()
         for group in groups:
-            _remove(group)
-        _releaser.close()
-
-
-def plan_slabs(shape: Shape, count: int, room: dict[str, dict[str, float]]) -> list[int]:
-    """Slab sizes for ``count`` workers: filling the nodes' free room first, largest first."""
-    full = shape.slab_slots()
-    sizes: list[int] = []
-    for free in sorted(room.values(), key=shape.fits, reverse=True):
-        fits = shape.fits(free)
-        while fits > 0 and count > 0:
-            size = min(full, fits, count)
-            sizes.append(size)
-            fits -= size
-            count -= size
-    while count > 0:  # no room now: asks Ray (or an autoscaler) fills later
-        size = min(full, count)
-        sizes.append(size)
-        count -= size
-    return sizes
-
-
-def free_per_node() -> dict[str, dict[str, float]]:
-    """Each alive node's unreserved resources, as Ray's control store sees them now."""
-    from ray._private.state import state
-
-    return dict(state.available_resources_per_node())
-
-
-def placed_node(group: Any) -> str:
-    from ray.util.placement_group import placement_group_table
-
-    return str(placement_group_table(group)["bundles_to_node_id"][0])
-
-
-def _gpu_ids() -> list[str]:
-    import ray
-
-    return [str(gpu) for gpu in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
-
-
-@functools.cache
-def _probe() -> Any:
-    """The GPU probe as a Ray task (exported to the cluster once per session)."""
-    import ray
-
-    return ray.remote(_gpu_ids)
-
-
-async def gpu_ids(group: Any, count: int) -> list[str]:
-    """The ids of the GPUs the group's bundle holds.
-
-    Ray does not tell which GPUs a bundle holds; a task that asks for all of
-    them learns their ids: the same for that bundle every time, distinct from
-    any other bundle's or task's, so each worker's ``CUDA_VISIBLE_DEVICES`` is exact.
-    """
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    strategy = PlacementGroupSchedulingStrategy(
-        placement_group=group, placement_group_bundle_index=0
-    )
-    probe = _probe().options(
-        num_cpus=0, num_gpus=count, max_retries=0, scheduling_strategy=strategy
-    )
-    return list(await probe.remote())
-
-
-def _remove(group: Any) -> None:
-    from ray.util.placement_group import remove_placement_group
-
-    try:
-        remove_placement_group(group)
-    except Exception:  # already removed, or the cluster is gone with the session
-        return
-
-
-def _state(group: Any) -> str:
-    from ray.util.placement_group import placement_group_table
-
-    try:
-        # Empty while the group's creation is still on its way to Ray: not settled.
-        return str(placement_group_table(group).get("state", "UNKNOWN"))
-    except Exception:  # the cluster is gone with the session
-        return "REMOVED"
-
-
-_SETTLED = ("CREATED", "REMOVED")
-_names = (f"cmlray-{uuid.uuid4().hex[:12]}-{n}" for n in itertools.count(1))
-
-
-class _Releaser:
-    """Removes groups given back before Ray had placed them, once Ray has.
-
-    Ray 2.60 leaks a bundle's resources on its node when a group is removed
-    while Ray is still preparing it (ray-project/ray#64693). A group still
-    waiting for room is never being prepared, but nothing tells the two
-    apart for sure, so this waits, on a thread of its own, until Ray has
-    placed the group (or dropped it), then removes it.
-    """
-
-    def __init__(self, poll_s: float = 0.2) -> None:
-        self.poll_s = poll_s
-        self._lock = threading.Lock()
-        self._groups: list[Any] = []
-        self._thread: threading.Thread | None = None
-
-    def release(self, group: Any) -> None:
-        """Remove ``group`` now if Ray has placed it, else as soon as it has."""
-        if _state(group) in _SETTLED:
-            _remove(group)
-            return
-        with self._lock:
-            self._groups.append(group)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, daemon=True)
-                self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                groups = list(self._groups)
-                if not groups:
-                    self._thread = None
-                    return
-            settled = [g for g in groups if _state(g) in _SETTLED]
-            for group in settled:
-                _remove(group)
-            with self._lock:
-                self._groups = [g for g in self._groups if g not in settled]
-            time.sleep(self.poll_s)
-
-    def close(self) -> None:
-        """At the session's end: remove what is still waiting (its job ends with it)."""
-        with self._lock:
-            groups, self._groups = self._groups, []
-        for group in groups:
-            _remove(group)
-
-
-_releaser = _Releaser()
-
-
-def release_group(group: Any) -> None:
-    """Give a group's resources back (placed: now; still being placed: once it is)."""
-    _releaser.release(group)
+            _groups.remove_now(group)
+        _groups.close()

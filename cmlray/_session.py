@@ -33,9 +33,11 @@ from cmlray._logs import WorkerLogs
 from cmlray._pump import EventPump
 from cmlray._queuebook import QueueBook
 from cmlray._rayerrors import Death
-from cmlray._registry import Registry, WorkerRecord
+from cmlray._record import WorkerRecord
+from cmlray._registry import Registry
 from cmlray._relay import Relay
-from cmlray._reservations import ReservationPool, Shape
+from cmlray._reservations import ReservationPool
+from cmlray._slabs import Shape
 from cmlray._spec import WorkerSpec, portable_environment
 from cmlray._supervisor import WorkerLaunch
 from cmlray.errors import SessionError

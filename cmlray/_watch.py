@@ -26,7 +26,7 @@ from rich.text import Text
 
 from cmlray import _lifecycle, _refs
 from cmlray._checks import check_seconds
-from cmlray._registry import WorkerRecord
+from cmlray._record import WorkerRecord
 from cmlray._session import Session
 from cmlray._table import WorkerList, summary_line, worker_table
 

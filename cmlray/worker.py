@@ -15,8 +15,8 @@ or, for a loop of your own::
         with task:                      # an exception marks the item failed (retried)
             task.result = train(task.item)
 
-The program talks to the session through its actor over a local channel
-(DESIGN 8): it never joins Ray, so it starts in milliseconds. Items are
+The program talks to the session through its node agent over a local
+channel (``_channel.py``): it never joins Ray, so it starts in milliseconds. Items are
 leased in batches sized to about 50 ms of work and results are sent back
 with the next request, so fast items move at tens of thousands a second
 while slow items are spread one at a time.
@@ -72,7 +72,7 @@ _client: _Client | None = None
 
 
 def client() -> _Client:
-    """The channel to this worker's actor (opened on first use)."""
+    """The channel to this worker's node agent (opened on first use)."""
     global _client
     if _client is None:
         _client = _Client()

@@ -1,4 +1,4 @@
-"""The four functions against real Ray, real subprocesses (SPEC: "The four functions")."""
+"""The four functions against real Ray, real subprocesses."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ SPEC_KEYS = {"result",
     "id", "name", "status", "created_at", "running_at", "finished_at", "duration",
     "ip_address", "node_id", "app_url", "cpu", "memory", "nvidia_gpu", "exit_code",
     "reason", "tail",
-    # SPEC, "Seeing the workers": the program tree's memory in use and peak, its CPU use
+    # "Seeing the workers": the program tree's memory in use and peak, its CPU use
     "memory_used", "memory_peak", "cpu_used", "cpu_seconds",
 }  # fmt: skip
 

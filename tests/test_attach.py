@@ -1,4 +1,4 @@
-"""Attach mode: a session on a Ray cluster started elsewhere (SPEC: Session lifetime).
+"""Attach mode: a session on a Ray cluster started elsewhere.
 
 The test starts a head with ``ray start --head`` (its own temp dir and port,
 token auth on). A session that attaches runs workers; when

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 import ray
@@ -59,10 +60,12 @@ def driver(cluster: AutoscalingCluster) -> Iterator[None]:
             ray.shutdown()
 
 
-@ray.remote(max_restarts=0)
-class Holder:
+class _Holder:
     def node(self) -> str:
-        return ray.get_runtime_context().get_node_id()
+        return str(ray.get_runtime_context().get_node_id())
+
+
+Holder: Any = ray.remote(max_restarts=0)(_Holder)  # an actor that says where it lives
 
 
 def death(node_id: str) -> tuple[str, str]:

@@ -1,4 +1,4 @@
-"""Workers' output in Jupyter lands in the cell that launched them (SPEC: "Output").
+"""Workers' output in Jupyter lands in the cell that launched them.
 
 A real IPython kernel (ipykernel, from this venv) is started with
 jupyter_client; cells are executed in it and every IOPub message is

@@ -1,4 +1,4 @@
-"""Every way a session's process can end leaves nothing behind (SPEC: Session lifetime).
+"""Every way a session's process can end leaves nothing behind.
 
 Each test runs a real session in a subprocess (tests/support/drivers/lifetime_driver.py)
 whose two workers run process trees: a pipeline, a Python child with a child

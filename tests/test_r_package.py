@@ -1,4 +1,4 @@
-"""The R package (r/), from real R sessions started with Rscript (SPEC: From R).
+"""The R package (r/), from real R sessions started with Rscript.
 
 The package is installed into a private library once per module. Each R
 session runs with this run's process mark, so the module's leak check sees

@@ -1,4 +1,4 @@
-"""kernel="r" workers from a Python session: a real Rscript (SPEC: launch_workers, kernel).
+"""kernel="r" workers from a Python session: a real Rscript.
 
 What a Python worker gets, an R worker gets: the environment and identity
 variables, the relay, statuses and exit codes, output line by line as it is

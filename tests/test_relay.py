@@ -1,4 +1,4 @@
-"""The output relay (SPEC: "Output"): formatting, sanitising, progress bars.
+"""The output relay: formatting, sanitising, progress bars.
 
 Everything but the last test runs without Ray, on captured Rich consoles;
 progress thinning is driven by a fake clock and a fake timer, never sleeping.
@@ -18,7 +18,8 @@ from rich.text import Text
 
 import cmlray as cdsw
 from cmlray._lines import LineSplitter, is_progress, last_state
-from cmlray._registry import Registry, WorkerRecord
+from cmlray._record import WorkerRecord
+from cmlray._registry import Registry
 from cmlray._relay import Relay
 from cmlray._sanitize import keep_colours, strip_escapes
 from tests.support.console import Captured

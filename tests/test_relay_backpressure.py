@@ -1,4 +1,4 @@
-"""Output relay back-pressure and long lines (SPEC: "Output"; issue "Output relay").
+"""Output relay back-pressure and long lines.
 
 The session here has a slow console: its file's ``write`` sleeps. A worker
 that prints far faster than that console can show must be slowed down (its

@@ -1,4 +1,4 @@
-"""Output relay under volume, end to end (SPEC: "Output"; issue "Output relay").
+"""Output relay under volume, end to end (the README's "From a session").
 
 Four workers print 50,000 numbered lines each as fast as they can, through a
 real session whose console is a captured non-terminal console. Every line

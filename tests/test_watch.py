@@ -1,4 +1,4 @@
-"""Seeing the workers with real Ray (issue 14): usage figures, whole logs, watch().
+"""Seeing the workers with real Ray: usage figures, whole logs, watch().
 
 The module's session has no ``log_dir`` (``cmlray.logs`` must work without
 one) and a captured *terminal* console, so ``watch()`` draws its live panel

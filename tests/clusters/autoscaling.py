@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,7 +74,7 @@ def skip_reason() -> str | None:
     return None
 
 
-class MemoryFakeProvider(FakeMultiNodeProvider):
+class MemoryFakeProvider(FakeMultiNodeProvider):  # type: ignore[misc]
     """Ray's fake provider, but a node type's ``memory`` becomes the node's memory.
 
     As shipped it passes ``memory`` on in ``resources=`` and Ray refuses to
@@ -140,6 +140,7 @@ class AutoscalingCluster:
         self.token_path = self.root / "auth" / "token"
         self.address = f"{ray.util.get_node_ip_address()}:{_free_port()}"
         self.start_s = 0.0
+        self.session_id = -1  # that of every process it starts
 
     def client_env(self) -> dict[str, str]:
         """What a client (driver, ``GcsClient``, ``ray`` CLI) of this cluster needs."""
@@ -182,12 +183,13 @@ class AutoscalingCluster:
             f"--object-store-memory={OBJECT_STORE_BYTES}", f"--autoscaling-config={config}",
         ]  # fmt: skip
         log = self.root / "ray-start.log"
-        with log.open("wb") as out:
-            done = subprocess.run(
+        with log.open("wb") as out:  # a session of its own: see processes()
+            ray_start = subprocess.Popen(
                 argv, env=self.head_env(), stdout=out, stderr=subprocess.STDOUT,
-                cwd=self.root, timeout=START_TIMEOUT_S,
+                cwd=self.root, start_new_session=True,
             )  # fmt: skip
-        if done.returncode != 0:
+        self.session_id = ray_start.pid  # if it hangs, close() ends it with the rest
+        if ray_start.wait(timeout=START_TIMEOUT_S) != 0:
             raise RuntimeError(f"ray start --head failed:\n{log.read_text()[-3000:]}")
         self.wait_nodes(0)
         self.start_s = time.monotonic() - started
@@ -278,8 +280,12 @@ class AutoscalingCluster:
         return json.loads(raw) if raw else None
 
     def processes(self) -> list[psutil.Process]:
-        """This cluster's live processes (every one has ``MARK=<run_id>``)."""
-        return _marked(f"{MARK}={self.run_id}")
+        """This cluster's live processes: those of its ``ray start``'s session, or marked.
+
+        The mark alone can miss some: Ray's agents write their title over the
+        start of their environment (``setproctitle``), ``MARK`` included.
+        """
+        return _processes(self.session_id, f"{MARK}={self.run_id}")
 
     def raylet_of(self, node_id: str) -> psutil.Process:
         """The raylet process of node ``node_id`` (hex)."""
@@ -318,15 +324,8 @@ class AutoscalingCluster:
         return self.wait_node_dead(node_id)
 
     def close(self) -> None:
-        """SIGKILLs every process of this cluster, then removes its dir; idempotent.
-
-        A driver of this process on it is shut down first. Nothing of a test
-        cluster needs a graceful end; it looks again until none is left (a
-        raylet may start a worker meanwhile).
-
-        Raises:
-            RuntimeError: naming the processes that would not end.
-        """
+        """Shuts down a driver of this process on it, SIGKILLs its processes (looking again:
+        a raylet may start a worker meanwhile), removes its dir; idempotent."""
         if ray.is_initialized() and ray.get_runtime_context().gcs_address == self.address:
             with self.as_client():
                 ray.shutdown()
@@ -372,9 +371,9 @@ def _wait(probe: Callable[[], Any], what: str, timeout_s: float) -> Any:
         time.sleep(0.2)
 
 
-def _set_env(values: dict[str, str | None]) -> None:
+def _set_env(values: Mapping[str, str | None]) -> None:
     """Sets (None: unsets) variables, then has Ray read its auth mode and token again."""
-    from ray._raylet import AuthenticationTokenLoader, Config
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
 
     for key, value in values.items():
         if value is None:
@@ -391,14 +390,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _marked(needle: str) -> list[psutil.Process]:
-    """Live processes (not this one) with ``needle`` (``NAME=value``) in their environment."""
+def _processes(session_id: int, mark: str) -> list[psutil.Process]:
+    """Live processes (not this one) of session ``session_id`` or with ``mark`` in their env."""
     found = []
     for proc in psutil.process_iter():
         try:
-            with open(f"/proc/{proc.pid}/environ", "rb") as f:
-                marked = needle.encode() in f.read().split(b"\0")
-            if marked and proc.pid != os.getpid() and proc.status() != psutil.STATUS_ZOMBIE:
+            ours = os.getsid(proc.pid) == session_id
+            if not ours:
+                with open(f"/proc/{proc.pid}/environ", "rb") as f:
+                    ours = mark.encode() in f.read().split(b"\0")
+            if ours and proc.pid != os.getpid() and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc)
         except (OSError, psutil.Error):
             continue

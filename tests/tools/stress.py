@@ -19,7 +19,7 @@ included; the JUnit report is asked for through ``PYTEST_ADDOPTS``).
 Prints a table (one row per test that did not pass every time, then totals)
 and writes everything to ``benchmarks/results/stress.json``.
 
-Usage: ``python benchmarks/stress.py [-n RUNS] [--busy-every K] [--shuffle]
+Usage: ``python tests/tools/stress.py [-n RUNS] [--busy-every K] [--shuffle]
 [--shuffle-from K] [--fresh-clone | --ci] [-- PYTEST ARGS]``.
 """
 
@@ -41,7 +41,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results" / "stress.json"
 IO_FILE_BYTES = 64 << 20
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from cmlray._registry import Registry, WorkerRecord
+from cmlray._record import WorkerRecord
+from cmlray._registry import Registry
 
 
 def _records(count: int) -> list[WorkerRecord]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cmlray._reservations import Shape, plan_slabs
+from cmlray._slabs import Shape, plan_slabs
 
 GIB = 1 << 30
 

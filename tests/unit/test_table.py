@@ -1,4 +1,4 @@
-"""The workers' table (Rich and HTML) and the log store, without Ray (issue 14)."""
+"""The workers' table (Rich and HTML) and the log store, without Ray."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ Both ratios are given end to end and for the sweep phase alone. A Rich
 table is printed and everything goes to ``benchmarks/results/hyperopt.json``.
 The machine is shared: its load average is recorded alongside.
 
-Usage: ``python benchmarks/hyperopt.py [--rounds N] [--quick]``: N rounds
+Usage: ``python benchmarks/sweep_vs_gridsearch.py [--rounds N] [--quick]``: N rounds
 (default 1), each running the three ways in a rotating order, medians
 reported; ``--quick``: a small grid, a smoke run, goals not meaningful.
 """
@@ -48,7 +48,6 @@ from _common import (
     RUN_MARK,
     Json,
     check_leftovers,
-    leave_sys_path,
     machine,
     progress,
     table_console,
@@ -56,7 +55,6 @@ from _common import (
     write_json,
 )
 
-leave_sys_path()  # benchmarks/queue.py would shadow the standard library's queue
 EXAMPLE = REPO / "examples" / "hyperopt"
 RESULTS_PATH = RESULTS_DIR / "hyperopt.json"
 sys.path.insert(0, str(EXAMPLE))

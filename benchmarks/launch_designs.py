@@ -2,7 +2,7 @@
 
 A cmlray worker must hold a CPU / memory / GPU request Ray accounts for, run
 a program, and be stoppable at any time. Three ways to do that on Ray, each
-in fresh child processes (``python benchmarks/designs.py --child DESIGN``),
+in fresh child processes (``python benchmarks/launch_designs.py --child DESIGN``),
 the designs taking turns round after round (the machine is shared):
 
 - ``actor``: a Ray actor per worker (``num_cpus=0.25``) whose method runs the
@@ -21,17 +21,11 @@ waves, each on idle CPUs. Then a *stop wave*: 8 workers running ``sleep 60``,
 all stopped once running (untimed), then one more hello wave, timed: what a
 stop costs the next launch. Reported: medians per design and each / actor.
 
-Usage: ``python benchmarks/designs.py [--rounds N] [--quick]`` (default 2
+Usage: ``python benchmarks/launch_designs.py [--rounds N] [--quick]`` (default 2
 children per design; ``--quick``: 1); JSON in ``benchmarks/results/designs.json``.
 """
 
-# ruff: noqa: E402  (imports after the sys.path fix)
 from __future__ import annotations
-
-import _common as common
-from _common import Json
-
-common.leave_sys_path()
 
 import argparse
 import os
@@ -41,6 +35,9 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import _common as common
+from _common import Json
 
 DESIGNS = ("actor", "task", "agent")
 NUM_CPUS = 2

@@ -1,7 +1,7 @@
 """Benchmark: cmlray's parameter queue against Ray's own queue, side by side in one run.
 
 Every Ray session lives in a fresh child process of this script
-(``python benchmarks/queue.py --child MODE``); each child prints one JSON
+(``python benchmarks/queue_throughput.py --child MODE``); each child prints one JSON
 line for the parent. What is measured:
 
 1. Throughput: N no-op items (20,000; 5,000 with ``--quick``) through 2
@@ -57,22 +57,11 @@ environment): after each child the parent waits until none is left, and at
 the end it checks with psutil that none is alive (Ray's ``raylet``,
 ``gcs_server``, ``ray::`` named), killing any by pid; never ``ray stop``.
 
-Usage: ``python benchmarks/queue.py [--rounds N] [--quick]`` (default 3
+Usage: ``python benchmarks/queue_throughput.py [--rounds N] [--quick]`` (default 3
 rounds; ``--quick``: 1 round of 5,000 items).
 """
 
-# ruff: noqa: E402  (the sys.path fix below must run before anything imports queue)
 from __future__ import annotations
-
-# This file is named queue.py: run as a script, its directory heads sys.path
-# and would shadow the standard library's ``queue`` (which Ray imports), in
-# this process and in Ray's workers (they inherit the driver's sys.path). So
-# first _common, from this directory (it imports no queue), which then takes
-# the directory off sys.path.
-import _common as common
-from _common import SIDES, Json
-
-common.leave_sys_path()
 
 import argparse
 import json
@@ -83,6 +72,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+
+# and would shadow the standard library's ``queue`` (which Ray imports), in
+# this process and in Ray's workers (they inherit the driver's sys.path). So
+# first _common, from this directory (it imports no queue), which then takes
+# the directory off sys.path.
+import _common as common
+from _common import SIDES, Json
 
 NUM_CPUS = 2
 N_WORKERS = 2

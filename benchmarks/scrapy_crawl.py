@@ -7,9 +7,9 @@ scope, redirects recorded and followed as new requests (not inside the
 downloader), retries for 5xx and network errors, and the same storage: an
 item pipeline writing the example's ``pages``/``links``/``skipped`` tables in
 SQLite (WAL, one transaction per batch of items). Run by
-``benchmarks/crawler.py`` in a process of its own:
+``benchmarks/crawl_vs_scrapy.py`` in a process of its own:
 
-    python benchmarks/crawler_scrapy.py URL --db out.db --concurrency 8 \
+    python benchmarks/scrapy_crawl.py URL --db out.db --concurrency 8 \
         --per-host 64 --stats-json stats.json
 """
 
@@ -24,20 +24,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-# The example's package on the path, and this folder off it: its scripts' names (such
-# as a benchmark called queue.py) must not shadow the standard library for Scrapy.
-sys.path[0] = str(Path(__file__).resolve().parent.parent / "examples")
+# The example's package on the path (its crawler package is Scrapy's spider's parser).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
-import scrapy  # noqa: E402
-from crawler.config import HTML_TYPES, USER_AGENT  # noqa: E402
-from crawler.parse import parse_html  # noqa: E402
-from crawler.records import failure, now_iso  # noqa: E402
-from crawler.store import Store, Writes  # noqa: E402
-from crawler.urls import host_of, normalize  # noqa: E402
-from scrapy.crawler import CrawlerProcess  # noqa: E402
-from scrapy.exceptions import IgnoreRequest  # noqa: E402
-from scrapy.http import Response  # noqa: E402
-from twisted.python.failure import Failure  # noqa: E402
+import scrapy
+from crawler.config import HTML_TYPES, USER_AGENT
+from crawler.parse import parse_html
+from crawler.records import failure, now_iso
+from crawler.store import Store, Writes
+from crawler.urls import host_of, normalize
+from scrapy.crawler import CrawlerProcess
+from scrapy.exceptions import IgnoreRequest
+from scrapy.http import Response
+from twisted.python.failure import Failure
 
 COMMIT_EVERY = 16
 

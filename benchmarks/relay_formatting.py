@@ -4,7 +4,7 @@ Feeds 4 workers x 50,000 lines (interleaved batches, as the event pump
 delivers them) through ``LineSplitter.feed`` and ``Relay.lines``, for a plain
 console and a terminal console, writing to an in-memory file; plain lines,
 then lines with SGR colours. Prints lines/s.
-Run: ``python benchmarks/bench_relay.py``.
+Run: ``python benchmarks/relay_formatting.py``.
 """
 
 from __future__ import annotations

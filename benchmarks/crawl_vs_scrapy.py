@@ -10,7 +10,7 @@ Ray head, workers' launch, the crawl, the session's end):
 
 (a) ``examples/crawler/crawl.py`` with 2 workers of ``--concurrency`` each;
 (b) the same with 1 worker;
-(c) Scrapy (``benchmarks/crawler_scrapy.py``) with CONCURRENT_REQUESTS =
+(c) Scrapy (``benchmarks/scrapy_crawl.py``) with CONCURRENT_REQUESTS =
     ``--concurrency``, the setting each of the example's workers has;
 (d) Scrapy with CONCURRENT_REQUESTS = 2 x ``--concurrency``, the total the
     2 workers of (a) have: a fairer match for (a), reported alongside.
@@ -25,7 +25,7 @@ the example; Scrapy's own elapsed_time_seconds for Scrapy).
 
 Goals: (a) end to end >= 5x (c); (a)'s crawl phase >= 1.7x (b)'s. Results:
 a Rich table on stdout, JSON in benchmarks/results/crawler.json.
-Run: ``python benchmarks/crawler.py [--pages 500 --latency 0.05 --rounds 1]``.
+Run: ``python benchmarks/crawl_vs_scrapy.py [--pages 500 --latency 0.05 --rounds 1]``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from rich.table import Table
 
 EXAMPLES = REPO / "examples"
 CRAWL = EXAMPLES / "crawler" / "crawl.py"
-SCRAPY = BENCHMARKS / "crawler_scrapy.py"
+SCRAPY = BENCHMARKS / "scrapy_crawl.py"
 RESULTS_PATH = RESULTS_DIR / "crawler.json"
 
 

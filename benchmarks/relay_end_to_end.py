@@ -41,20 +41,11 @@ A Rich table is printed; everything, raw samples included, is written to
 ``benchmarks/results/relay.json``. Every process of the run carries a mark;
 any left at the end is killed by pid (never ``ray stop``) and reported.
 
-Usage: ``python benchmarks/relay.py [--rounds N] [--quick]``: N children
+Usage: ``python benchmarks/relay_end_to_end.py [--rounds N] [--quick]``: N children
 per side (default 2); ``--quick``: 1.
 """
 
-# ruff: noqa: E402  (imports after the sys.path fix)
 from __future__ import annotations
-
-# Run as a script, this directory heads sys.path, and its queue.py would
-# shadow the standard library's queue, which Ray imports: _common (which
-# imports no queue) first, then it takes the directory off sys.path.
-import _common as common
-from _common import SIDES, Json
-
-common.leave_sys_path()
 
 import argparse
 import inspect
@@ -67,6 +58,9 @@ import textwrap
 import time
 from collections.abc import Callable, Sequence
 from typing import IO, Any, cast
+
+import _common as common
+from _common import SIDES, Json
 
 NUM_CPUS = 4
 WORKERS = 4
