@@ -219,13 +219,15 @@ def await_workers(
             workers.append(description)
         else:
             if verdict is None:
-                description["reason"] = _pending_reason(description["status"], timeout_s)
+                description["reason"] = _pending_reason(description, timeout_s)
             failures.append(description)
     return {"workers": workers, "failures": failures}
 
 
-def _pending_reason(status: str, timeout_s: float | None) -> str:
+def _pending_reason(worker: Mapping[str, Any], timeout_s: float | None) -> str:
+    """Why a worker was not decided by the deadline: what it still waits for."""
     waited = f"after {timeout_s:g} s" if timeout_s is not None and math.isfinite(timeout_s) else ""
-    if status == "scheduling":
-        return f"waiting for resources {waited}".strip()
-    return f"still {status} {waited}".strip()
+    if worker["status"] == "scheduling":
+        why = worker["reason"] or "waiting for resources"
+        return f"{why} (still scheduling {waited})".replace(" )", ")").strip()
+    return f"still {worker['status']} {waited}".strip()

@@ -1,84 +1,94 @@
-"""What the cluster's nodes can hold, checked before anything is created.
+"""What the cluster's nodes can hold, and what it could hold once an autoscaler adds nodes.
 
-Ray leaves an actor that no node could ever hold pending forever (after
-about 6 s the autoscaler logs a line; no exception). cmlray compares each
-request with every alive node's total resources first and refuses at once,
-naming the largest node's capacity.
+Ray leaves a request that no node could ever hold pending forever. cmlray
+checks each launch first: feasible when some alive node, or some node type
+the autoscaler may still add (``_nodetypes.py``), can hold one worker.
+Otherwise it refuses at once, naming the largest of both; except on a
+cluster whose autoscaler does not say which nodes it may add: there the
+workers wait, and say why (``_waiting.py``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from cmlray._nodetypes import Catalog, autoscaler_version
 from cmlray._rayerrors import session_error
+from cmlray._slabs import Shape
 from cmlray._spec import GIB, WorkerSpec
 from cmlray.errors import InfeasibleRequestError
 
-
-@dataclass(frozen=True)
-class NodeCapacity:
-    """A node's total resources, in cmlray's units."""
-
-    node_id: str
-    ip: str
-    cpu: float
-    memory_gib: float
-    gpu: float
-    accelerator_types: frozenset[str]
-
-    def holds(self, spec: WorkerSpec) -> bool:
-        return (
-            spec.cpu <= self.cpu + 1e-9
-            and spec.memory_bytes <= self.memory_gib * GIB + 1
-            and spec.nvidia_gpu <= self.gpu
-            and (spec.accelerator_type is None or spec.accelerator_type in self.accelerator_types)
-        )
-
-    def describe(self) -> str:
-        text = f"{self.cpu:g} CPU, {self.memory_gib:.1f} GiB memory, {self.gpu:g} GPU"
-        if self.accelerator_types:
-            text += f" ({', '.join(sorted(self.accelerator_types))})"
-        return text
+UNKNOWN_TYPES = (
+    "no alive node can hold it, and this cluster's autoscaler does not say which nodes it"
+    " may add: waiting for one (declare the node types with cmlray.init(node_types=...)"
+    " to be told at once what fits)"
+)
 
 
-def _capacity(node: dict[str, Any]) -> NodeCapacity:
-    resources = node.get("Resources", {})
-    prefix = "accelerator_type:"
-    return NodeCapacity(
-        node_id=node.get("NodeID", ""),
-        ip=node.get("NodeManagerAddress", ""),
-        cpu=float(resources.get("CPU", 0.0)),
-        memory_gib=float(resources.get("memory", 0.0)) / GIB,
-        gpu=float(resources.get("GPU", 0.0)),
-        accelerator_types=frozenset(k[len(prefix) :] for k in resources if k.startswith(prefix)),
+def describe_resources(resources: Mapping[str, float]) -> str:
+    text = (
+        f"{resources.get('CPU', 0.0):g} CPU, {resources.get('memory', 0.0) / GIB:.1f} GiB memory,"
+        f" {resources.get('GPU', 0.0):g} GPU"
     )
+    prefix = "accelerator_type:"
+    kinds = sorted(k[len(prefix) :] for k in resources if k.startswith(prefix))
+    return text + (f" ({', '.join(kinds)})" if kinds else "")
 
 
-def alive_nodes() -> list[NodeCapacity]:
-    """Every alive node's capacity."""
+@dataclass
+class ClusterView:
+    """The alive nodes, the node types known, and the autoscaler, as read now."""
+
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    catalog: Catalog = field(default_factory=Catalog)
+    autoscaler: int | None = None
+
+    def alive_holding(self, shape: Shape) -> list[dict[str, Any]]:
+        return [n for n in self.nodes if shape.fits(n.get("Resources", {})) >= 1]
+
+    def largest_node(self) -> dict[str, Any] | None:
+        def size(node: dict[str, Any]) -> tuple[float, float, float]:
+            r = node.get("Resources", {})
+            return (r.get("GPU", 0.0), r.get("CPU", 0.0), r.get("memory", 0.0))
+
+        return max(self.nodes, key=size) if self.nodes else None
+
+
+def read(catalog: Catalog) -> ClusterView:
+    """The cluster now: its alive nodes (their types learnt), and whether it autoscales."""
     import ray
 
     try:
-        nodes = ray.nodes()
+        nodes = [node for node in ray.nodes() if node.get("Alive")]
     except Exception as exc:
         raise session_error(exc, "reading the cluster's nodes") from exc
-    return [_capacity(node) for node in nodes if node.get("Alive")]
+    catalog.learn(nodes)
+    return ClusterView(nodes, catalog, autoscaler_version())
 
 
-def largest(nodes: list[NodeCapacity]) -> NodeCapacity:
-    return max(nodes, key=lambda n: (n.gpu, n.cpu, n.memory_gib))
+def check_feasible(spec: WorkerSpec, view: ClusterView) -> str | None:
+    """None when one worker of ``spec`` fits an alive node or a known node type.
 
-
-def check_feasible(spec: WorkerSpec, nodes: list[NodeCapacity]) -> None:
-    """Raise InfeasibleRequestError if no node could ever hold one worker of ``spec``."""
-    if any(node.holds(spec) for node in nodes):
-        return
+    Returns a note (the workers' reason while they wait) when it fits no
+    alive node and the cluster autoscales without saying which nodes it may
+    add; raises InfeasibleRequestError when nothing can ever hold it.
+    """
+    shape = Shape.of(spec)
+    if view.alive_holding(shape) or view.catalog.holding(shape):
+        return None
+    if view.autoscaler is not None and not view.catalog.types():
+        return UNKNOWN_TYPES
     wanted = f"cpu={spec.cpu:g}, memory={spec.memory_gib:g} GiB, nvidia_gpu={spec.nvidia_gpu}"
     if spec.accelerator_type:
         wanted += f", accelerator {spec.accelerator_type!r}"
-    if not nodes:
-        raise InfeasibleRequestError(f"no node can hold {wanted}: the cluster has no alive node")
-    raise InfeasibleRequestError(
-        f"no node can hold {wanted}; the largest node has {largest(nodes).describe()}"
-    )
+    largest = view.largest_node()
+    if largest is None:
+        why = ": the cluster has no alive node"
+    else:
+        why = f"; the largest node has {describe_resources(largest.get('Resources', {}))}"
+    kind = view.catalog.largest()
+    if kind is not None:
+        why += f", and the largest node type the autoscaler may add is {kind.describe()}"
+    raise InfeasibleRequestError(f"no node can hold {wanted}{why}")

@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
 
-from cmlray import _checks, _shipping
+from cmlray import _checks, _nodetypes, _shipping
+from cmlray._nodetypes import NodeType
 
 HEAD_SERVICES = ("minimal", "all")
 LEASE_S = 30.0  # CMLRAY_LEASE_S overrides it: how long a cut-off node's agent waits
 AGENT_IDLE_S = 5.0
+RAY_CLIENT_REFUSED = (
+    "address {address!r}: Ray Client (ray://) is not supported. A cmlray session must run"
+    " on a node of the cluster: its node agents stream every worker's output to it, and"
+    " every worker ends when it ends. Run the session on the head or on a node (a notebook"
+    " there, or `ray job submit -- python your_script.py`) and attach with the cluster's"
+    " GCS address (cmlray.init(address='HEAD_IP:6379'), or RAY_ADDRESS=auto on a node)"
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,7 @@ class SessionConfig:
             what an attached session ships (cmlray itself, the project).
         lease_s: how long a remote node's agent waits for an unreachable session.
         agent_idle_s: how long a node's agent stays with no worker.
+        node_types: the node types an autoscaler may add, as declared (``_nodetypes.py``).
     """
 
     address: str | None = None
@@ -46,6 +55,7 @@ class SessionConfig:
     head_services: str = "minimal"
     lease_s: float = LEASE_S
     agent_idle_s: float = AGENT_IDLE_S
+    node_types: Mapping[str, NodeType] = field(default_factory=dict)
 
     @property
     def attached(self) -> bool:
@@ -72,6 +82,7 @@ class SessionConfig:
         project_excludes: object = (),
         head_services: object = "minimal",
         agent_idle_s: object = AGENT_IDLE_S,
+        node_types: object = None,
     ) -> SessionConfig:
         """Check ``cmlray.init``'s arguments and resolve them with the environment."""
         if address is not None and not isinstance(address, str):
@@ -83,6 +94,8 @@ class SessionConfig:
         excludes = _checks.check_patterns(project_excludes)
         project = os.path.abspath((env or {}).get("working_dir") or _project_dir(project_dir))
         resolved = address or os.environ.get("RAY_ADDRESS") or None
+        if resolved is not None and resolved.startswith("ray://"):
+            raise ValueError(RAY_CLIENT_REFUSED.format(address=resolved))
         if resolved is not None:
             env = _shipping.attached_runtime_env(
                 env, project, ship_project=shipping, excludes=excludes
@@ -99,7 +112,14 @@ class SessionConfig:
             head_services=_checks.check_choice("head_services", head_services, HEAD_SERVICES),
             lease_s=float(os.environ.get("CMLRAY_LEASE_S") or LEASE_S),
             agent_idle_s=_checks.check_seconds("agent_idle_s", agent_idle_s),
+            node_types=_declared_types(node_types),
         )
+
+
+def _declared_types(node_types: object) -> dict[str, NodeType]:
+    if node_types is not None:
+        return _nodetypes.parse(node_types, "node_types")
+    return _nodetypes.parse(os.environ.get(_nodetypes.NODE_TYPES_ENV), _nodetypes.NODE_TYPES_ENV)
 
 
 def _project_dir(project_dir: object) -> str:

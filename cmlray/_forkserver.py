@@ -6,8 +6,10 @@ one *fork server*, a single-threaded process that has loaded the guard's code
 once, and a guard is a fork of it (about 1 ms). The agent hands the server the
 guard's file descriptors over a Unix socket (``SCM_RIGHTS``); the child moves
 them to the lowest numbers (3, 4, ...: an agent with hundreds of workers holds
-numbers in the thousands) and runs the guard's ``main`` on them, exactly as
-the script would (which detaches it from the server at once).
+numbers in the thousands) and runs the guard's ``main`` on them. A forked
+guard needs no second fork to leave the agent (it is no child of the agent's
+Ray worker process): the server answers as soon as it has forked, and lets
+the kernel reap the guards that end (``SIGCHLD`` ignored).
 
 The server reads requests until its socket closes, which happens when the
 agent's process ends, however it ends: it then exits. A request the server
@@ -21,18 +23,21 @@ Standard library only, run as ``_standalone.command("cmlray._forkserver", SOCKET
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Sequence
 
-from cmlray import _guard, _standalone
+from cmlray import _guard, _proctree, _standalone
 
 _MAX_FDS = 16
 _LOWEST_FREE_FD = 3
+_WINDOW = 32  # requests sent ahead of their answers (a batch of hundreds is pipelined)
 
 
 def exec_guard(fds: Sequence[int]) -> None:
@@ -49,18 +54,27 @@ class GuardStarter:
         self._sock: socket.socket | None = None
         self._server: subprocess.Popen[bytes] | None = None
 
-    def start(self, fds: Sequence[int]) -> None:
-        """Start a guard on ``fds``; returns once it has them (as ``exec_guard``)."""
+    def start(self, batch: Sequence[Sequence[int]]) -> int:
+        """Start a guard on each fd set of ``batch``; returns how many the server forked.
+
+        The requests are pipelined (``_WINDOW`` ahead of the answers). Those the
+        server did not take (it died, say) are left to the caller.
+        """
         with self._lock:
+            done = sent = 0
             try:
                 sock = self._connected()
-                socket.send_fds(sock, [json.dumps(len(fds)).encode()], list(fds))
-                if sock.recv(1) == b"k":
-                    return
+                while done < len(batch):
+                    while sent < len(batch) and sent - done < _WINDOW:
+                        fds = list(batch[sent])
+                        socket.send_fds(sock, [json.dumps(len(fds)).encode()], fds)
+                        sent += 1
+                    if sock.recv(1) != b"k":
+                        raise OSError("the fork server ended")
+                    done += 1
             except OSError:
-                pass
-            self._close()
-        exec_guard(fds)
+                self._close()
+            return done
 
     def _connected(self) -> socket.socket:
         if self._sock is None:
@@ -95,12 +109,21 @@ def enable() -> None:
         _starter = GuardStarter()
 
 
-def start_guard(fds: Sequence[int]) -> None:
-    """Start a guard on ``fds``: forked if ``enable`` was called, else as a script."""
-    if _starter is None:
-        exec_guard(fds)
-    else:
-        _starter.start(fds)
+def start_guards(batch: Sequence[Sequence[int]]) -> list[OSError | None]:
+    """Start a guard on each fd set: forked if ``enable`` was called, else as scripts.
+
+    Returns, for each, None once the guard has its fds, or the error that kept
+    it from starting (a node limit: no more processes, say).
+    """
+    forked = _starter.start(batch) if _starter is not None else 0
+    errors: list[OSError | None] = [None] * forked
+    for fds in batch[forked:]:  # the server is gone, or there is none: as scripts
+        try:
+            exec_guard(fds)
+            errors.append(None)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            errors.append(exc if isinstance(exc, OSError) else OSError(str(exc)))
+    return errors
 
 
 def _renumber(received: list[int]) -> list[int]:
@@ -119,10 +142,12 @@ def _renumber(received: list[int]) -> list[int]:
 
 
 def _child(sock: socket.socket, received: list[int]) -> None:
+    gc.disable()  # a collection would write to every object the guard shares with the server
     sock.close()
     code = 1
     try:
-        code = _guard.main(["_guard", *map(str, _renumber(received))])
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the guard waits for its program
+        code = _guard.main(["_guard", *map(str, _renumber(received))], forked=True)
     finally:
         os._exit(code)
 
@@ -135,9 +160,23 @@ def _refuse(ctl_fd: int, exc: OSError) -> None:
         os.write(ctl_fd, message.encode())
 
 
+def _warm() -> None:
+    """Do once, in the server, what every guard would do: its forks share the result.
+
+    libc's ``prctl`` is looked up; every object made so far is frozen out of
+    the garbage collector's reach, so that no collection in a guard writes to
+    (and so copies) the pages it shares with the server.
+    """
+    _proctree._prctl()
+    gc.collect()
+    gc.freeze()
+
+
 def serve(sock: socket.socket) -> int:
     """Fork a guard for each request until the agent's end of ``sock`` closes."""
     os.chdir("/")
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # ended guards are reaped by the kernel
+    _warm()
     while True:
         try:
             message, received, _flags, _addr = socket.recv_fds(sock, 4096, _MAX_FDS)
@@ -146,17 +185,12 @@ def serve(sock: socket.socket) -> int:
         if not message:
             return 0
         try:
-            pid = os.fork()
+            if os.fork() == 0:
+                _child(sock, received)
         except OSError as exc:  # the node's limits: the guard's agent reads why on its socket
             _refuse(received[0], exc)
-            pid = 0
-        else:
-            if pid == 0:
-                _child(sock, received)
         for fd in received:
             os.close(fd)
-        if pid:
-            os.waitpid(pid, 0)  # the guard detaches at once: this is its first process
         try:
             sock.sendall(b"k")
         except OSError:

@@ -14,8 +14,9 @@ Protocol on the control socket (JSON, one object a line):
   "memory_limit_bytes", "timeout_s", "cleanup_paths"}``; later
   ``{"stop": grace_s, "status": "stopped"|"timedout"|..., "reason": text}``.
 - guard -> agent: ``{"pid", "time"}`` once started, or ``{"error"}``; then
-  ``{"usage": {"rss_bytes", "peak_rss_bytes", "cpu_s", "cores"}}`` about every
-  ``USAGE_INTERVAL_S`` while it runs, when the figures changed;
+  ``{"usage": {"rss_bytes", "peak_rss_bytes", "cpu_s", "cores"}}`` when a
+  sample changed the figures (every second while they change, less often
+  while the program idles: ``_usage.next_interval_s``);
   ``{"exit_code", "reason", "status", "usage", "time"}`` when the program
   ended; ``{"done"}`` once every descendant is gone.
 
@@ -50,9 +51,7 @@ from cmlray._channel import CHANNEL_ENV
 
 _LEFTOVER_GRACE_S = 2.0
 _ORPHAN_GRACE_S = 3.0
-_MEMORY_CHECK_S = 0.25
 _MEMORY_GRACE_S = 1.0
-USAGE_INTERVAL_S = 1.0
 GIB = 1 << 30
 
 
@@ -71,7 +70,9 @@ class Guard:
         self.started = time.monotonic()
         self.ended_at = time.time()
         self.meter = usage.UsageMeter(os.getpid())
-        self.usage_due = time.monotonic()
+        self.sample_due = time.monotonic()
+        self.interval_s = usage.BASE_INTERVAL_S
+        self.last_used, self.last_sampled = 0, time.monotonic()
 
     def send(self, message: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
@@ -80,7 +81,7 @@ class Guard:
     def read_messages(self) -> list[dict[str, Any]] | None:
         """Messages now readable on the control socket; None at EOF."""
         try:
-            data = self.ctl.recv(65536)
+            data = self.ctl.recv(16384)
         except OSError:
             data = b""
         if not data:
@@ -124,40 +125,46 @@ class Guard:
         )
 
     def tick_s(self) -> float:
-        """How long to wait for news before checking the limits or sampling usage again."""
+        """How long to wait for news before sampling the tree or checking the time limit."""
         now = time.monotonic()
-        tick = max(0.0, self.usage_due - now) if self.final is None else 1.0
-        if self.spec.get("memory_limit_bytes"):
-            tick = min(tick, _MEMORY_CHECK_S)
+        tick = max(0.0, self.sample_due - now) if self.final is None else 1.0
         timeout_s = self.spec.get("timeout_s")
         if timeout_s:
             tick = min(tick, max(0.0, self.started + float(timeout_s) - now))
         return tick
 
-    def sample_usage(self) -> None:
-        """Sample the tree's usage when due; tell the agent when the figures changed."""
-        now = time.monotonic()
-        if now < self.usage_due:
-            return
-        self.usage_due = now + USAGE_INTERVAL_S
-        self.meter.sample()
-        report = self.meter.changed_report()
-        if report is not None:
-            self.send({"usage": report})
-
     def check_limits(self) -> None:
-        """Stop the program when it ran too long or its tree uses too much memory."""
+        """Stop the program when it ran too long; sample its tree when due (memory, usage).
+
+        The pace (``_usage.next_interval_s``): every second while the figures
+        change, up to every 4 s while they do not, sooner (down to a quarter
+        second) while the tree grows towards its memory limit. A sample that
+        changed the figures is sent to the agent.
+        """
         timeout_s = self.spec.get("timeout_s")
         grace_s = float(self.spec.get("grace_period_s", 5.0))
         if timeout_s and time.monotonic() - self.started >= timeout_s:
             self.stop(grace_s, "timedout", f"timed out after {timeout_s:g} s")
             return
+        now = time.monotonic()
+        if now < self.sample_due:
+            return
+        used = self.meter.sample()
         limit = self.spec.get("memory_limit_bytes")
-        if limit:
-            used = self.meter.sample()
-            if used > limit:
-                words = f"exceeded memory: used {used / GIB:.2f} GiB of {limit / GIB:.2f} GiB"
-                self.stop(min(grace_s, _MEMORY_GRACE_S), "failed", words)
+        if limit and used > limit:
+            words = f"exceeded memory: used {used / GIB:.2f} GiB of {limit / GIB:.2f} GiB"
+            self.stop(min(grace_s, _MEMORY_GRACE_S), "failed", words)
+            return
+        report = self.meter.changed_report()
+        if report is not None:
+            self.send({"usage": report})
+        growth = (used - self.last_used) / max(1e-3, now - self.last_sampled)
+        self.last_used, self.last_sampled = used, now
+        headroom = limit - used if limit else None
+        self.interval_s = usage.next_interval_s(
+            self.interval_s, report is not None, headroom, growth
+        )
+        self.sample_due = now + self.interval_s
 
     def obey(self, messages: list[dict[str, Any]]) -> None:
         """Carry out the stop requests among ``messages``."""
@@ -187,7 +194,6 @@ class Guard:
                 self.obey(messages)
             if self.exit_status is None and self.final is None:
                 self.check_limits()
-                self.sample_usage()
         self.report_exit()
         proc.terminate_tree(os.getpid(), None, _LEFTOVER_GRACE_S, self.record)
         self.send({"done": True})
@@ -227,23 +233,33 @@ def _drain(fd: int) -> None:
         pass
 
 
-def _detach() -> None:
-    """Fork away from the agent: the parent returns at once, the child goes on.
+def _detach(fork: bool) -> None:
+    """Leave the agent's session (and, run as a script, its process too).
 
-    The guard also leaves the agent's working directory (inside Ray's temp
-    dir, which the head reaper sweeps).
+    Run as a script, the guard is a child of the agent's Ray worker process,
+    which Ray's raylet SIGKILLs with its children: it forks, the parent
+    returns at once, the child goes on. Forked by the fork server it is no
+    child of the agent already. Either way it starts a session of its own
+    and leaves the agent's working directory (inside Ray's temp dir).
     """
-    if os.fork() > 0:
+    if fork and os.fork() > 0:
         os._exit(0)
     os.setsid()
     os.chdir("/")
 
 
-def main(argv: list[str]) -> int:
-    """Run the guard on the fds named by ``argv[1:]``: control, stdout, stderr, channel."""
+def _ignore(_signum: int, _frame: object) -> None:
+    """A handler that does nothing: unlike SIG_IGN, a program's exec resets it."""
+
+
+def main(argv: list[str], *, forked: bool = False) -> int:
+    """Run the guard on the fds named by ``argv[1:]``: control, stdout, stderr, channel.
+
+    ``forked``: started by the fork server (no second fork needed).
+    """
     ctl_fd, out_fd, err_fd, *extra_fds = (int(arg) for arg in argv[1:])
     try:
-        _detach()
+        _detach(fork=not forked)
     except OSError as exc:  # fork refused: say why, on the socket the agent reads
         words = limit_error(exc) or f"fork failed: {exc}"
         message = json.dumps({"error": f"cannot start its guard: {words}"}) + "\n"
@@ -251,8 +267,8 @@ def main(argv: list[str]) -> int:
             os.write(ctl_fd, message.encode())
         return 1
     proc.become_subreaper()
-    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
-        signal.signal(signum, signal.SIG_IGN)
+    for signum in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, _ignore)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
@@ -297,7 +313,7 @@ def _run(
     finally:
         for fd in (out_fd, err_fd, *extra_fds):
             os.close(fd)
-    guard.started = guard.usage_due = time.monotonic()
+    guard.started = guard.sample_due = time.monotonic()
     guard.send({"pid": guard.program.pid, "time": time.time()})
     guard.serve(wake_r)
     return 0

@@ -44,15 +44,18 @@ def init(
     block: bool = True,
     head_services: str = "minimal",
     agent_idle_s: float = AGENT_IDLE_S,
+    node_types: Mapping[str, Any] | str | None = None,
 ) -> None:
     """Start this process's cmlray session explicitly.
 
     The first API call starts one with defaults; call ``init`` first to choose.
 
     Args:
-        address: a Ray cluster to attach to (``"host:port"``); default
-            ``RAY_ADDRESS`` if set, else a Ray head of the session's own
-            (token auth on, no dashboard).
+        address: a Ray cluster to attach to (``"host:port"`` of its GCS,
+            from a machine that is a node of it); default ``RAY_ADDRESS`` if
+            set, else a Ray head of the session's own (token auth on, no
+            dashboard). Ray Client addresses (``ray://``) are refused: see
+            the README's "Scaling out".
         num_cpus: CPUs the own head offers (default: the machine's cores).
         num_gpus: GPUs the own head offers (default: those detected).
         resources: custom resources the own head offers.
@@ -84,6 +87,13 @@ def init(
             that nothing of cmlray keeps an idle node from being scaled down
             (the session's own node's stays); the next worker there starts
             a new one (about a second).
+        node_types: on an autoscaling cluster, the node types the autoscaler
+            may add, as in Ray's cluster config (``{"cpu2": {"resources":
+            {"CPU": 2, "memory": 4294967296}, "max_workers": 2}}``), JSON, or
+            the path of a ``ray up`` cluster config; default
+            ``CMLRAY_NODE_TYPES``. A request no alive node and no node type can
+            hold is refused at once; without them, on a cluster whose
+            autoscaler does not say, such workers wait and say why.
 
     Raises:
         SessionError: a session is already running, or Ray could not start.
@@ -101,6 +111,7 @@ def init(
         project_excludes=project_excludes,
         head_services=head_services,
         agent_idle_s=agent_idle_s,
+        node_types=node_types,
     )
     start(config, block=check_flag("block", block))
 

@@ -38,7 +38,7 @@ from typing import Any
 from cmlray import _files, _forkserver, _ports
 from cmlray._outbox import Event, Outbox
 from cmlray._services import ProgramServices
-from cmlray._supervisor import Where, WorkerLaunch, WorkerSupervisor
+from cmlray._supervisor import Where, WorkerLaunch, WorkerSupervisor, start_all
 
 LEASE_CHECK_S = 5.0
 LOST_GRACE_S = 1.0
@@ -80,7 +80,6 @@ class NodeAgent:
         self._cwd = os.getcwd()  # its node's copy of the project, when one was shipped
         self._outbox = Outbox()
         self._workers: dict[str, WorkerSupervisor] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
         self._early_stops: dict[str, tuple[float, str, str]] = {}
         self._where: Where | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -109,27 +108,29 @@ class NodeAgent:
             yield batch
 
     async def start(self, launches: list[WorkerLaunch]) -> None:
-        """Start these workers; their events follow on ``events``."""
+        """Start these workers; their events follow on ``events``.
+
+        Their guards are started as one batch through the fork server, on a
+        thread (forking blocks), while the loop goes on serving the others.
+        """
         where = self._node()
+        supervisors = []
         for launch in launches:
             launch.cwd = launch.cwd or self._cwd
             services = ProgramServices(
                 launch.worker_id, launch.payload, self._home, launch.home_dir
             )
-            supervisor = WorkerSupervisor(launch, where, self._outbox, services)
+            supervisor = WorkerSupervisor(launch, where, self._outbox, services, self._forget)
             self._workers[launch.worker_id] = supervisor
             early = self._early_stops.pop(launch.worker_id, None)
             if early is not None:
                 supervisor.stop(*early)
-            task = asyncio.get_running_loop().create_task(self._supervise(supervisor))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            supervisors.append(supervisor)
+        await start_all(supervisors)
 
-    async def _supervise(self, supervisor: WorkerSupervisor) -> None:
-        try:
-            await supervisor.run()
-        finally:
-            self._workers.pop(supervisor.launch.worker_id, None)
+    def _forget(self, worker_id: str) -> None:
+        """A worker ended (its last event is in the outbox)."""
+        self._workers.pop(worker_id, None)
 
     async def stop(
         self, worker_ids: list[str], grace_period_s: float, status: str, reason: str

@@ -30,6 +30,7 @@ class Stat:
         cpu_ticks: user and system time, its own and its reaped children's.
         start_ticks: when it started, in clock ticks since boot (tells reused pids apart).
         rss_pages: its resident set, in pages.
+        threads: how many threads it has.
     """
 
     pid: int
@@ -38,6 +39,7 @@ class Stat:
     cpu_ticks: int
     start_ticks: int
     rss_pages: int
+    threads: int = 1
 
 
 def stat(pid: int) -> Stat | None:
@@ -57,16 +59,21 @@ def stat(pid: int) -> Stat | None:
             cpu_ticks=sum(int(value) for value in fields[11:15]),  # utime stime cutime cstime
             start_ticks=int(fields[19]),
             rss_pages=int(fields[21]),
+            threads=int(fields[17]),
         )
     except (IndexError, ValueError):
         return None
 
 
-def children(pid: int) -> list[int]:
-    """``pid``'s child processes, from every one of its threads' children lists."""
+def children(pid: int, threads: int = 0) -> list[int]:
+    """``pid``'s child processes, from every one of its threads' children lists.
+
+    ``threads=1`` (known from its stat) reads the one list without listing
+    the threads first: most processes of a program's tree have one thread.
+    """
     found: list[int] = []
     try:
-        tasks = os.listdir(f"/proc/{pid}/task")
+        tasks = [str(pid)] if threads == 1 else os.listdir(f"/proc/{pid}/task")
     except OSError:
         return found
     for tid in tasks:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import signal
 import subprocess
@@ -26,14 +27,16 @@ PR_SET_CHILD_SUBREAPER = 36
 _POLL_S = 0.02
 
 
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
+@functools.cache
+def _prctl() -> Callable[..., int]:
+    """libc's ``prctl``, looked up once (in the fork server, before the guards are forked)."""
+    return ctypes.CDLL(None, use_errno=True).prctl
 
 
 def become_subreaper() -> bool:
     """Make this process inherit its descendants' orphans (Linux only)."""
     try:
-        return bool(_libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+        return bool(_prctl()(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
 
@@ -41,7 +44,7 @@ def become_subreaper() -> bool:
 def _child_setup() -> None:
     """Runs in the program's process between fork and exec."""
     with contextlib.suppress(OSError, AttributeError):
-        _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _prctl()(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)

@@ -48,6 +48,11 @@ class WorkerRecord:
     result_payload: bytes | None = None
     usage: dict[str, Any] | None = None  # the guard's last usage report
     _result: Any = None
+    # What describe() computed once and keeps until it changes: at a thousand
+    # workers, list_workers() must not format every timestamp again.
+    _iso: dict[float, str] = field(default_factory=dict, repr=False)
+    _usage_seen: tuple[Any, ...] = field(default=(), repr=False)
+    _usage_fields: dict[str, float | None] = field(default_factory=dict, repr=False)
 
     @property
     def final(self) -> bool:
@@ -68,9 +73,9 @@ class WorkerRecord:
             "id": self.id,
             "name": self.name,
             "status": self.status,
-            "created_at": iso_utc(self.created_at),
-            "running_at": iso_utc(self.running_at),
-            "finished_at": iso_utc(self.finished_at),
+            "created_at": self._iso_of(self.created_at),
+            "running_at": self._iso_of(self.running_at),
+            "finished_at": self._iso_of(self.finished_at),
             "duration": self.duration_s(),
             "ip_address": self.ip_address,
             "node_id": self.node_id,
@@ -85,6 +90,14 @@ class WorkerRecord:
             **self.usage_fields(),
         }
 
+    def _iso_of(self, timestamp: float | None) -> str | None:
+        if timestamp is None:
+            return None
+        text = self._iso.get(timestamp)
+        if text is None:
+            text = self._iso[timestamp] = iso_utc(timestamp) or ""
+        return text
+
     def usage_fields(self) -> dict[str, float | None]:
         """Memory (GiB) in use and at peak, CPU (cores) in use, CPU seconds; None unknown.
 
@@ -95,6 +108,13 @@ class WorkerRecord:
         usage = self.usage
         if usage is None:
             return dict.fromkeys(("memory_used", "memory_peak", "cpu_used", "cpu_seconds"))
+        seen = (id(usage), self.final)
+        if seen == self._usage_seen:
+            return dict(self._usage_fields)
+        self._usage_seen, self._usage_fields = seen, self._usage_of(usage)
+        return dict(self._usage_fields)
+
+    def _usage_of(self, usage: dict[str, Any]) -> dict[str, float | None]:
         cores = usage.get("cores")
         duration_s = self.duration_s()
         if self.final:
@@ -120,6 +140,7 @@ def _placed(record: WorkerRecord, event: dict[str, Any]) -> None:
     if record.final:
         return
     record.status = "starting"
+    record.reason = None  # why it waited: it waits no more
     record.ip_address = event["ip"]
     record.node_id = event["node_id"]
     record.app_port = event["app_port"]
@@ -131,6 +152,7 @@ def _started(record: WorkerRecord, event: dict[str, Any]) -> None:
     record.status = "running"
     record.pid = event["pid"]
     record.running_at = event["time"]
+    record._iso_of(record.running_at)  # formatted once, now, not at every listing
 
 
 def _lines(record: WorkerRecord, lines: list[str]) -> None:
@@ -157,9 +179,17 @@ def _exited(record: WorkerRecord, event: dict[str, Any]) -> None:
     record.result_payload = event.get("result")
     record.exit_code = event.get("exit_code")
     record.finished_at = event.get("time") or time.time()
+    record._iso_of(record.finished_at)
+
+
+def _waiting(record: WorkerRecord, reason: str) -> None:
+    """Why a worker still waits for its resources (``_waiting.py``)."""
+    if record.status == "scheduling":
+        record.reason = reason
 
 
 _APPLY: dict[str, Callable[[WorkerRecord, Any], None]] = {
+    "waiting": _waiting,
     "placed": _placed,
     "started": _started,
     "out": _lines,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from typing import Any
 
 from cmlray import _channel, _files, _rayerrors
@@ -96,38 +97,63 @@ async def queue_handle(name: str) -> Any:
     return handle
 
 
-class ChannelProtocol(asyncio.Protocol):
-    """The agent's end of one program's channel: requests in, replies out, in order."""
+class ChannelServer:
+    """The agent's end of one program's channel: requests in, replies out, in order.
 
-    def __init__(self, services: ProgramServices) -> None:
+    Read by a reader on the agent's loop; the requests of one program are
+    answered one after the other (it waits for each reply), on a task that
+    exists only while there is a request to answer.
+    """
+
+    def __init__(
+        self, sock: socket.socket, services: ProgramServices, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._sock = sock
         self._services = services
+        self._loop = loop
         self._reader = _channel.FrameReader()
-        self._transport: asyncio.Transport | None = None
-        self._requests: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self._requests: list[tuple[Any, ...]] = []
         self._task: asyncio.Task[None] | None = None
+        self._open = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-        self._task = asyncio.get_running_loop().create_task(self._serve())
+    def start(self) -> None:
+        self._sock.setblocking(False)
+        self._loop.add_reader(self._sock.fileno(), self._read)
+        self._open = True
 
-    def data_received(self, data: bytes) -> None:
-        for request in self._reader.feed(data):
-            self._requests.put_nowait(request)
-
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._task is not None:
-            self._task.cancel()
+    def _read(self) -> None:
+        try:
+            data = self._sock.recv(1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            return
+        self._requests += self._reader.feed(data)
+        if self._requests and self._task is None:
+            self._task = self._loop.create_task(self._serve())
 
     async def _serve(self) -> None:
-        while True:
-            request = await self._requests.get()
-            try:
-                reply: tuple[Any, ...] = ("ok", await self._services.handle(request))
-            except Exception as exc:  # told to the program, which raises QueueError
-                reply = ("error", _rayerrors.words_for_program(exc))
-            if self._transport is None or self._transport.is_closing():
-                return
-            self._transport.write(_channel.encode(reply))
+        try:
+            while self._requests and self._open:
+                request = self._requests.pop(0)
+                try:
+                    reply: tuple[Any, ...] = ("ok", await self._services.handle(request))
+                except Exception as exc:  # told to the program, which raises QueueError
+                    reply = ("error", _rayerrors.words_for_program(exc))
+                if self._open:
+                    await self._loop.sock_sendall(self._sock, _channel.encode(reply))
+        except OSError:  # the program is gone
+            self.close()
+        finally:
+            self._task = None
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self._loop.remove_reader(self._sock.fileno())
+        if self._task is not None:
+            self._task.cancel()
+        self._sock.close()

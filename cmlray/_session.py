@@ -23,13 +23,14 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from cmlray import _cluster
+from cmlray import _cluster, _nodetypes
 from cmlray._agentpool import AgentPool
 from cmlray._cmdline import NODE_PYTHON
 from cmlray._config import SessionConfig
 from cmlray._head import Head
 from cmlray._ids import new_id
 from cmlray._logs import WorkerLogs
+from cmlray._nodetypes import Catalog
 from cmlray._pump import EventPump
 from cmlray._queuebook import QueueBook
 from cmlray._rayerrors import Death
@@ -40,6 +41,7 @@ from cmlray._reservations import ReservationPool
 from cmlray._slabs import Shape
 from cmlray._spec import WorkerSpec, portable_environment
 from cmlray._supervisor import WorkerLaunch
+from cmlray._waiting import Explainer
 from cmlray.errors import SessionError
 
 STOP_SLACK_S = 15.0
@@ -78,6 +80,8 @@ class Session:
             loop=self.pump.loop,
         )
         self.reservations = ReservationPool(self._placed, self._not_placed)
+        self.catalog = Catalog(declared=dict(config.node_types), reported=_nodetypes.reported())
+        self.explainer = Explainer(self.catalog, self.registry, self.reservations, self._not_placed)
         self._waiting: dict[str, WorkerLaunch] = {}  # on the loop: launched, no slot yet
         self._graces: dict[str, float] = {}
         self._names = itertools.count(1)
@@ -99,8 +103,8 @@ class Session:
     def launch(self, spec: WorkerSpec) -> list[dict[str, Any]]:
         """Start ``spec.n`` workers; returns their descriptions in launch order."""
         self._check_open()
-        _cluster.check_feasible(spec, _cluster.alive_nodes())
-        records = [self._record(spec, new_id(), index) for index in range(spec.n)]
+        note = _cluster.check_feasible(spec, _cluster.read(self.catalog))
+        records = [self._record(spec, new_id(), index, note) for index in range(spec.n)]
         launches = {record.id: self._launch_of(spec, record.id) for record in records}
         context = contextvars.copy_context()  # where the workers' lines are shown (Jupyter)
         self.registry.add(records)
@@ -113,6 +117,7 @@ class Session:
     def _request(self, launches: dict[str, WorkerLaunch], shape: Shape) -> None:
         self._waiting.update(launches)
         self.reservations.request(list(launches), shape)
+        self.explainer.wake()
 
     def _placed(self, worker_id: str, node_id: str, gpus: tuple[str, ...]) -> None:
         """A worker got its slot: its node's agent starts it (on the loop)."""
@@ -148,7 +153,9 @@ class Session:
             home_dir=self.project_dir,
         )
 
-    def _record(self, spec: WorkerSpec, worker_id: str, index: int) -> WorkerRecord:
+    def _record(
+        self, spec: WorkerSpec, worker_id: str, index: int, note: str | None
+    ) -> WorkerRecord:
         if spec.name is None:
             name = f"worker-{next(self._names)}"
         else:
@@ -161,6 +168,7 @@ class Session:
             memory=spec.memory_gib,
             nvidia_gpu=spec.nvidia_gpu,
             command=spec.command_text(),
+            reason=note,  # why it will wait, when that is known at once
         )
 
     # Ends ----------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """One worker's supervision inside its node agent: the guard, the program's pipes, its events.
 
 For each worker the agent's event loop holds a :class:`WorkerSupervisor`: it
-claims the worker's ``CDSW_APP_PORT``, starts its guard (a fork of the
-agent's fork server, ``_forkserver.py``), sends it the program's spec, and
-turns what comes back into events in the agent's :class:`~cmlray._outbox.Outbox`::
+claims the worker's ``CDSW_APP_PORT``, makes the guard's sockets and the
+program's pipes (``prepare``), has the guard started (the agent starts a
+batch of guards at once through its fork server, ``_forkserver.py``), sends
+it the program's spec (``attach``), and turns what comes back into events in
+the agent's :class:`~cmlray._outbox.Outbox`::
 
     ("placed",  {"ip", "node_id", "app_port", "gpus", "time"})
     ("started", {"pid", "time"})
@@ -11,29 +13,32 @@ turns what comes back into events in the agent's :class:`~cmlray._outbox.Outbox`
     ("usage",   {"rss_bytes", "peak_rss_bytes", "cpu_s", "cores"})
     ("exited",  {"exit_code", "status", "reason", "time", "usage", "result", "error"})
 
-Everything is read on the agent's one event loop (asyncio transports over the
-guard's control socket and the program's two pipes): no thread per worker,
-so a node runs hundreds of workers on one epoll. The program's requests
-(queue items, its function, files sent home) come over a third socket,
-answered by ``_services.py``.
+Everything is read on the agent's one event loop, by readers on the raw
+descriptors (``loop.add_reader``): no thread, transport or task per worker,
+so a node runs hundreds of workers on one epoll at little cost each. The
+program's requests (queue items, its function, files sent home) come over a
+third socket, answered by ``_services.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 import json
 import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from cmlray import _cmdline, _forkserver, _guard, _ports
 from cmlray._lines import LineSplitter
 from cmlray._outbox import Outbox
-from cmlray._services import ChannelProtocol, ProgramServices
+from cmlray._services import ChannelServer, ProgramServices
+
+_READ_BYTES = 1 << 16
 
 
 @dataclass
@@ -79,21 +84,37 @@ def final_event(exit_code: int | None, status: str, reason: str) -> dict[str, An
     return {"exit_code": exit_code, "status": status, "reason": reason, "time": time.time()}
 
 
+def cannot_start(exc: OSError) -> dict[str, Any]:
+    """The final event of a worker whose guard could not be started, naming why."""
+    words = _guard.limit_error(exc, "its node agent") or f"{type(exc).__name__}: {exc}"
+    return final_event(None, "failed", f"cannot start it: {words}")
+
+
 class WorkerSupervisor:
     """Starts one worker's guard and program and reports what they do."""
 
     def __init__(
-        self, launch: WorkerLaunch, where: Where, outbox: Outbox, services: ProgramServices
+        self,
+        launch: WorkerLaunch,
+        where: Where,
+        outbox: Outbox,
+        services: ProgramServices,
+        on_ended: Callable[[str], None] = lambda _id: None,
     ) -> None:
         self.launch = launch
         self.where = where
         self.outbox = outbox
         self.services = services
         self.ended = asyncio.Event()
+        self._on_ended = on_ended
         self._id = launch.worker_id
+        self._loop = asyncio.get_running_loop()
         self._stop: dict[str, Any] | None = None
-        self._ctl: asyncio.Transport | None = None
-        self._pipes: list[asyncio.ReadTransport] = []
+        self._ctl: socket.socket | None = None
+        self._ctl_buffer = b""
+        self._pipes: dict[str, tuple[int, LineSplitter]] = {}
+        self._channel: ChannelServer | None = None
+        self._theirs: tuple[int, ...] = ()
         self._open = {"ctl", "out", "err"}
         self._started = False
         self._held: list[tuple[str, list[str], int]] = []  # output that came before "started"
@@ -101,69 +122,55 @@ class WorkerSupervisor:
         self._port: _ports.PortLease | None = None
         self._paused = False
 
+    # Starting: prepare, (the agent starts the guards of a batch), attach ------------
+
+    def prepare(self) -> tuple[int, ...] | None:
+        """Claim the port, make the descriptors; the guard's, or None if it must not start."""
+        try:
+            self._port = _ports.lease()
+            self._put("placed", self._placed_event())
+            if self._stop is not None:
+                self._finish(final_event(None, self._stop["status"], self._stop["reason"]))
+                return None
+            ctl, guard_ctl = socket.socketpair()
+            channel, program_channel = socket.socketpair()
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+        except OSError as exc:
+            self._finish(cannot_start(exc))
+            return None
+        self._ctl = ctl
+        self._channel = ChannelServer(channel, self.services, self._loop)
+        self._pipes = {"out": (out_r, LineSplitter()), "err": (err_r, LineSplitter())}
+        self._theirs = (guard_ctl.detach(), out_w, err_w, program_channel.detach())
+        return self._theirs
+
+    def attach(self, error: OSError | None = None) -> None:
+        """The guard has its descriptors (or could not start): send the spec, read on."""
+        for fd in self._theirs:
+            os.close(fd)
+        self._theirs = ()
+        if error is not None:
+            self._close_all()
+            self._finish(cannot_start(error))
+            return
+        assert self._ctl is not None and self._channel is not None
+        self._ctl.sendall(json.dumps(self._spec()).encode() + b"\n")
+        if self._stop is not None:  # only after the spec: the guard's first line must be it
+            self._ctl.sendall(json.dumps(self._stop).encode() + b"\n")
+        self._ctl.setblocking(False)
+        self._loop.add_reader(self._ctl.fileno(), self._read_ctl)
+        self._channel.start()
+        for name, (fd, _) in self._pipes.items():
+            os.set_blocking(fd, False)
+            self._loop.add_reader(fd, self._read_pipe, name)
+
     def stop(self, grace_period_s: float, status: str = "stopped", reason: str = "") -> None:
         """Ask the guard to stop the program's whole tree (SIGTERM, grace, SIGKILL)."""
         self._stop = {"stop": grace_period_s, "status": status, "reason": reason or status}
-        if self._ctl is not None and not self._ctl.is_closing():
-            self._ctl.write(json.dumps(self._stop).encode() + b"\n")
-
-    async def run(self) -> None:
-        """Start the program; returns once it has ended and its last event is out."""
-        try:
-            await self._start()
-        except OSError as exc:
-            words = _guard.limit_error(exc, "its node agent") or f"{type(exc).__name__}: {exc}"
-            self._finish(final_event(None, "failed", f"cannot start it: {words}"))
-        await self.ended.wait()
-
-    async def _start(self) -> None:
-        self._port = _ports.lease()
-        self._put("placed", self._placed_event())
-        if self._stop is not None:
-            self._finish(final_event(None, self._stop["status"], self._stop["reason"]))
-            return
-        loop = asyncio.get_running_loop()
-        ctl, guard_ctl = socket.socketpair()
-        channel, program_channel = socket.socketpair()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        theirs = (guard_ctl.fileno(), out_w, err_w, program_channel.fileno())
-        try:
-            await loop.run_in_executor(None, _forkserver.start_guard, theirs)
-        except BaseException:
-            for fd in (out_r, err_r):
-                os.close(fd)
-            ctl.close()
-            channel.close()
-            raise
-        finally:
-            for fd in (out_w, err_w):
-                os.close(fd)
-            guard_ctl.close()
-            program_channel.close()
-        await self._connect(loop, ctl, channel, out_r, err_r)
-
-    async def _connect(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        ctl: socket.socket,
-        channel: socket.socket,
-        out_r: int,
-        err_r: int,
-    ) -> None:
-        ctl_transport, _ = await loop.connect_accepted_socket(lambda: _GuardLink(self), ctl)
-        ctl_transport.write(json.dumps(self._spec()).encode() + b"\n")
-        # Only now may a stop go to the guard: its first line must be the spec.
-        self._ctl = ctl_transport
-        if self._stop is not None:
-            ctl_transport.write(json.dumps(self._stop).encode() + b"\n")
-        await loop.connect_accepted_socket(lambda: ChannelProtocol(self.services), channel)
-        for name, fd in (("out", out_r), ("err", err_r)):
-            pipe = os.fdopen(fd, "rb", buffering=0)
-            transport, _ = await loop.connect_read_pipe(
-                functools.partial(_OutputPipe, self, name), pipe
-            )
-            self._pipes.append(transport)
+        if self._ctl is not None and not self._theirs and "ctl" in self._open:
+            with contextlib.suppress(OSError):  # the guard ended meanwhile: nothing to stop
+                self._ctl.send(json.dumps(self._stop).encode() + b"\n")
 
     def _placed_event(self) -> dict[str, Any]:
         assert self._port is not None
@@ -194,13 +201,28 @@ class WorkerSupervisor:
 
     # What the guard and the pipes report ---------------------------------------------
 
-    def on_guard_message(self, message: dict[str, Any]) -> None:
+    def _read_ctl(self) -> None:
+        assert self._ctl is not None
+        try:
+            data = self._ctl.recv(_READ_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._closed("ctl")
+            return
+        self._ctl_buffer += data
+        *lines, self._ctl_buffer = self._ctl_buffer.split(b"\n")
+        for line in lines:
+            if line.strip():
+                self._on_guard_message(json.loads(line))
+
+    def _on_guard_message(self, message: dict[str, Any]) -> None:
         if "pid" in message:
             self._started = True
             self._put("started", {"pid": message["pid"], "time": message["time"]})
-            for kind, lines, size in self._held:
-                self._put(kind, lines, size)
-            self._held.clear()
+            self._release_held()
         elif "error" in message:
             self._final = final_event(None, "failed", message["error"])
         elif "status" in message:
@@ -211,7 +233,19 @@ class WorkerSupervisor:
         elif "usage" in message:
             self._put("usage", message["usage"])
 
-    def on_output(self, stream: str, lines: list[str]) -> None:
+    def _read_pipe(self, name: str) -> None:
+        fd, splitter = self._pipes[name]
+        try:
+            data = os.read(fd, _READ_BYTES)
+        except BlockingIOError:
+            return
+        lines = splitter.feed(data) if data else splitter.flush()
+        if lines:
+            self._output(name, lines)
+        if not data:
+            self._closed(name)
+
+    def _output(self, stream: str, lines: list[str]) -> None:
         size = sum(len(line) + 1 for line in lines)
         if not self._started and "ctl" in self._open:  # events must say it started first
             self._held.append((stream, lines, size))
@@ -220,28 +254,44 @@ class WorkerSupervisor:
         if not self._paused and self.outbox.over_cap(self._id):
             self._pause()
 
-    def on_closed(self, name: str) -> None:
+    def _release_held(self) -> None:
+        for kind, lines, size in self._held:
+            self._put(kind, lines, size)
+        self._held.clear()
+
+    def _closed(self, name: str) -> None:
         self._open.discard(name)
         if name == "ctl":
-            self._ctl = None
-            for kind, lines, size in self._held:  # the guard died before saying it started
-                self._put(kind, lines, size)
-            self._held.clear()
+            assert self._ctl is not None
+            self._loop.remove_reader(self._ctl.fileno())
+            self._ctl.close()
+            self._release_held()  # the guard died before saying it started
+        else:
+            fd, _ = self._pipes[name]
+            self._loop.remove_reader(fd)
+            os.close(fd)
         if not self._open:
-            final = self._final or final_event(None, "failed", "its guard process died")
-            self._finish(final)
+            self._finish(self._final or final_event(None, "failed", "its guard process died"))
 
     def _pause(self) -> None:
         self._paused = True
-        for pipe in self._pipes:
-            pipe.pause_reading()
+        for name in self._open - {"ctl"}:
+            self._loop.remove_reader(self._pipes[name][0])
         self.outbox.pause(self._id, self._resume)
 
     def _resume(self) -> None:
         self._paused = False
-        for pipe in self._pipes:
-            if not pipe.is_closing():
-                pipe.resume_reading()
+        for name in self._open - {"ctl"}:
+            self._loop.add_reader(self._pipes[name][0], self._read_pipe, name)
+
+    def _close_all(self) -> None:
+        if self._ctl is not None:
+            self._ctl.close()
+        for fd, _ in self._pipes.values():
+            os.close(fd)
+        if self._channel is not None:
+            self._channel.close()
+        self._open.clear()
 
     def _finish(self, final: dict[str, Any]) -> None:
         if self.ended.is_set():
@@ -249,52 +299,26 @@ class WorkerSupervisor:
         final.update(self.services.final_fields())
         if self._port is not None:
             self._port.release()
+        if self._channel is not None:
+            self._channel.close()
         self._put("exited", final)
         self.ended.set()
+        self._on_ended(self._id)
 
     def _put(self, kind: str, payload: Any, size: int = 0) -> None:
         self.outbox.put(self._id, kind, payload, size)
 
 
-class _GuardLink(asyncio.Protocol):
-    """The guard's control socket: JSON lines in, stop requests out."""
+async def start_all(supervisors: list[WorkerSupervisor]) -> None:
+    """Start these workers' guards as one batch through the fork server, then attach them.
 
-    def __init__(self, supervisor: WorkerSupervisor) -> None:
-        self._supervisor = supervisor
-        self._buffer = b""
-
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        *lines, self._buffer = self._buffer.split(b"\n")
-        for line in lines:
-            if line.strip():
-                self._supervisor.on_guard_message(json.loads(line))
-
-    def eof_received(self) -> bool:
-        return False  # close our end too
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._supervisor.on_closed("ctl")
-
-
-class _OutputPipe(asyncio.Protocol):
-    """One of the program's pipes (stdout or stderr), cut into lines."""
-
-    def __init__(self, supervisor: WorkerSupervisor, stream: str) -> None:
-        self._supervisor = supervisor
-        self._stream = stream
-        self._splitter = LineSplitter()
-
-    def data_received(self, data: bytes) -> None:
-        lines = self._splitter.feed(data)
-        if lines:
-            self._supervisor.on_output(self._stream, lines)
-
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        rest = self._splitter.flush()
-        if rest:
-            self._supervisor.on_output(self._stream, rest)
-        self._supervisor.on_closed(self._stream)
+    Forking blocks, so the batch goes to a thread while the loop goes on
+    serving the other workers.
+    """
+    starting = [(s, fds) for s in supervisors if (fds := s.prepare()) is not None]
+    if not starting:
+        return
+    batch = [fds for _, fds in starting]
+    errors = await asyncio.to_thread(_forkserver.start_guards, batch)
+    for (supervisor, _), error in zip(starting, errors, strict=True):
+        supervisor.attach(error)

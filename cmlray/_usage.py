@@ -25,21 +25,55 @@ _MIB = 1 << 20
 RATE_WINDOW_S = 0.5
 
 
+BASE_INTERVAL_S = 1.0
+IDLE_INTERVAL_S = 4.0
+NEAR_LIMIT_INTERVAL_S = 0.25
+
+
 def tree_sample(root_pid: int) -> tuple[int, float]:
     """(resident bytes, CPU seconds) of ``root_pid``'s descendants, the root excluded.
 
-    The CPU seconds leave out children the root itself already reaped (see
-    :meth:`UsageMeter.sample`, which adds them).
+    One walk: each process's stat line gives its figures and its thread
+    count, so a single-threaded process's children are read without listing
+    its threads. The CPU seconds leave out children the root itself already
+    reaped (see :meth:`UsageMeter.sample`, which adds them).
     """
     rss_pages = ticks = 0
-    for pid in _procfs.descendants(root_pid):
+    seen = {root_pid}
+    stack = _procfs.children(root_pid, threads=1)  # the guard has one thread
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
         stat = _procfs.stat(pid)
         if stat is None:
             continue
         ticks += stat.cpu_ticks
         if not stat.zombie:
             rss_pages += stat.rss_pages
+            stack.extend(_procfs.children(pid, stat.threads))
     return rss_pages * _procfs.PAGE_BYTES, ticks / _procfs.CLOCK_TICKS
+
+
+def next_interval_s(
+    previous_s: float, changed: bool, headroom_bytes: int | None, growth_bytes_per_s: float
+) -> float:
+    """How long until the guard samples its tree again.
+
+    Every second while the figures change; twice as long after each sample
+    that changed nothing, up to ``IDLE_INTERVAL_S`` (a node running a
+    thousand sleeping workers must not spend a core sampling them). With a
+    memory limit, sooner when the tree grows fast enough to reach it before
+    then: at half the time it would take, every quarter second at the most.
+    """
+    interval = (
+        BASE_INTERVAL_S if changed else min(IDLE_INTERVAL_S, max(BASE_INTERVAL_S, previous_s * 2))
+    )
+    if headroom_bytes is not None and growth_bytes_per_s > 0:
+        reach_s = max(0, headroom_bytes) / growth_bytes_per_s
+        interval = min(interval, max(NEAR_LIMIT_INTERVAL_S, reach_s / 2))
+    return interval
 
 
 def _reaped_cpu_s() -> float:

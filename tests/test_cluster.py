@@ -7,22 +7,17 @@ attaches to it by address, as users do with a real cluster.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import secrets
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 import cmlray
-from cmlray import _head, _lifecycle, _procfs
+from cmlray import _lifecycle
+from tests.clusters.simulated import simulated_cluster
 from tests.support.console import Captured
 
 pytestmark = pytest.mark.slow
@@ -34,64 +29,18 @@ class Nodes:
         self.cluster, self.cpu, self.gpu, self.temp = cluster, cpu, gpu, temp
 
 
-def _kill_holders(temp: str) -> None:
-    procs = []
-    for pid in _procfs.holders_of(temp):
-        with contextlib.suppress(psutil.Error):
-            procs.append(psutil.Process(pid))
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    psutil.wait_procs(procs, timeout=10)
-
-
 @pytest.fixture(scope="module")
 def nodes(no_leaks: None, captured: Captured) -> Iterator[Nodes]:
-    from ray.cluster_utils import Cluster
-
-    temp = tempfile.mkdtemp(prefix="cmlc-")  # short: Ray's socket paths must fit 107 bytes
-    token = os.path.join(temp, "token")
-    with open(token, "w") as f:
-        f.write(secrets.token_hex(32))
-    os.chmod(token, 0o600)
-    # The head declares a removed node dead after 5 failed health checks 1 s
-    # apart (Ray's default: 3 s apart), so node loss is seen in seconds.
-    fast = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5"}
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", *fast)}
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token, **fast)
-    _head._refresh_ray_auth()  # this process imported Ray before the variables were set
-    # Ray's Cluster records its address in /tmp/ray, and fails where that dir
-    # does not exist yet (a fresh machine): make it, and remove what we made.
-    had_ray_dir = os.path.isdir("/tmp/ray")
-    os.makedirs("/tmp/ray", exist_ok=True)
-    marker = "/tmp/ray/ray_current_cluster"
-    had_marker = os.path.exists(marker)
-    cluster = None
-    try:
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": temp})
-        cpu = cluster.add_node(num_cpus=2, temp_dir=temp)
-        gpu = cluster.add_node(
-            num_cpus=2, num_gpus=2, resources={"accelerator_type:T4": 1}, temp_dir=temp
-        )
-        cluster.wait_for_nodes()
+    cpu_node = {"num_cpus": 2}
+    gpu_node = {"num_cpus": 2, "num_gpus": 2, "resources": {"accelerator_type:T4": 1}}
+    with simulated_cluster([cpu_node, gpu_node]) as (cluster, (cpu, gpu), temp):
         # The simulated nodes share this machine's filesystem (and one Ray temp
         # dir, whose shipped copies a removed node would delete): no shipping.
         cmlray.init(address=cluster.address, console=captured.console, ship_project=False)
-        yield Nodes(cluster, cpu, gpu, temp)
-    finally:
-        cmlray.shutdown()
-        if cluster is not None:
-            cluster.shutdown()
-        _kill_holders(temp)
-        shutil.rmtree(temp, ignore_errors=True)
-        if not had_marker:
-            with contextlib.suppress(OSError):
-                os.unlink(marker)
-        if not had_ray_dir:
-            with contextlib.suppress(OSError):
-                os.rmdir("/tmp/ray")
-        for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+        try:
+            yield Nodes(cluster, cpu, gpu, temp)
+        finally:
+            cmlray.shutdown()
 
 
 def _running(workers: list[dict]) -> list[dict]:
@@ -170,7 +119,14 @@ def test_accelerator_label_places_on_that_node(nodes: Nodes) -> None:
     assert done["node_id"] == nodes.gpu.node_id
 
 
-def test_node_loss_fails_its_workers_and_returns_their_items(nodes: Nodes) -> None:
+def test_a_lost_node_fails_its_hundred_workers_at_once_and_returns_their_items(
+    nodes: Nodes,
+) -> None:
+    """100 workers on a node whose raylet dies: every one ``node lost``, queue items back.
+
+    The agent's one stream breaks once and is classified once for all of its
+    workers; meanwhile workers on the other nodes start and finish.
+    """
     doomed = nodes.cluster.add_node(
         num_cpus=1, resources={"accelerator_type:DOOM": 1}, temp_dir=nodes.temp
     )
@@ -179,15 +135,22 @@ def test_node_loss_fails_its_workers_and_returns_their_items(nodes: Nodes) -> No
     q.put_many(range(40))
     q.close()
     serve = "import time, cmlray.worker\ncmlray.worker.serve('survive', lambda x: (time.sleep(0.5), x)[1])"
-    (victim,) = cmlray.launch_workers(1, cpu=1, memory=0.2, accelerator_label_id="DOOM", code=serve)
-    _running([victim])
+    doom = {"accelerator_label_id": "DOOM"}
+    (server,) = cmlray.launch_workers(1, cpu=0.05, memory=0.1, code=serve, **doom)
+    sleepers = cmlray.launch_workers(99, cpu=0.009, memory=0.01, code="!echo up; sleep 300", **doom)
+    victims = [server, *sleepers]
+    running = _running(victims)
+    assert {w["node_id"] for w in running} == {doomed.node_id}
     registry = _lifecycle.require().registry
-    assert registry.wait_for(lambda: registry.get(victim["id"]).status == "running", 60)
-    for _ in q.as_completed(timeout=120):  # the victim has finished one and holds another
+    assert registry.wait_until([w["id"] for w in sleepers], lambda r: "up" in r.tail, 60)
+    for _ in q.as_completed(timeout=120):  # the server has finished one and holds more
         break
     nodes.cluster.remove_node(doomed, allow_graceful=False)
-    (failure,) = cmlray.await_workers(victim, timeout_seconds=120)["failures"]
-    assert (failure["status"], failure["reason"]) == ("failed", "node lost")
+    elsewhere = cmlray.launch_workers(4, cpu=0.25, memory=0.1, code="print('elsewhere')")
+    failures = cmlray.await_workers(victims, timeout_seconds=120)["failures"]
+    assert len(failures) == 100
+    assert {(f["status"], f["reason"]) for f in failures} == {("failed", "node lost")}
+    assert len(cmlray.await_workers(elsewhere, timeout_seconds=120)["workers"]) == 4
     rescuers = cmlray.launch_workers(2, cpu=1, memory=0.2, code=serve)
     q.join(timeout=180)
     results = q.results()

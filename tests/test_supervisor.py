@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import socket
 import time
 
 import psutil
@@ -18,7 +19,7 @@ import pytest
 
 from cmlray._outbox import Outbox
 from cmlray._services import ProgramServices
-from cmlray._supervisor import WorkerLaunch, WorkerSupervisor
+from cmlray._supervisor import WorkerLaunch, WorkerSupervisor, start_all
 from tests.support.supervise import (
     WHERE,
     descendants_named,
@@ -111,7 +112,7 @@ def test_the_guard_ends_the_tree_when_its_agent_dies() -> None:
     def agent_dies(supervisor: WorkerSupervisor) -> None:
         tree.extend(_tree(seen, "sleep 313", "sleep 314"))
         assert supervisor._ctl is not None
-        supervisor._ctl.close()  # as the agent process's death closes it
+        supervisor._ctl.shutdown(socket.SHUT_RDWR)  # as the agent process's death closes it
 
     supervise(launch("!setsid sleep 313 & echo ready; sleep 314"), when=printed, then=agent_dies)
     procs = [psutil.Process(p) for p in tree if psutil.pid_exists(p)]
@@ -150,7 +151,7 @@ def test_a_worker_that_cannot_start_names_the_limit_it_hit() -> None:
         open_now = len(os.listdir("/proc/self/fd"))
         resource.setrlimit(resource.RLIMIT_NOFILE, (open_now + 1, hard))  # no room for its sockets
         try:
-            await supervisor.run()
+            await start_all([supervisor])
         finally:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         return outbox._take()

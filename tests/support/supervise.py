@@ -19,7 +19,7 @@ import psutil
 from cmlray import _cmdline
 from cmlray._outbox import Outbox
 from cmlray._services import ProgramServices
-from cmlray._supervisor import Where, WorkerLaunch, WorkerSupervisor
+from cmlray._supervisor import Where, WorkerLaunch, WorkerSupervisor, start_all
 
 PY = sys.executable
 WHERE = Where(ip="127.0.0.1", node_id="local")
@@ -56,7 +56,7 @@ def supervise_many(
             )
             for item in launches
         }
-        tasks = [asyncio.create_task(s.run()) for s in supervisors.values()]
+        starting = asyncio.create_task(start_all(list(supervisors.values())))
         events: dict[str, Events] = {worker_id: [] for worker_id in supervisors}
         fired: set[str] = set()
         ended: set[str] = set()
@@ -71,7 +71,7 @@ def supervise_many(
                     then(supervisors[worker_id])
             if len(ended) == len(supervisors):
                 break
-        await asyncio.gather(*tasks)
+        await starting
         return events
 
     return asyncio.run(asyncio.wait_for(main(), timeout_s))
