@@ -171,15 +171,27 @@ class Catalog:
 
 
 def autoscaler_version() -> int | None:
-    """2 or 1 when an autoscaler runs for this cluster, None when none does."""
+    """2 or 1 when an autoscaler may add nodes to this cluster, None when none may.
+
+    A cluster started by hand (``ray start``, ``ray.cluster_utils``) runs v1's
+    monitor with Ray's read-only provider: it reports the nodes, each as a type
+    of its own (``format_readonly_node_type``), and never adds one.
+    """
     import ray
 
     gcs = ray._private.worker.global_worker.gcs_client
     try:
         if gcs.internal_kv_get(b"__autoscaler_v2_enabled", b"__autoscaler", timeout=5) == b"1":
             return 2
-        if gcs.internal_kv_get(b"__autoscaling_status", None, timeout=5):
-            return 1
+        raw = gcs.internal_kv_get(b"__autoscaling_status", None, timeout=5)
     except Exception:
         return None
-    return None
+    return 1 if raw and not _read_only(json.loads(raw)) else None
+
+
+def _read_only(status: Mapping[str, Any]) -> bool:
+    """Whether v1's status comes from Ray's read-only provider (a hand-made cluster)."""
+    from ray.autoscaler._private.util import format_readonly_node_type
+
+    mapping = (status.get("autoscaler_report") or {}).get("node_type_mapping") or {}
+    return all(kind == format_readonly_node_type(node) for node, kind in mapping.items())

@@ -1,5 +1,10 @@
 """Self-tests of tests/clusters/autoscaling.py with raw Ray (no cmlray).
 
+What cmlray does on such clusters (scale-up from zero, scale-down, requests
+no node type holds) is tested in tests/test_elastic.py; here, the fixture
+itself: two clusters side by side, nothing left after ``close()``, and what
+Ray says of a node that leaves (which ``_rayerrors`` reads).
+
 One v1 and one v2 cluster start together and run side by side for the whole
 module (which is also the check that two coexist on this machine); each test
 connects a driver to one of them in turn. Their head has no CPU, so any CPU
@@ -19,8 +24,8 @@ import pytest
 import ray
 from ray.core.generated.common_pb2 import ActorDiedErrorContext, NodeDeathInfo
 
-from tests.clusters.autoscaling import GIB, AutoscalingCluster, skip_reason
-from tests.support.processes import RUN_MARK, marked_environment_values, wait_no_marked_processes
+from tests.clusters.autoscaling import AutoscalingCluster, skip_reason
+from tests.support.processes import marked_environment_values, wait_no_marked_processes
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leaks")]
 
@@ -92,60 +97,6 @@ def test_two_clusters_side_by_side(clusters: dict[int, AutoscalingCluster]) -> N
     tokens = marked_environment_values("RAY_AUTH_TOKEN_PATH")
     assert tokens == {str(v1.token_path), str(v2.token_path)}
     assert {os.stat(c.token_path).st_mode & 0o777 for c in (v1, v2)} == {0o600}
-
-
-@pytest.mark.parametrize("version", VERSIONS)
-def test_scale_up_from_zero_then_down_after_idle(
-    clusters: dict[int, AutoscalingCluster], version: int
-) -> None:
-    cluster = clusters[version]
-    with driver(cluster):
-        started = time.monotonic()
-        group = ray.util.placement_group([{"CPU": 1}])
-        ray.get(group.ready(), timeout=60)
-        up_s = time.monotonic() - started
-        (node,) = cluster.alive_worker_nodes()
-        assert node.labels["ray.io/node-group"] == "cpu2"
-        assert node.resources_total["memory"] == 4 * GIB  # the provider's fix
-        env = cluster.raylet_of(node.node_id.hex()).environ()  # started by the monitor
-        assert env["RAY_AUTH_MODE"] == "token"
-        assert env["RAY_AUTH_TOKEN_PATH"] == str(cluster.token_path)
-        assert env[RUN_MARK] == os.environ[RUN_MARK]
-        ray.util.remove_placement_group(group)
-        removed = time.monotonic()
-    cluster.wait_nodes(0, timeout_s=IDLE_TIMEOUT_S + 30)
-    down_s = time.monotonic() - removed
-    print(f"v{version}: scale-up from zero {up_s:.1f} s, down {down_s:.1f} s after idle")
-    assert down_s > IDLE_TIMEOUT_S - 1
-    info = cluster.wait_node_dead(node.node_id.hex())
-    expected = "EXPECTED_TERMINATION" if version == 1 else "AUTOSCALER_DRAIN_IDLE"
-    assert NodeDeathInfo.Reason.Name(info.death_info.reason) == expected
-
-
-@pytest.mark.parametrize("version", VERSIONS)
-def test_request_no_node_type_can_hold_stays_pending(
-    clusters: dict[int, AutoscalingCluster], version: int
-) -> None:
-    """v2 lists it among the infeasible requests; v1 only among its demands."""
-    cluster = clusters[version]
-    with driver(cluster):
-        actor = Holder.options(num_cpus=64).remote()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if version == 2:
-                state = cluster.autoscaling_state().autoscaling_state
-                seen = [dict(r.resources_bundle) for r in state.infeasible_resource_requests]
-            else:
-                report = cluster.v1_status() or {"load_metrics_report": {"resource_demand": []}}
-                seen = [shape for shape, _ in report["load_metrics_report"]["resource_demand"]]
-            if {"CPU": 64.0} in seen:
-                break
-            time.sleep(0.5)
-        assert {"CPU": 64.0} in seen
-        assert not ray.wait([actor.node.remote()], timeout=1)[0]
-        if version == 1:
-            assert (cluster.v1_status() or {})["autoscaler_report"]["pending_launches"] == {}
-        ray.kill(actor)
 
 
 def test_node_that_leaves_says_why(clusters: dict[int, AutoscalingCluster]) -> None:
