@@ -221,6 +221,50 @@ def child_cmlray(place: str, n: int, program: str, responsiveness: bool) -> Json
     return result
 
 
+def child_lost(n: int) -> Json:
+    """``n`` workers on a node whose raylet dies; meanwhile 8 workers launched on another."""
+    import cmlray
+    from cmlray import _lifecycle
+
+    sys.path.insert(0, str(common.REPO))
+    from tests.clusters.simulated import simulated_cluster
+
+    nodes = [{"num_cpus": 2}, {"num_cpus": 2, "resources": {"accelerator_type:DOOM": 1}}]
+    with simulated_cluster(nodes) as (cluster, (_, doomed), _temp):
+        cmlray.init(address=cluster.address, console=common.quiet_console(), ship_project=False)
+        registry = _lifecycle.require().registry
+        victims = cmlray.launch_workers(n, cpu=1.9 / n, memory=MEMORY_GIB, code=SHELL,
+                                        accelerator_label_id="DOOM")  # fmt: skip
+        outcome = cmlray.await_workers(victims, wait_for_completion=False, timeout_seconds=300)
+        assert not outcome["failures"], outcome["failures"][:1]
+        _wave_s()  # the other node's agent starts: untimed, as it was warm when the node is lost
+        normal = _wave_s()
+        killed = time.time()
+        cluster.remove_node(doomed, allow_graceful=False)
+        during = _wave_s()
+        cmlray.await_workers(victims, timeout_seconds=300)
+        ended = [registry.get(w["id"]) for w in victims]
+        reasons = sorted({str(r.reason) for r in ended})
+        finished = [r.finished_at for r in ended if r.finished_at is not None]
+        cmlray.shutdown()
+    return {
+        "side": "cmlray", "place": "lost", "n": n, "reasons": reasons,
+        "first_lost_s": min(finished) - killed, "last_lost_s": max(finished) - killed,
+        "wave_before_s": normal, "wave_during_s": during,
+    }  # fmt: skip
+
+
+def _wave_s() -> float:
+    """8 workers of 0.2 CPU printing a line on the node that stays: launch to all done."""
+    import cmlray
+
+    began = time.perf_counter()
+    wave = cmlray.launch_workers(8, cpu=0.2, memory=0.05, code="!echo up")
+    done = cmlray.await_workers(wave, timeout_seconds=120)
+    assert not done["failures"], done["failures"][:1]
+    return time.perf_counter() - began
+
+
 class RawWorker:
     """The raw-Ray side: an actor that starts the program and stops it."""
 
@@ -302,6 +346,7 @@ def plan(quick: bool) -> list[tuple[str, str, int, str]]:
                 runs.append(("ray", "own", n, program))
     if not quick:
         runs += [("cmlray", "nodes", 500, "shell"), ("ray", "nodes", RAW_MAX_N, "shell")]
+        runs += [("cmlray", "lost", 300, "shell")]
     return runs
 
 
@@ -309,6 +354,9 @@ def measure(runs: Sequence[tuple[str, str, int, str]], children: list[Json]) -> 
     for side, place, n, program in runs:
         child = common.spawn_child(__file__, f"{side}:{place}:{n}:{program}")
         children.append(child)
+        if place == "lost":
+            common.progress(f"lost node with {n} workers: {child}")
+            continue
         common.progress(
             f"{side} {place} N={n} {program}: running {child['running_s']:.2f} s,"
             f" stop {child['stop_s']:.2f} s, {child['memory_per_worker_mib']:.2f} MiB/worker,"
@@ -328,7 +376,7 @@ def _pair(
 def summarize(children: Sequence[Json]) -> Json:
     rows = []
     for child in children:
-        if child["side"] != "cmlray":
+        if child["side"] != "cmlray" or child["place"] == "lost":
             continue
         _, raw = _pair(children, child["place"], child["n"], child["program"])
         row = {k: child[k] for k in ("place", "n", "program", "running_s", "stop_s", "failed",
@@ -341,7 +389,10 @@ def summarize(children: Sequence[Json]) -> Json:
             row["ratio_running"] = child["running_s"] / raw["running_s"]
         rows.append(row)
     responsive = next((c["responsiveness"] for c in children if "responsiveness" in c), None)
-    return {"rows": rows, "responsiveness": responsive, "goals": GOALS}
+    lost = next((c for c in children if c["place"] == "lost"), None)
+    raw_nodes = next((c for c in children if (c["side"], c["place"]) == ("ray", "nodes")), None)
+    return {"rows": rows, "responsiveness": responsive, "lost": lost, "raw_nodes": raw_nodes,
+            "goals": GOALS}  # fmt: skip
 
 
 def print_tables(summary: Json) -> None:
@@ -368,6 +419,21 @@ def print_tables(summary: Json) -> None:
         )  # fmt: skip
     console = common.table_console(160)
     console.print(table)
+    raw = summary["raw_nodes"]
+    if raw:
+        console.print(
+            f"Raw Ray on the {NODES} nodes, {raw['n']} actors: all running in"
+            f" {raw['running_s']:.2f} s, stopped in {raw['stop_s']:.2f} s,"
+            f" {raw['memory_per_worker_mib']:.1f} MiB a worker"
+        )
+    lost = summary["lost"]
+    if lost:
+        console.print(
+            f"A node lost under {lost['n']} workers: reported {', '.join(lost['reasons'])}, the"
+            f" first {lost['first_lost_s']:.2f} s and the last {lost['last_lost_s']:.2f} s after"
+            f" its raylet was killed; 8 workers on the other node meanwhile"
+            f" {lost['wave_during_s']:.2f} s (before: {lost['wave_before_s']:.2f} s)"
+        )
     responsive = summary["responsiveness"]
     if responsive:
         console.print(
@@ -413,6 +479,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
             "ray": lambda: child_ray(place, size, program),
         }
+        if place == "lost":
+            common.emit(child_lost(size))
+            return 0
         common.emit(modes[side]())
         return 0
     return run(args)
