@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cmlray import _rayerrors
+from cmlray._launch import WorkerLaunch
 from cmlray._nodeagent import NodeAgent
 from cmlray._outbox import Event
 from cmlray._rayerrors import Death
-from cmlray._supervisor import WorkerLaunch
 
 AGENT_CONCURRENCY = 100_000  # calls in flight: starts, stops, pings, file chunks
 STREAM_WINDOW_BATCHES = 32  # batches an agent may stream ahead of the session

@@ -154,7 +154,7 @@ def _child(sock: socket.socket, received: list[int]) -> None:
 
 def _refuse(ctl_fd: int, exc: OSError) -> None:
     """Tell a guard's agent, on the guard's control socket, that it could not be forked."""
-    words = _guard.limit_error(exc) or f"fork failed: {exc}"
+    words = _proctree.limit_error(exc) or f"fork failed: {exc}"
     message = json.dumps({"error": f"cannot start its guard: {words}"}) + "\n"
     with contextlib.suppress(OSError):
         os.write(ctl_fd, message.encode())

@@ -35,7 +35,6 @@ Standard library only (see ``_standalone.py``).
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import select
@@ -199,25 +198,10 @@ class Guard:
         self.send({"done": True})
 
 
-# What the errors of fork and exec mean on a node running many workers.
-LIMIT_WORDS = {
-    errno.EAGAIN: "the node's limit on processes was reached (ulimit -u, pids.max)",
-    errno.EMFILE: "{who} has too many open files (ulimit -n)",
-    errno.ENFILE: "the node's table of open files is full (fs.file-max)",
-    errno.ENOMEM: "the node is out of memory",
-}
-
-
-def limit_error(exc: OSError, who: str = "its guard") -> str | None:
-    """The words for an error that means a node limit was reached (by ``who``), else None."""
-    words = LIMIT_WORDS.get(exc.errno or 0)
-    return f"{words.format(who=who)} ({exc.strerror})" if words else None
-
-
 def _spawn_error(spec: dict[str, Any], exc: OSError) -> str:
     """Why the program could not start, naming what is really missing."""
     node = socket.gethostname()
-    limit = limit_error(exc)
+    limit = proc.limit_error(exc)
     if limit is not None:
         return f"cannot start it on {node}: {limit}"
     if not os.path.isdir(spec["cwd"]):
@@ -261,7 +245,7 @@ def main(argv: list[str], *, forked: bool = False) -> int:
     try:
         _detach(fork=not forked)
     except OSError as exc:  # fork refused: say why, on the socket the agent reads
-        words = limit_error(exc) or f"fork failed: {exc}"
+        words = proc.limit_error(exc) or f"fork failed: {exc}"
         message = json.dumps({"error": f"cannot start its guard: {words}"}) + "\n"
         with contextlib.suppress(OSError):
             os.write(ctl_fd, message.encode())

@@ -36,9 +36,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from cmlray import _files, _forkserver, _ports
+from cmlray._launch import Where, WorkerLaunch
 from cmlray._outbox import Event, Outbox
 from cmlray._services import ProgramServices
-from cmlray._supervisor import Where, WorkerLaunch, WorkerSupervisor, start_all
+from cmlray._supervisor import WorkerSupervisor, start_all
 
 LEASE_CHECK_S = 5.0
 LOST_GRACE_S = 1.0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import functools
 import os
 import signal
@@ -142,3 +143,18 @@ def describe_status(status: int) -> tuple[int, str]:
         return -signum, f"killed by {signal.Signals(signum).name}"
     code = os.WEXITSTATUS(status)
     return code, f"exit code {code}"
+
+
+# What the errors of fork and exec mean on a node running many workers.
+LIMIT_WORDS = {
+    errno.EAGAIN: "the node's limit on processes was reached (ulimit -u, pids.max)",
+    errno.EMFILE: "{who} has too many open files (ulimit -n)",
+    errno.ENFILE: "the node's table of open files is full (fs.file-max)",
+    errno.ENOMEM: "the node is out of memory",
+}
+
+
+def limit_error(exc: OSError, who: str = "its guard") -> str | None:
+    """The words for an error that means a node limit was reached (by ``who``), else None."""
+    words = LIMIT_WORDS.get(exc.errno or 0)
+    return f"{words.format(who=who)} ({exc.strerror})" if words else None

@@ -29,6 +29,7 @@ from cmlray._cmdline import NODE_PYTHON
 from cmlray._config import SessionConfig
 from cmlray._head import Head
 from cmlray._ids import new_id
+from cmlray._launch import WorkerLaunch
 from cmlray._logs import WorkerLogs
 from cmlray._nodetypes import Catalog
 from cmlray._pump import EventPump
@@ -40,7 +41,6 @@ from cmlray._relay import Relay
 from cmlray._reservations import ReservationPool
 from cmlray._slabs import Shape
 from cmlray._spec import WorkerSpec, portable_environment
-from cmlray._supervisor import WorkerLaunch
 from cmlray._waiting import Explainer
 from cmlray.errors import SessionError
 

@@ -30,42 +30,15 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from cmlray import _cmdline, _forkserver, _guard, _ports
+from cmlray import _cmdline, _forkserver, _ports, _proctree
+from cmlray._launch import Where, WorkerLaunch
 from cmlray._lines import LineSplitter
 from cmlray._outbox import Outbox
 from cmlray._services import ChannelServer, ProgramServices
 
 _READ_BYTES = 1 << 16
-
-
-@dataclass
-class WorkerLaunch:
-    """What a node agent needs to start one worker's program (built by the session)."""
-
-    worker_id: str
-    argv: list[str]
-    env: dict[str, str]
-    cwd: str
-    grace_period_s: float = 5.0
-    payload: bytes | None = None  # a cloudpickled (fn, args, kwargs), for fn= workers
-    memory_limit_bytes: int | None = None
-    timeout_s: float | None = None
-    # Attached to a cluster: the program's environment starts from its node's
-    # (the agent's), not the session's, whose paths may not exist there.
-    node_env: bool = False
-    home_dir: str = ""  # the session's project dir, on the session's host
-    gpus: tuple[str, ...] = ()  # the GPU ids its reservation holds
-
-
-@dataclass(frozen=True)
-class Where:
-    """The node an agent runs on."""
-
-    ip: str
-    node_id: str
 
 
 def node_environment() -> dict[str, str]:
@@ -86,7 +59,7 @@ def final_event(exit_code: int | None, status: str, reason: str) -> dict[str, An
 
 def cannot_start(exc: OSError) -> dict[str, Any]:
     """The final event of a worker whose guard could not be started, naming why."""
-    words = _guard.limit_error(exc, "its node agent") or f"{type(exc).__name__}: {exc}"
+    words = _proctree.limit_error(exc, "its node agent") or f"{type(exc).__name__}: {exc}"
     return final_event(None, "failed", f"cannot start it: {words}")
 
 

@@ -18,9 +18,10 @@ import time
 import psutil
 import pytest
 
+from cmlray._launch import WorkerLaunch
 from cmlray._outbox import Outbox
 from cmlray._services import ProgramServices
-from cmlray._supervisor import WorkerLaunch, WorkerSupervisor, start_all
+from cmlray._supervisor import WorkerSupervisor, start_all
 from tests.support.supervise import (
     WHERE,
     descendants_named,

@@ -17,9 +17,10 @@ from typing import Any
 import psutil
 
 from cmlray import _cmdline
+from cmlray._launch import Where, WorkerLaunch
 from cmlray._outbox import Outbox
 from cmlray._services import ProgramServices
-from cmlray._supervisor import Where, WorkerLaunch, WorkerSupervisor, start_all
+from cmlray._supervisor import WorkerSupervisor, start_all
 
 PY = sys.executable
 WHERE = Where(ip="127.0.0.1", node_id="local")
