@@ -58,7 +58,8 @@ class GuardStarter:
         """Start a guard on each fd set of ``batch``; returns how many the server forked.
 
         The requests are pipelined (``_WINDOW`` ahead of the answers). Those the
-        server did not take (it died, say) are left to the caller.
+        server did not take (it died, say) are left to the caller. An empty
+        batch only makes sure the server runs.
         """
         with self._lock:
             done = sent = 0
@@ -107,6 +108,12 @@ def enable() -> None:
     global _starter
     if _starter is None:
         _starter = GuardStarter()
+
+
+def prestart() -> None:
+    """Start the fork server now, so that the first worker does not wait for it."""
+    if _starter is not None:
+        _starter.start([])
 
 
 def start_guards(batch: Sequence[Sequence[int]]) -> list[OSError | None]:

@@ -105,6 +105,7 @@ class NodeAgent:
         self._loop = asyncio.get_running_loop()
         if self._lease is not None:
             self._lease.start(self._loop)
+        self._loop.run_in_executor(None, _forkserver.prestart)  # warm for the first worker
         async for batch in self._outbox.batches():
             yield batch
 

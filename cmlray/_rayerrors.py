@@ -28,6 +28,8 @@ from cmlray._sanitize import strip_escapes
 from cmlray.errors import CmlrayError, QueueError, SessionError
 
 NODE_DEATH_WAIT_S = 30.0
+PRE_START = ("scheduling", "starting")  # a worker's statuses before its program runs
+MAX_PLACEMENTS = 3  # a worker whose node goes before it starts is placed this often at most
 _POLL_S = 0.5
 
 
@@ -53,6 +55,16 @@ class Death:
     def node_gone(self) -> bool:
         """Its node is gone: reservations held there are gone with it."""
         return self.kind in (Kind.NODE_LOST, Kind.NODE_REMOVED)
+
+    def places_again(self, status: str, times_placed: int) -> bool:
+        """Whether a worker of ``status`` on the agent's node is placed again, not failed.
+
+        A worker whose node went (removed by an autoscaler a moment after Ray
+        placed it there, say) before its program started has run nothing of
+        the user's: it waits for a slot again, up to ``MAX_PLACEMENTS`` times.
+        A running worker fails: its program may have done part of its work.
+        """
+        return self.node_gone and status in PRE_START and times_placed < MAX_PLACEMENTS
 
 
 def plain(value: object) -> str:
@@ -105,7 +117,7 @@ def is_upload_too_large(exc: BaseException) -> bool:
 
 def queue_error(exc: BaseException, name: str, method: str) -> QueueError:
     """The ``QueueError`` for a failed call ``method`` on queue ``name``'s actor."""
-    from cmlray._queue import QueueClosedError
+    from cmlray._queuestate import QueueClosedError
 
     if isinstance(exc, QueueClosedError):  # Ray's task error is also an instance of its cause
         return QueueError(f"queue {name!r} is closed: no more items can be put")
@@ -116,7 +128,7 @@ def words_for_program(exc: BaseException) -> str:
     """A failed request of a worker's program, in the words it raises as ``QueueError``."""
     from ray.exceptions import RayTaskError
 
-    from cmlray._queue import QueueClosedError
+    from cmlray._queuestate import QueueClosedError
 
     if isinstance(exc, QueueClosedError):
         return "the queue is closed"

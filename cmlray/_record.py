@@ -182,6 +182,15 @@ def _exited(record: WorkerRecord, event: dict[str, Any]) -> None:
     record._iso_of(record.finished_at)
 
 
+def _placed_again(record: WorkerRecord, reason: str) -> None:
+    """Its node went before its program started: it waits for a slot again."""
+    if record.final or record.status == "running":
+        return
+    record.status = "scheduling"
+    record.reason = reason
+    record.ip_address, record.node_id, record.app_port = "unknown", None, None
+
+
 def _waiting(record: WorkerRecord, reason: str) -> None:
     """Why a worker still waits for its resources (``_waiting.py``)."""
     if record.status == "scheduling":
@@ -190,6 +199,7 @@ def _waiting(record: WorkerRecord, reason: str) -> None:
 
 _APPLY: dict[str, Callable[[WorkerRecord, Any], None]] = {
     "waiting": _waiting,
+    "placed_again": _placed_again,
     "placed": _placed,
     "started": _started,
     "out": _lines,

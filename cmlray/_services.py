@@ -5,7 +5,8 @@ answers them on its event loop, reaching the session's queues through Ray on
 the program's behalf: worker programs never join Ray (``_channel.py``).
 
 Requests:
-    ("exchange", queue, outcomes, want, wait_s) -> (items, drained)
+    ("exchange", queue, outcomes, want, wait_s) -> pickled (items, drained)
+        (``outcomes`` come pickled too: the agent passes both through unopened)
     ("payload",)                                -> the cloudpickled (fn, args, kwargs)
     ("result", pickled_value)                   -> None; the worker's ``result``
     ("error", text)                             -> None; why ``fn`` failed
@@ -62,9 +63,10 @@ class ProgramServices:
             return await asyncio.to_thread(self.send_file, *args)
         raise LookupError(f"unknown request {op!r}")
 
-    async def exchange(self, name: str, outcomes: list[Any], want: int, wait_s: float) -> Any:
+    async def exchange(self, name: str, outcomes: bytes, want: int, wait_s: float) -> bytes:
+        """A round trip with the queue; the outcomes and the answer stay pickled bytes."""
         handle = await queue_handle(name)
-        return await handle.exchange.remote(self.worker_id, outcomes, want, wait_s)
+        return bytes(await handle.exchange_pickled.remote(self.worker_id, outcomes, want, wait_s))
 
     def send_file(self, source: str, dest: str) -> str:
         """Put the program's file ``source`` at ``dest`` on the session's host."""

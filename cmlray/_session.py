@@ -83,6 +83,9 @@ class Session:
         self.catalog = Catalog(declared=dict(config.node_types), reported=_nodetypes.reported())
         self.explainer = Explainer(self.catalog, self.registry, self.reservations, self._not_placed)
         self._waiting: dict[str, WorkerLaunch] = {}  # on the loop: launched, no slot yet
+        self._placed_on: dict[str, WorkerLaunch] = {}  # on the loop: has a slot, not ended
+        self._shapes: dict[str, Shape] = {}
+        self._placements: dict[str, int] = {}  # how often each worker got a slot
         self._graces: dict[str, float] = {}
         self._names = itertools.count(1)
         self._closed = False
@@ -116,6 +119,7 @@ class Session:
 
     def _request(self, launches: dict[str, WorkerLaunch], shape: Shape) -> None:
         self._waiting.update(launches)
+        self._shapes.update(dict.fromkeys(launches, shape))
         self.reservations.request(list(launches), shape)
         self.explainer.wake()
 
@@ -126,6 +130,8 @@ class Session:
             self.reservations.release(worker_id)
             return
         launch.gpus = gpus
+        self._placed_on[worker_id] = launch
+        self._placements[worker_id] = self._placements.get(worker_id, 0) + 1
         self.agents.start(node_id, launch)
 
     def _not_placed(self, worker_id: str, reason: str) -> None:
@@ -177,6 +183,9 @@ class Session:
         """Workers ended: slots back, agents told, queue items back at once (on the loop)."""
         for worker_id in worker_ids:
             self.reservations.release(worker_id)
+            self._placed_on.pop(worker_id, None)
+            self._shapes.pop(worker_id, None)
+            self._placements.pop(worker_id, None)
         self.agents.ended(worker_ids)
         reasons = []
         for worker_id in worker_ids:
@@ -189,8 +198,23 @@ class Session:
     def _agent_died(self, node_id: str, worker_ids: list[str], death: Death) -> None:
         if death.node_gone:
             self.reservations.drop_node(node_id)
-        self.registry.finish_many(worker_ids, "failed", death.words)
-        self.pump.ended(worker_ids)
+        again = [w for w in worker_ids if self._places_again(w, death)]
+        if again:
+            why = f"its node went before it started ({death.words}): waiting for a slot again"
+            self.registry.apply_batch((w, "placed_again", why) for w in again)
+            for worker_id in again:
+                launch = self._placed_on.pop(worker_id)
+                launch.gpus = ()
+                self._request({worker_id: launch}, self._shapes[worker_id])
+        failed = [w for w in worker_ids if w not in again]
+        self.registry.finish_many(failed, "failed", death.words)
+        self.pump.ended(failed)
+
+    def _places_again(self, worker_id: str, death: Death) -> bool:
+        if worker_id not in self._placed_on or worker_id not in self._shapes:
+            return False
+        status = self.registry.get(worker_id).status
+        return death.places_again(status, self._placements.get(worker_id, 0))
 
     # Queues --------------------------------------------------------------------------
 

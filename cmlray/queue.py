@@ -13,30 +13,28 @@ the queue is empty"; cmlray ships it::
     q.join()
     for r in q.results(): print(r.item, r.result, r.error)
 
-Items and results may be anything cloudpickle handles. See ``_queue.py`` for
+Items and results may be anything cloudpickle handles. See ``_queuestate.py`` for
 the leasing rules that make sure no item is ever lost.
 """
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-import cloudpickle
-
-from cmlray import _lifecycle, _rayerrors
+from cmlray import _lifecycle, _pickling, _rayerrors
 from cmlray._checks import check_count, check_positive, check_text
-from cmlray._queue import QUEUE_PREFIX, REPORT_LIMIT, QueueActor
+from cmlray._queue import QUEUE_PREFIX, QueueActor
+from cmlray._queuestate import REPORT_LIMIT
 from cmlray.errors import QueueError
 
 _POLL_WAIT_S = 5.0
 
 
-@dataclass(frozen=True)
-class QueueResult:
-    """One item's outcome.
+class QueueResult(NamedTuple):
+    """One item's outcome (a named tuple: 20,000 are built in a few milliseconds).
 
     Attributes:
         item: the item as put.
@@ -56,21 +54,27 @@ class QueueResult:
 
 
 def _decode(page: dict[str, list[Any]]) -> list[QueueResult]:
-    """A page of results (columns, see ``QueueState.report``) as QueueResults."""
-    loads = cloudpickle.loads
-    rows = zip(page["item"], page["ok"], page["result"], page["error"], page["traceback"],
-               page["attempts"], strict=True)  # fmt: skip
-    return [
-        QueueResult(loads(item), ok, None if result is None else loads(result), error, tb, tries)
-        for item, ok, result, error, tb, tries in rows
-    ]
+    """A page of results (columns, see ``QueueState.report``) as QueueResults.
 
-
-def _pickle(item: Any, index: int) -> bytes:
+    Built with the collector paused: 20,000 results make 60,000 objects, and
+    the collections they would set off cost more than the building (measured:
+    40 ms instead of 16).
+    """
+    loads = _pickling.loads
+    enabled = gc.isenabled()
+    gc.disable()
     try:
-        return bytes(cloudpickle.dumps(item))
-    except Exception as exc:
-        raise TypeError(f"item {index} cannot be pickled ({type(exc).__name__}: {exc})") from exc
+        results = [None if result is None else loads(result) for result in page["result"]]
+        columns = (map(loads, page["item"]), page["ok"], results, page["error"],
+                   page["traceback"], page["attempts"])  # fmt: skip
+        return list(map(QueueResult._make, zip(*columns, strict=True)))
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _unpicklable(index: int, exc: Exception) -> TypeError:
+    return TypeError(f"item {index} cannot be pickled ({type(exc).__name__}: {exc})")
 
 
 class Queue:
@@ -109,7 +113,8 @@ class Queue:
 
     def put_many(self, items: Iterable[Any]) -> None:
         """Add items, in order. Raises TypeError (nothing added) if one cannot be pickled."""
-        payloads = [_pickle(item, self._put_count + i) for i, item in enumerate(items)]
+        offset = self._put_count
+        payloads = _pickling.dumps_many(items, lambda i, exc: _unpicklable(offset + i, exc))
         if payloads:
             self._call("put_many", payloads)
             self._put_count += len(payloads)

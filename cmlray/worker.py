@@ -16,67 +16,30 @@ or, for a loop of your own::
             task.result = train(task.item)
 
 The program talks to the session through its node agent over a local
-channel (``_channel.py``): it never joins Ray, so it starts in milliseconds. Items are
-leased in batches sized to about 50 ms of work and results are sent back
-with the next request, so fast items move at tens of thousands a second
-while slow items are spread one at a time.
+channel (``_exchanges.py``): it never joins Ray, so it starts in
+milliseconds. Items are leased in batches sized to about 50 ms of work, the
+next batch asked for while this one is worked, and results go back with
+the next request, so fast items move at tens of thousands a second while
+slow items are spread one at a time.
 """
 
 from __future__ import annotations
 
 import os
-import socket
-import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 
-import cloudpickle
-
-from cmlray import _channel
-from cmlray.errors import QueueError
+from cmlray import _exchanges, _pickling
+from cmlray._exchanges import Client, Exchanges, failure
 
 __all__ = ["Task", "send_file", "serve", "tasks"]
 
-_TARGET_BATCH_S = 0.05
-_MAX_BATCH = 4096
-_WAIT_S = 10.0
 
-
-class _Client:
-    """The program's end of the channel (one per process, thread-safe)."""
-
-    def __init__(self) -> None:
-        fd = os.environ.get(_channel.CHANNEL_ENV)
-        if fd is None:
-            raise QueueError(
-                "cmlray.worker only works inside a worker launched by cmlray.launch_workers"
-                f" ({_channel.CHANNEL_ENV} is not set)"
-            )
-        self._sock = socket.socket(fileno=int(fd))
-        self._sock.set_inheritable(False)  # children of the program must not share it
-        self._lock = threading.Lock()
-
-    def request(self, *message: Any) -> Any:
-        with self._lock:
-            _channel.send(self._sock, message)
-            reply = _channel.receive(self._sock)
-        if reply[0] == "error":
-            raise QueueError(reply[1])
-        return reply[1]
-
-
-_client: _Client | None = None
-
-
-def client() -> _Client:
+def client() -> Client:
     """The channel to this worker's node agent (opened on first use)."""
-    global _client
-    if _client is None:
-        _client = _Client()
-    return _client
+    return _exchanges.client()
 
 
 class Task:
@@ -91,12 +54,11 @@ class Task:
 
     def done(self, result: Any = None) -> None:
         """Record the item's result."""
-        self._outcome = (self.id, True, bytes(cloudpickle.dumps(result)), None, None)
+        self._outcome = (self.id, True, _dump(result), None, None)
 
     def fail(self, error: BaseException) -> None:
         """Record a failure: the item is retried until its attempts run out."""
-        text = "".join(traceback.format_exception(error))
-        self._outcome = (self.id, False, None, f"{type(error).__name__}: {error}", text)
+        self._outcome = failure(self.id, error)
 
     def __enter__(self) -> Task:
         return self
@@ -122,45 +84,32 @@ class Task:
         return self._outcome
 
 
-class _Batcher:
-    """Sizes lease batches to about ``_TARGET_BATCH_S`` of work."""
+_dumper: _pickling.Dumper | None = None
 
-    def __init__(self) -> None:
-        self.per_item_s: float | None = None
 
-    def want(self) -> int:
-        if self.per_item_s is None:
-            return 1
-        return max(1, min(_MAX_BATCH, int(_TARGET_BATCH_S / max(self.per_item_s, 1e-6))))
-
-    def observe(self, items: int, elapsed_s: float) -> None:
-        if items:
-            sample = elapsed_s / items
-            self.per_item_s = (
-                sample if self.per_item_s is None else 0.5 * (self.per_item_s + sample)
-            )
+def _dump(result: Any) -> bytes:
+    """A result pickled (the standard library for plain values, else cloudpickle)."""
+    global _dumper
+    if type(result) in _pickling.PLAIN:
+        return _pickling.dumps_plain(result)
+    if _dumper is None:
+        _dumper = _pickling.Dumper()
+    return _dumper(result)
 
 
 def tasks(name: str) -> Iterator[Task]:
     """Lease the queue's items as tasks until the queue is closed and drained."""
-    channel = client()
-    batcher = _Batcher()
-    outcomes: list[tuple[Any, ...]] = []
+    exchanges = Exchanges(name)
     try:
-        while True:
-            leased, drained = channel.request("exchange", name, outcomes, batcher.want(), _WAIT_S)
-            outcomes = []
+        for leased in exchanges.batches():
             started = time.monotonic()
             for item_id, attempt, payload in leased:
-                task = Task(cloudpickle.loads(payload), attempt, item_id)
+                task = Task(_pickling.loads(payload), attempt, item_id)
                 yield task
-                outcomes.append(task.outcome())
-            batcher.observe(len(leased), time.monotonic() - started)
-            if drained and not leased:
-                return
+                exchanges.outcomes.append(task.outcome())
+            exchanges.observe(len(leased), time.monotonic() - started)
     finally:
-        if outcomes:  # the loop was left early: report what was finished
-            channel.request("exchange", name, outcomes, 0, 0.0)
+        exchanges.close()
 
 
 def serve(name: str, fn: Callable[[Any], Any]) -> int:
@@ -173,10 +122,24 @@ def serve(name: str, fn: Callable[[Any], Any]) -> int:
         How many items this worker processed.
     """
     count = 0
-    for task in tasks(name):
-        with task:
-            task.result = fn(task.item)
-        count += 1
+    exchanges = Exchanges(name)
+    outcomes = exchanges.outcomes
+    loads = _pickling.loads
+    try:
+        for leased in exchanges.batches():
+            started = time.monotonic()
+            outcomes = exchanges.outcomes
+            for item_id, _attempt, payload in leased:
+                try:
+                    result = fn(loads(payload))
+                except Exception as exc:
+                    outcomes.append(failure(item_id, exc))
+                    continue
+                outcomes.append((item_id, True, _dump(result), None, None))
+                count += 1
+            exchanges.observe(len(leased), time.monotonic() - started)
+    finally:
+        exchanges.close()
     return count
 
 

@@ -95,7 +95,8 @@ def test_idle_nodes_scale_down_with_the_session_open_and_up_again(
     attached: AutoscalingCluster,
 ) -> None:
     first = cmlray.launch_workers(1, cpu=1, memory=0.5, code="print('one')")
-    assert len(cmlray.await_workers(first, timeout_seconds=120)["workers"]) == 1
+    finished = cmlray.await_workers(first, timeout_seconds=120)
+    assert len(finished["workers"]) == 1, finished["failures"]
     ended = time.monotonic()
     attached.wait_nodes(0, timeout_s=IDLE_TIMEOUT_S + AGENT_IDLE_S + 60)
     gone_s = time.monotonic() - ended

@@ -103,9 +103,13 @@ def test_sqlite_and_snapshot_layout(grid_study: tuple[sweep.Plan, sweep.Summary]
     assert meta["model"] == "svc" and meta["folds"] == 3 and meta["scoring"] == "accuracy"
     for trial in StudyStore(study).trials():
         where = study / "trials" / trial.config_id
-        assert trial.snapshot == f"trials/{trial.config_id}/model.joblib"
-        snapshot = joblib.load(study / trial.snapshot)
-        assert snapshot["params"] == trial.params and len(snapshot["fold_estimators"]) == 3
+        assert trial.snapshot == f"trials/{trial.config_id}"
+        snapshots = sorted((study / trial.snapshot).glob("fold-*.joblib"))
+        assert [p.name for p in snapshots] == [f"fold-{k}.joblib" for k in range(3)]
+        for fold, path in enumerate(snapshots):
+            snapshot = joblib.load(path)
+            assert (snapshot["params"], snapshot["fold"]) == (trial.params, fold)
+            assert hasattr(snapshot["estimator"], "support_vectors_")  # a fitted SVC
         scores = json.loads((where / "scores.json").read_text())
         assert (
             scores["mean_score"] == trial.mean_score and scores["fold_scores"] == trial.fold_scores
@@ -169,7 +173,7 @@ def test_interrupted_sweep_keeps_results_and_resumes(
     kept = rows(plan.study_dir)
     assert 2 <= len(kept) <= 12 and {r[1] for r in kept} == {"done"}
     for config, _, _ in kept:
-        assert (plan.study_dir / "trials" / config / "model.joblib").is_file()
+        assert len(list((plan.study_dir / "trials" / config).glob("fold-*.joblib"))) == 3
     second = run_sweep(make_plan(tmp_path / "runs", "--space", space, "--study", "stop"), captured)
     assert second.ran == 12 - len(kept) and not second.interrupted
     assert len(rows(plan.study_dir)) == 12 == len({r[0] for r in rows(plan.study_dir)})

@@ -104,7 +104,7 @@ class SweepView:
         """A result is in: move the bar, the counts and the leaderboard."""
         self.progress.update(self._task, completed=finished)
         self._counts = Text(
-            f"training {stats.get('leased', 0)} · queued {stats.get('pending', 0)}"
+            f"fits training {stats.get('leased', 0)} · queued {stats.get('pending', 0)}"
             f" · failed {stats.get('failed', 0)} · retried {stats.get('requeued', 0)}",
             style="dim",
         )

@@ -3,13 +3,13 @@
 Layout, under ``<runs-dir>/<study>/``::
 
     study.sqlite                  tables meta (key, value) and trials (one row per configuration)
-    trials/<config_id>/model.joblib   the k estimators cross-validation trained (one per fold)
-    trials/<config_id>/scores.json    the configuration's scores, written last
+    trials/<config_id>/fold-<k>.joblib  fold k's fitted estimator (one file per fold)
+    trials/<config_id>/scores.json      the configuration's scores, written last
     best_model.joblib             the best configuration refit on the whole dataset
     last_run.json                 timings of the latest run
 
-Only the session writes the SQLite file (workers write their own trial
-directory), so there is one writer and no locking to get wrong. A
+Only the session writes the SQLite file and ``scores.json`` (workers send
+their folds' snapshots), so there is one writer and no locking to get wrong. A
 configuration is known by its id (a hash of the model and parameters): the
 primary key, so running it again replaces its row instead of adding one.
 A ``scores.json`` whose row is missing (the session was killed before it
@@ -62,6 +62,11 @@ def now() -> str:
 def trial_dir(study_dir: Path, config_id: str) -> Path:
     """Where one configuration's snapshot and scores live."""
     return study_dir / "trials" / config_id
+
+
+def fold_snapshot(fold: int) -> str:
+    """The file name of fold ``fold``'s snapshot in its configuration's directory."""
+    return f"fold-{fold}.joblib"
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -1,10 +1,11 @@
 """A hyperparameter sweep on cmlray workers: grid, random or Optuna TPE.
 
-The session builds a study, puts its configurations on a cmlray queue,
-launches workers that each train configurations from it (``trainer.py``),
-and shows a live view while results come in. Every result goes into the
-study's SQLite file; each worker saves its configurations' snapshots and
-scores under ``runs/<study>/``. Running the same study again does only
+The session builds a study, puts each (configuration, fold) fit on a cmlray
+queue, launches workers that train fits from it (``trainer.py``), and shows
+a live view while results come in. Workers send each fold's fitted
+estimator home; once a configuration's folds are all in (``folds.py``) the
+session writes its scores and its row in the study's SQLite file, under
+``runs/<study>/``. Running the same study again does only
 what is missing; Ctrl-C stops the workers, keeps every finished result and
 prints the command that resumes.
 
@@ -41,6 +42,7 @@ from rich.console import Console
 from rich.text import Text
 
 from estimators import MODELS, ModelSpec, UsageError, get_model, load_dataset
+from folds import FoldResults, fold_tasks
 from liveview import SweepView, leaderboard
 from samplers import FixedPlan, Proposal, TpeSearch, require_optuna
 from searchspace import (
@@ -53,7 +55,7 @@ from searchspace import (
     read_space_file,
     sample,
 )
-from studydb import StudyStore, Trial
+from studydb import StudyStore, Trial, trial_dir, write_atomically
 from trainer import QUEUE_ENV, dump_atomically
 
 EXAMPLE_DIR = Path(__file__).resolve().parent
@@ -269,17 +271,21 @@ def make_search(plan: Plan, store: StudyStore) -> FixedPlan | TpeSearch:
     return _fixed_plan(plan, store.done_ids())
 
 
-def _task(plan: Plan, proposal: Proposal) -> dict[str, Any]:
-    """A queue item: everything ``trainer.train_one`` needs, and nothing it must look up."""
-    return {
-        "config_id": config_id(plan.model.name, proposal.params),
-        "number": proposal.number,
-        "model": plan.model.name,
-        "params": proposal.params,
-        "folds": plan.folds,
-        "scoring": plan.scoring,
-        "study_dir": str(plan.study_dir),
-    }
+def _tasks(plan: Plan, proposals: list[Proposal]) -> list[dict[str, Any]]:
+    """Queue items, one per (configuration, fold): all ``trainer.train_fold`` needs."""
+    items: list[dict[str, Any]] = []
+    for proposal in proposals:
+        base = {
+            "config_id": config_id(plan.model.name, proposal.params),
+            "number": proposal.number,
+            "model": plan.model.name,
+            "params": proposal.params,
+            "folds": plan.folds,
+            "scoring": plan.scoring,
+            "study_dir": str(plan.study_dir),
+        }
+        items += fold_tasks(base, plan.folds)
+    return items
 
 
 def _results(queue: Any, worker_ids: list[str]) -> Iterator[Any]:
@@ -331,7 +337,8 @@ class Sweep:
         self.first = self.search.first(plan.workers)
         self.summary = Summary(plan.study_dir, total=self.search.total, done=0)
         self._workers: list[str] = []
-        self._recorded: set[str] = set()
+        self._folds = FoldResults()
+        self._seen: set[tuple[str, int]] = set()  # (config, fold) results taken in
 
     def run(self) -> Summary:
         """Train what is pending (if anything), record it, refit the best; the summary."""
@@ -366,7 +373,7 @@ class Sweep:
     def _start(self, queue: Any) -> None:
         import cmlray
 
-        queue.put_many([_task(self.plan, p) for p in self.first])
+        queue.put_many(_tasks(self.plan, self.first))
         if self.search.exhausted:
             queue.close()
         workers = cmlray.launch_workers(
@@ -382,30 +389,47 @@ class Sweep:
     def _collect(self, queue: Any, view: SweepView, finished: int) -> None:
         closed = self.search.exhausted
         for result in _results(queue, self._workers):
-            score = self._record(result)
+            settled, score = self._record(result)
+            if not settled:
+                continue
             finished += 1
             proposal = Proposal(result.item["number"], result.item["params"])
             following = self.search.tell(proposal, score)
             if following:
-                queue.put_many([_task(self.plan, p) for p in following])
+                queue.put_many(_tasks(self.plan, following))
             if self.search.exhausted and not closed:
                 queue.close()
                 closed = True
             view.update(finished, queue.stats(), self.store.trials(limit=5))
 
-    def _record(self, result: Any) -> float | None:
-        """Store one queue result; returns its mean score (None: it failed)."""
+    def _record(self, result: Any) -> tuple[bool, float | None]:
+        """Take in one fold's result; once its configuration is settled, store its row.
+
+        Returns (settled, mean score): settled is True for the result that
+        completes or fails a configuration, the score None when it failed.
+        """
         item = result.item
-        self._recorded.add(item["config_id"])
-        self.summary.ran += 1
+        self._seen.add((item["config_id"], item["fold"]))
         if result.ok:
-            self.store.record(result.result)
-            return float(result.result["mean_score"])
+            row = self._folds.add_done(item, result.result)
+            if row is None:
+                return False, None
+            self.summary.ran += 1
+            scores = trial_dir(self.plan.study_dir, row["config_id"]) / "scores.json"
+            scores.parent.mkdir(exist_ok=True)
+            write_atomically(scores, json.dumps(row, indent=2).encode())  # then the row:
+            self.store.record(row)  # killed in between, the next run adopts scores.json
+            return True, float(row["mean_score"])
+        if not self._folds.add_failed(item):
+            return False, None
+        self.summary.ran += 1
         self.summary.failed += 1
-        self.store.record({**item, "status": "failed", "error": result.error})
+        row = {k: v for k, v in item.items() if k != "fold"}
+        self.store.record({**row, "status": "failed", "error": result.error})
         tries = f"{result.attempts} attempt{'s' if result.attempts != 1 else ''}"
-        self.console.print(Text(f"#{item['number']} failed ({tries}): {result.error}", style="red"))
-        return None
+        where = f"#{item['number']} (fold {item['fold'] + 1})"
+        self.console.print(Text(f"{where} failed ({tries}): {result.error}", style="red"))
+        return True, None
 
     def _stop_workers(self) -> None:
         """Stop this sweep's workers (only them: the session may run others)."""
@@ -420,7 +444,7 @@ class Sweep:
         view.note("interrupted: stopping the workers, keeping every finished result")
         self._stop_workers()
         for result in queue.results():
-            if result.ok and result.item["config_id"] not in self._recorded:
+            if result.ok and (result.item["config_id"], result.item["fold"]) not in self._seen:
                 self._record(result)
         self.adopted += self.store.adopt_orphans()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cmlray._queue import DONE, FAILED, Outcome, QueueClosedError, QueueState
+from cmlray._queuestate import QueueClosedError, QueueState
 
 
 class Clock:
@@ -15,11 +15,19 @@ class Clock:
         return self.now
 
 
-def state(**kwargs: object) -> tuple[QueueState, Clock]:
+def state(items: int = 3, **kwargs: object) -> tuple[QueueState, Clock]:
     clock = Clock()
     queue = QueueState(clock=clock, **kwargs)  # type: ignore[arg-type]
-    queue.put_many([b"a", b"b", b"c"])
+    assert queue.put_many([chr(ord("a") + i).encode() for i in range(items)]) == range(items)
     return queue, clock
+
+
+def ok(item_id: int, result: bytes = b"") -> tuple[int, bool, bytes, None, None]:
+    return (item_id, True, result, None, None)
+
+
+def failed(item_id: int, error: str, tb: str) -> tuple[int, bool, None, str, str]:
+    return (item_id, False, None, error, tb)
 
 
 def test_lease_hands_out_items_in_order_and_counts_attempts() -> None:
@@ -35,6 +43,16 @@ def test_lease_hands_out_items_in_order_and_counts_attempts() -> None:
         "requeued": 0,
         "total": 3,
     }
+    assert queue.holds("w1") and queue.holds("w2") and not queue.holds("w3")
+
+
+def test_the_last_items_are_shared_among_the_workers_asking() -> None:
+    queue, _ = state(items=10)
+    assert len(queue.lease("w1", 100)) == 10  # alone: it may take everything
+    queue, _ = state(items=10)
+    queue.lease("w2", 0)  # a second worker is asking too
+    # each gets half of what is left, rounded up: the last items spread out
+    assert [len(queue.lease(w, 100)) for w in ("w1", "w2", "w1", "w2")] == [5, 3, 1, 1]
 
 
 def test_done_is_recorded_once_even_when_an_item_ran_twice() -> None:
@@ -42,28 +60,29 @@ def test_done_is_recorded_once_even_when_an_item_ran_twice() -> None:
     queue.lease("slow", 1)
     clock.now = 11  # the slow worker's lease expires; the item goes to another worker
     assert queue.lease("fast", 1) == [(0, 2, b"a")]
-    queue.complete("fast", [Outcome(0, True, b"first")])
-    queue.complete("slow", [(0, True, b"second", None, None)])
-    assert queue.results[0] == b"first"
-    assert queue.finished == [0] and queue.items[0].state == DONE
+    queue.complete("fast", [ok(0, b"first")])
+    queue.complete("slow", [ok(0, b"second")])
+    assert queue.report(0)["result"] == [b"first"]
+    assert queue.finished == [0] and queue.state_of(0) == "done"
     assert queue.requeued == 1
 
 
 def test_failure_is_retried_then_recorded_with_error_and_traceback() -> None:
     queue, _ = state(max_attempts=2)
     queue.lease("w", 1)
-    queue.complete("w", [Outcome(0, False, None, "ValueError: x", "tb1")])
-    assert queue.items[0].state == "pending" and queue.requeued == 1
+    queue.complete("w", [failed(0, "ValueError: x", "tb1")])
+    assert queue.state_of(0) == "pending" and queue.requeued == 1
+    assert not queue.holds("w")
     assert queue.lease("w", 1) == [(0, 2, b"a")]  # a requeued item is first in line
-    queue.complete("w", [Outcome(0, False, None, "ValueError: y", "tb2")])
-    item = queue.items[0]
-    assert (item.state, item.attempts, item.error, item.traceback) == (
-        FAILED,
-        2,
-        "ValueError: y",
-        "tb2",
+    queue.complete("w", [failed(0, "ValueError: y", "tb2")])
+    assert queue.state_of(0) == "failed"
+    page = queue.report(0)
+    assert (page["ok"], page["attempts"], page["error"], page["traceback"]) == (
+        [False],
+        [2],
+        ["ValueError: y"],
+        ["tb2"],
     )
-    assert queue.report(0)["ok"] == [False]
 
 
 def test_released_worker_gives_its_items_back() -> None:
@@ -79,28 +98,33 @@ def test_dying_worker_counts_as_an_attempt() -> None:
     queue, _ = state(max_attempts=1)
     queue.lease("dead", 1)
     queue.release_worker("dead", "its worker died (killed by SIGKILL)")
-    assert queue.items[0].state == FAILED
-    assert queue.items[0].error == "its worker died (killed by SIGKILL)"
+    assert queue.state_of(0) == "failed"
+    assert queue.report(0)["error"] == ["its worker died (killed by SIGKILL)"]
 
 
-def test_heartbeat_keeps_a_lease() -> None:
+def test_a_report_or_heartbeat_keeps_the_whole_lease() -> None:
     queue, clock = state(lease_timeout_s=10)
-    queue.lease("w", 1)
+    queue.lease("w", 2)
     clock.now = 8
     queue.heartbeat("w")
     clock.now = 15
     queue.expire()
-    assert queue.items[0].state == "leased"
-    clock.now = 19
+    assert (queue.state_of(0), queue.state_of(1)) == ("leased", "leased")
+    queue.complete("w", [ok(0)])  # at 15: the other item's lease runs to 25
+    clock.now = 24
     queue.expire()
-    assert queue.items[0].state == "pending"
-    assert queue.items[0].error == "lease expired after 10 s"
+    assert queue.state_of(1) == "leased"
+    assert queue.next_deadline() == 25
+    clock.now = 25
+    queue.expire()
+    assert queue.state_of(1) == "pending" and queue.next_deadline() is None
+    assert queue.errors[1] == ("lease expired after 10 s", None)
 
 
 def test_drained_needs_closed_and_settled() -> None:
     queue, _ = state()
     queue.lease("w", 3)
-    queue.complete("w", [Outcome(i, True, b"") for i in range(3)])
+    queue.complete("w", [ok(i) for i in range(3)])
     assert queue.settled and not queue.drained
     queue.close()
     assert queue.drained
@@ -111,7 +135,9 @@ def test_drained_needs_closed_and_settled() -> None:
 def test_report_pages_through_results_in_completion_order() -> None:
     queue, _ = state()
     queue.lease("w", 3)
-    queue.complete("w", [Outcome(2, True, b"c!"), Outcome(0, True, b"a!")])
+    queue.complete("w", [ok(2, b"c!"), ok(0, b"a!")])
     assert queue.report(0)["id"] == [2, 0]
+    assert queue.report(0)["item"] == [b"c", b"a"]
     assert queue.report(1)["result"] == [b"a!"]
     assert queue.report(0, limit=1)["id"] == [2]
+    assert queue.counts()["done"] == 2 and queue.counts()["leased"] == 1

@@ -19,8 +19,8 @@ from ray.core.generated.common_pb2 import (
 from ray.exceptions import AuthenticationError, RayTaskError
 
 from cmlray import _rayerrors
-from cmlray._queue import QueueClosedError
-from cmlray._rayerrors import Kind
+from cmlray._queuestate import QueueClosedError
+from cmlray._rayerrors import MAX_PLACEMENTS, Death, Kind
 from cmlray.errors import QueueError, SessionError
 
 
@@ -114,3 +114,14 @@ def test_an_upload_too_large_is_told_by_where_it_was_raised() -> None:
         raise RuntimeEnvSetupError("pip failed") from ValueError("elsewhere")
     except RuntimeEnvSetupError as other:
         assert not _rayerrors.is_upload_too_large(other)
+
+
+def test_a_worker_whose_node_went_before_it_started_is_placed_again() -> None:
+    removed = Death(Kind.NODE_REMOVED, "node removed (idle)")
+    assert removed.places_again("scheduling", times_placed=1)
+    assert removed.places_again("starting", times_placed=2)
+    assert not removed.places_again("running", times_placed=1)  # it may have done work
+    assert not removed.places_again("starting", times_placed=MAX_PLACEMENTS)
+    assert Death(Kind.NODE_LOST, "node lost").places_again("starting", times_placed=1)
+    for kind in (Kind.OUT_OF_MEMORY, Kind.AGENT_KILLED, Kind.AGENT_DIED, Kind.AGENT_FAILED):
+        assert not Death(kind, kind.value).places_again("starting", times_placed=1)

@@ -1,0 +1,181 @@
+"""A worker's program and its queue: the channel, batch sizes, one batch ahead of the work.
+
+The program never joins Ray: each round trip goes over its channel to its
+node agent, which asks the session's queue actor (``_services.py``). A round
+trip costs milliseconds, more on a busy node, so it never waits for one:
+as soon as a batch arrives, the request for the next one goes out
+(reporting the batch before), and the answer is read once the batch is done.
+Batches are sized to about ``TARGET_BATCH_S`` of work, from the items' own
+times (one item first, then as many as fit).
+
+Standard library only at import (a program that serves a queue of plain
+data never imports cloudpickle; ``_pickling.py`` does on first need).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from cmlray import _channel
+from cmlray.errors import QueueError
+
+TARGET_BATCH_S = 0.2
+MAX_BATCH = 4096
+WAIT_S = 10.0
+
+Leased = tuple[int, int, bytes]
+
+
+class Client:
+    """The program's end of the channel (one per process, thread-safe).
+
+    A request may be *posted* (its reply read later with ``collect``): the
+    queue's next batch is asked for while the program works on this one. A
+    plain ``request`` made meanwhile (``send_file``, say) first reads the
+    posted request's reply and keeps it for ``collect``.
+    """
+
+    def __init__(self) -> None:
+        fd = os.environ.get(_channel.CHANNEL_ENV)
+        if fd is None:
+            raise QueueError(
+                "cmlray.worker only works inside a worker launched by cmlray.launch_workers"
+                f" ({_channel.CHANNEL_ENV} is not set)"
+            )
+        self._sock = socket.socket(fileno=int(fd))
+        self._sock.set_inheritable(False)  # children of the program must not share it
+        self._lock = threading.Lock()
+        self._posted = False
+        self._kept: Any = None
+
+    def post(self, *message: Any) -> None:
+        """Send a request whose reply ``collect`` reads later."""
+        with self._lock:
+            self._take_posted()
+            _channel.send(self._sock, message)
+            self._posted = True
+
+    def collect(self) -> Any:
+        """The reply to the request posted last; QueueError for a failed one."""
+        with self._lock:
+            self._take_posted()
+            answer, self._kept = self._kept, None
+        return _unwrap(answer)
+
+    def request(self, *message: Any) -> Any:
+        with self._lock:
+            self._take_posted()
+            _channel.send(self._sock, message)
+            return _unwrap(_channel.receive(self._sock))
+
+    def _take_posted(self) -> None:
+        if self._posted:
+            self._kept = _channel.receive(self._sock)
+            self._posted = False
+
+
+def _unwrap(answer: Any) -> Any:
+    if answer is None:
+        raise QueueError("no request was posted")
+    if answer[0] == "error":
+        raise QueueError(answer[1])
+    return answer[1]
+
+
+_client: Client | None = None
+
+
+def client() -> Client:
+    """The channel to this worker's node agent (opened on first use)."""
+    global _client
+    if _client is None:
+        _client = Client()
+    return _client
+
+
+def _pickled(outcomes: list[tuple[Any, ...]]) -> bytes:
+    """Outcomes as they travel: pickled once here, unpickled once by the queue."""
+    return pickle.dumps(outcomes, pickle.HIGHEST_PROTOCOL)
+
+
+def failure(item_id: int, error: BaseException) -> tuple[Any, ...]:
+    """The outcome of an item whose function raised: retried until its attempts run out."""
+    import traceback  # only when something failed: a program that never fails never loads it
+
+    text = "".join(traceback.format_exception(error))
+    return (item_id, False, None, f"{type(error).__name__}: {error}", text)
+
+
+class Exchanges:
+    """A program's round trips with one queue, one batch ahead of the work.
+
+    Iterate ``batches()``; append each item's outcome to ``outcomes`` as it is
+    done; they go with the next request. ``close()`` reports what is left.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.channel = client()
+        self.outcomes: list[tuple[Any, ...]] = []
+        self._per_item_s: float | None = None
+        self._asked = False
+
+    def want(self) -> int:
+        if self._per_item_s is None:
+            return 1
+        return max(1, min(MAX_BATCH, int(TARGET_BATCH_S / max(self._per_item_s, 1e-6))))
+
+    def observe(self, items: int, elapsed_s: float) -> None:
+        if items:
+            sample = elapsed_s / items
+            per_item = self._per_item_s
+            self._per_item_s = sample if per_item is None else 0.5 * (per_item + sample)
+
+    def _ask(self) -> None:
+        outcomes, self.outcomes = self.outcomes, []
+        self.channel.post("exchange", self.name, _pickled(outcomes), self.want(), WAIT_S)
+        self._asked = True
+
+    def _answer(self) -> tuple[list[Leased], bool]:
+        self._asked = False
+        leased, drained = pickle.loads(self.channel.collect())
+        return leased, drained
+
+    def batches(self) -> Iterator[list[Leased]]:
+        """Leased batches until the queue is closed and drained."""
+        self._ask()
+        while True:
+            leased, drained = self._answer()
+            if drained and not leased:
+                return
+            ahead = self._asks_ahead()
+            if ahead:
+                self._ask()  # the next batch is on its way while this one is worked
+            if leased:
+                yield leased
+            if not ahead:
+                self._ask()
+
+    def _asks_ahead(self) -> bool:
+        """Ask for the next batch before working this one: only for short items.
+
+        A round trip is hidden behind a batch of short items (a few percent
+        of their time otherwise). An item longer than a whole batch's target
+        hides nothing worth it (its round trip is under 1% of it) and an item
+        leased ahead of time would wait behind it at the end of the queue
+        while another worker idles.
+        """
+        return self._per_item_s is None or self._per_item_s < TARGET_BATCH_S
+
+    def close(self) -> None:
+        """Read the answer still on its way; report the outcomes not reported yet."""
+        if self._asked:
+            self._answer()
+        if self.outcomes:
+            outcomes, self.outcomes = self.outcomes, []
+            self.channel.request("exchange", self.name, _pickled(outcomes), 0, 0.0)

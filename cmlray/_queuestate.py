@@ -1,0 +1,228 @@
+"""The parameter queue's bookkeeping: a plain class, quick and never blocking.
+
+Items are *leased*, never popped: a worker takes a batch of items and holds
+them until it reports each one done or failed. An item goes back to the
+queue when its worker dies (the session says so), when its worker's lease
+passes ``lease_timeout_s`` without news from it, or when ``fn`` raised and
+attempts remain; after ``max_attempts`` it is recorded failed with its error.
+A result is recorded once per item, even when an item ran twice. Nothing is
+ever dropped: every item ends ``done`` or ``failed``.
+
+Items and results stay pickled bytes here; only the session and the
+worker's program unpickle them.
+
+Costs are per item and small, and never per queue: items live in flat lists
+indexed by their id (no object per item), a lease belongs to a worker (one
+deadline for all the items it holds, renewed by each report), and at the end
+of the queue a worker gets no more than its share of what is left, so the
+last items spread over every worker instead of waiting behind one batch.
+Unit-tested alone (tests/unit/test_queue_state.py); the actor that serves it
+is ``_queue.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+PENDING, LEASED, DONE, FAILED = 0, 1, 2, 3
+STATE_NAMES = ("pending", "leased", "done", "failed")
+REPORT_LIMIT = 20_000  # results per page of ``QueueState.report``
+ACTIVE_S = 10.0  # a worker that asked within this long shares the queue's last items
+
+Leased = tuple[int, int, bytes]  # (item id, attempt, payload)
+Outcome = tuple[int, bool, Any, Any, Any]  # (item id, ok, result, error, traceback)
+
+
+class QueueClosedError(Exception):
+    """Raised inside the actor for a put after close (translated by ``_rayerrors``)."""
+
+
+@dataclass
+class _Lease:
+    items: set[int] = field(default_factory=set)
+    deadline: float = 0.0
+
+
+@dataclass
+class QueueState:
+    """The queue's bookkeeping (see the module docstring)."""
+
+    max_attempts: int = 3
+    lease_timeout_s: float = 300.0
+    clock: Callable[[], float] = time.monotonic
+    closed: bool = False
+    requeued: int = 0
+    payloads: list[bytes] = field(default_factory=list)
+    states: bytearray = field(default_factory=bytearray)
+    attempts: array[int] = field(default_factory=lambda: array("I"))
+    results: list[bytes | None] = field(default_factory=list)
+    errors: dict[int, tuple[str | None, str | None]] = field(default_factory=dict)
+    pending: deque[int] = field(default_factory=deque)
+    finished: list[int] = field(default_factory=list)  # item ids, in completion order
+    leases: dict[str, _Lease] = field(default_factory=dict)
+    seen: dict[str, float] = field(default_factory=dict)  # worker -> when it last asked
+    counts_by_state: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+
+    # Items in, results out ---------------------------------------------------------------
+
+    def put_many(self, payloads: list[bytes]) -> range:
+        """Add items; returns their ids."""
+        if self.closed:
+            raise QueueClosedError("the queue is closed: no more items can be put")
+        first = len(self.payloads)
+        ids = range(first, first + len(payloads))
+        self.payloads += payloads
+        self.states += bytes(len(payloads))  # PENDING
+        self.attempts.frombytes(bytes(self.attempts.itemsize * len(payloads)))
+        self.results += [None] * len(payloads)
+        self.pending.extend(ids)
+        self.counts_by_state[PENDING] += len(payloads)
+        return ids
+
+    def close(self) -> None:
+        self.closed = True
+
+    def state_of(self, item_id: int) -> str:
+        return STATE_NAMES[self.states[item_id]]
+
+    def counts(self) -> dict[str, int]:
+        counts = dict(zip(STATE_NAMES, self.counts_by_state, strict=True))
+        return counts | {"requeued": self.requeued, "total": len(self.payloads)}
+
+    @property
+    def settled(self) -> bool:
+        """Every item put so far is done or failed."""
+        return len(self.finished) == len(self.payloads)
+
+    @property
+    def drained(self) -> bool:
+        """Closed and settled: workers can stop asking."""
+        return self.closed and self.settled
+
+    @property
+    def servers(self) -> set[str]:
+        """Every worker that has asked for items."""
+        return set(self.seen)
+
+    # Leases ------------------------------------------------------------------------------
+
+    def lease(self, worker: str, want: int) -> list[Leased]:
+        """Up to ``want`` pending items for ``worker`` (its share, at the end of the queue)."""
+        now = self.clock()
+        self.seen[worker] = now
+        self.expire()
+        if not self.pending:
+            return []
+        active = sum(1 for when in self.seen.values() if now - when < ACTIVE_S) or 1
+        want = min(want, -(-len(self.pending) // active))
+        lease = self.leases.setdefault(worker, _Lease())
+        lease.deadline = now + self.lease_timeout_s
+        leased: list[Leased] = []
+        states, attempts, payloads = self.states, self.attempts, self.payloads
+        pending = self.pending
+        while pending and len(leased) < want:
+            item_id = pending.popleft()
+            if states[item_id] != PENDING:  # finished meanwhile by an earlier lease
+                continue
+            states[item_id] = LEASED
+            attempts[item_id] += 1
+            lease.items.add(item_id)
+            leased.append((item_id, attempts[item_id], payloads[item_id]))
+        self.counts_by_state[PENDING] -= len(leased)
+        self.counts_by_state[LEASED] += len(leased)
+        return leased
+
+    def complete(self, worker: str, outcomes: list[Outcome]) -> None:
+        """Record what ``worker`` did with its items; renews its lease on the others."""
+        lease = self.leases.get(worker)
+        mine = lease.items if lease is not None else set()
+        for item_id, ok, result, error, traceback in outcomes:
+            if item_id >= len(self.states) or self.states[item_id] in (DONE, FAILED):
+                continue  # a second run of an item already recorded
+            mine.discard(item_id)
+            if ok:
+                self._finish(item_id, DONE, result)
+            else:
+                self._retry_or_fail(item_id, error, traceback)
+        if lease is not None:
+            lease.deadline = self.clock() + self.lease_timeout_s
+
+    def holds(self, worker: str) -> bool:
+        """Whether ``worker`` holds leased items it has not reported yet."""
+        lease = self.leases.get(worker)
+        return lease is not None and bool(lease.items)
+
+    def heartbeat(self, worker: str) -> None:
+        lease = self.leases.get(worker)
+        if lease is not None:
+            lease.deadline = self.clock() + self.lease_timeout_s
+
+    def release_worker(self, worker: str, why: str) -> int:
+        """``worker`` is gone: its leased items go back (or fail when out of attempts)."""
+        self.seen.pop(worker, None)
+        lease = self.leases.pop(worker, None)
+        lost = [i for i in (lease.items if lease else ()) if self.states[i] == LEASED]
+        for item_id in lost:
+            self._retry_or_fail(item_id, why, None)
+        return len(lost)
+
+    def expire(self) -> None:
+        """Leases past their deadline go back to the queue (their workers hung)."""
+        now = self.clock()
+        for worker in [w for w, lease in self.leases.items() if lease.deadline <= now]:
+            lease = self.leases.pop(worker)
+            for item_id in [i for i in lease.items if self.states[i] == LEASED]:
+                why = f"lease expired after {self.lease_timeout_s:g} s"
+                self._retry_or_fail(item_id, why, None)
+
+    def next_deadline(self) -> float | None:
+        held = [lease.deadline for lease in self.leases.values() if lease.items]
+        return min(held, default=None)
+
+    def _retry_or_fail(self, item_id: int, error: str | None, traceback: str | None) -> None:
+        self.errors[item_id] = (error, traceback)
+        if self.attempts[item_id] >= self.max_attempts:
+            self._finish(item_id, FAILED, None)
+            return
+        self._move(item_id, PENDING)
+        self.pending.appendleft(item_id)  # first in line: stragglers finish sooner
+        self.requeued += 1
+
+    def _finish(self, item_id: int, state: int, result: bytes | None) -> None:
+        self._move(item_id, state)
+        self.results[item_id] = result
+        self.finished.append(item_id)
+
+    def _move(self, item_id: int, state: int) -> None:
+        self.counts_by_state[self.states[item_id]] -= 1
+        self.counts_by_state[state] += 1
+        self.states[item_id] = state
+
+    def report(self, start: int, limit: int = REPORT_LIMIT) -> dict[str, list[Any]]:
+        """Finished items from completion index ``start`` on, as columns.
+
+        The columns: ``id``, ``item``, ``ok``, ``result``, ``error``,
+        ``traceback``, ``attempts``, one entry per item in completion order.
+        Columns rather than a dict per item: a page of 20,000 results is
+        pickled and unpickled in a third of the time (13 ms instead of 42 ms).
+        """
+        ids = self.finished[start : start + limit]
+        failed = [self.states[i] == FAILED for i in ids]
+        why = [
+            self.errors.get(i, (None, None)) if f else (None, None)
+            for i, f in zip(ids, failed, strict=True)
+        ]
+        return {
+            "id": ids,
+            "item": [self.payloads[i] for i in ids],
+            "ok": [not f for f in failed],
+            "result": [self.results[i] for i in ids],
+            "error": [error for error, _ in why],
+            "traceback": [tb for _, tb in why],
+            "attempts": [self.attempts[i] for i in ids],
+        }
