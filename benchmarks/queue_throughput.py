@@ -37,6 +37,7 @@ Usage: ``python benchmarks/queue_throughput.py [--rounds N] [--quick]``
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import statistics
 import sys
@@ -78,6 +79,11 @@ def make_fn(work_s: float) -> Callable[[Any], Any]:
         return x
 
     return fn
+
+
+def busy(work_s: float, x: Any) -> Any:
+    """``make_fn``'s function at module level: what ``multiprocessing`` can pickle."""
+    return make_fn(work_s)(x)
 
 
 def _check(results: Sequence[Any], n: int) -> None:
@@ -179,7 +185,7 @@ def _loky(n: int, work_s: float) -> float:
 def _pool(n: int, work_s: float) -> float:
     import multiprocessing
 
-    fn = make_fn(work_s)
+    fn = functools.partial(busy, work_s)
     began = time.perf_counter()
     with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
         results = list(pool.imap_unordered(fn, range(n), chunksize=max(1, math.ceil(n / 8))))
