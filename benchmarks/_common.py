@@ -223,11 +223,17 @@ def ray_named(described: Sequence[str]) -> list[str]:
 # --------------------------------------------------------------------------
 
 
-def spawn_child(script: str | Path, mode: str, *extra: str, record_settle: bool = False) -> Json:
+def spawn_child(
+    script: str | Path,
+    mode: str,
+    *extra: str,
+    record_settle: bool = False,
+    timeout_s: float = CHILD_TIMEOUT_S,
+) -> Json:
     """Run ``script --child mode *extra`` in a fresh interpreter; its parsed JSON result.
 
     The child runs from the repository root and must print its result with
-    ``emit``; a non-zero exit, no result line or more than ``CHILD_TIMEOUT_S``
+    ``emit``; a non-zero exit, no result line or more than ``timeout_s``
     raise RuntimeError. Afterwards waits (up to ``SETTLE_S``) until no process
     of the run is left, so the next child starts on a quiet machine: those
     still there are the result's ``lingering``; ``record_settle`` also records
@@ -236,10 +242,10 @@ def spawn_child(script: str | Path, mode: str, *extra: str, record_settle: bool 
     command = [sys.executable, str(Path(script).resolve()), "--child", mode, *extra]
     try:
         proc = subprocess.run(
-            command, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, cwd=REPO, check=False
+            command, capture_output=True, text=True, timeout=timeout_s, cwd=REPO, check=False
         )
     except subprocess.TimeoutExpired as exc:
-        raise RuntimeError(f"child {mode} timed out after {CHILD_TIMEOUT_S:g} s") from exc
+        raise RuntimeError(f"child {mode} timed out after {timeout_s:g} s") from exc
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
     if proc.returncode != 0 or not lines:
         tail = "\n".join(proc.stderr.splitlines()[-30:])

@@ -91,6 +91,7 @@ QUICK_GRID: dict[str, list[Any]] = {
 }
 SPEEDUP_GOAL, GRIDSEARCH_GOAL, OPTUNA_GOAL = 1.7, 1.0, 1.0
 TPE_TRIALS, QUICK_TPE_TRIALS = 24, 4
+CHILD_TIMEOUT_S = 1800.0  # the sequential loop alone takes minutes
 
 
 def run_example(grid: dict[str, list[Any]], *extra: str) -> Json:
@@ -142,7 +143,7 @@ def _study_means(study: Path) -> dict[str, float]:
 def in_child(mode: str, *args: Any) -> Json:
     """Run a way in a fresh interpreter (``--child``); its wall time from start to exit."""
     started = time.perf_counter()
-    result = spawn_child(__file__, mode, json.dumps(args))
+    result = spawn_child(__file__, mode, json.dumps(args), timeout_s=CHILD_TIMEOUT_S)
     result["wall_s"] = time.perf_counter() - started
     return result
 

@@ -34,6 +34,7 @@ _PUBLIC = {
     "logs": "cmlray._logread",
     "init": "cmlray._lifecycle",
     "shutdown": "cmlray._lifecycle",
+    "Executor": "cmlray._executor",
     "Queue": "cmlray.queue",
     "QueueResult": "cmlray.queue",
     "CmlrayError": "cmlray.errors",
@@ -51,6 +52,7 @@ if TYPE_CHECKING:  # the same names, for type checkers ("X as X": re-exported)
     from cmlray._api import launch_workers as launch_workers
     from cmlray._api import list_workers as list_workers
     from cmlray._api import stop_workers as stop_workers
+    from cmlray._executor import Executor as Executor
     from cmlray._lifecycle import init as init
     from cmlray._lifecycle import shutdown as shutdown
     from cmlray._logread import logs as logs

@@ -168,9 +168,11 @@ class Exchanges:
         of their time otherwise). An item longer than a whole batch's target
         hides nothing worth it (its round trip is under 1% of it) and an item
         leased ahead of time would wait behind it at the end of the queue
-        while another worker idles.
+        while another worker idles. Nor before the first item's time is known:
+        a worker that starts first would take the second of two long items
+        before the other worker has asked.
         """
-        return self._per_item_s is None or self._per_item_s < TARGET_BATCH_S
+        return self._per_item_s is not None and self._per_item_s < TARGET_BATCH_S
 
     def close(self) -> None:
         """Read the answer still on its way; report the outcomes not reported yet."""

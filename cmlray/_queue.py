@@ -56,6 +56,13 @@ class QueueActor:
         await self._notify()
         return ids.start, ids.stop
 
+    async def cancel(self, item_ids: list[int]) -> list[int]:
+        """Cancel items still pending (``QueueState.cancel``); returns those cancelled."""
+        cancelled = self.state.cancel(item_ids)
+        if cancelled:
+            await self._notify()
+        return cancelled
+
     async def close(self) -> None:
         self.state.close()
         await self._notify()

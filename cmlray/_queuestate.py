@@ -152,6 +152,18 @@ class QueueState:
         if lease is not None:
             lease.deadline = self.clock() + self.lease_timeout_s
 
+    def cancel(self, item_ids: list[int]) -> list[int]:
+        """Items still pending end ``failed`` with error "cancelled"; returns those ids.
+
+        An item already leased runs on (its worker has it); its result is
+        recorded as any other's.
+        """
+        cancelled = [i for i in item_ids if 0 <= i < len(self.states) and self.states[i] == PENDING]
+        for item_id in cancelled:  # left in ``pending``: lease skips what is not PENDING
+            self.errors[item_id] = ("cancelled", None)
+            self._finish(item_id, FAILED, None)
+        return cancelled
+
     def holds(self, worker: str) -> bool:
         """Whether ``worker`` holds leased items it has not reported yet."""
         lease = self.leases.get(worker)

@@ -111,13 +111,26 @@ class Queue:
         """Add one item."""
         self.put_many([item])
 
-    def put_many(self, items: Iterable[Any]) -> None:
-        """Add items, in order. Raises TypeError (nothing added) if one cannot be pickled."""
+    def put_many(self, items: Iterable[Any]) -> range:
+        """Add items, in order; returns their ids (the queue numbers items from 0).
+
+        Raises TypeError (nothing added) if one cannot be pickled.
+        """
         offset = self._put_count
         payloads = _pickling.dumps_many(items, lambda i, exc: _unpicklable(offset + i, exc))
-        if payloads:
-            self._call("put_many", payloads)
-            self._put_count += len(payloads)
+        if not payloads:
+            return range(offset, offset)
+        start, stop = self._call("put_many", payloads)
+        self._put_count += len(payloads)
+        return range(start, stop)
+
+    def cancel(self, ids: Iterable[int]) -> list[int]:
+        """Withdraw items not handed to a worker yet; returns the ids withdrawn.
+
+        A withdrawn item ends ``failed`` with error ``"cancelled"``; an item a
+        worker already holds runs on.
+        """
+        return list(self._call("cancel", list(ids)))
 
     def close(self) -> None:
         """No more items: workers end once every item is done or failed."""

@@ -18,6 +18,7 @@ import cmlray
 
 EXPORTED = [
     "CmlrayError",
+    "Executor",
     "InfeasibleRequestError",
     "Queue",
     "QueueError",

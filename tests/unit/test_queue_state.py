@@ -141,3 +141,13 @@ def test_report_pages_through_results_in_completion_order() -> None:
     assert queue.report(1)["result"] == [b"a!"]
     assert queue.report(0, limit=1)["id"] == [2]
     assert queue.counts()["done"] == 2 and queue.counts()["leased"] == 1
+
+
+def test_cancel_withdraws_only_pending_items() -> None:
+    queue, _ = state()
+    queue.lease("w", 1)
+    assert queue.cancel([0, 1, 7]) == [1]  # 0 is leased; 7 does not exist
+    assert queue.state_of(1) == "failed" and queue.errors[1] == ("cancelled", None)
+    assert queue.lease("w", 5) == [(2, 1, b"c")]  # the cancelled item is never handed out
+    queue.complete("w", [ok(0), ok(2)])
+    assert queue.settled and queue.counts()["failed"] == 1

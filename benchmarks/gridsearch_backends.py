@@ -1,0 +1,180 @@
+"""Benchmark: GridSearchCV(n_jobs=2) on joblib's backends loky, cmlray, Ray's and Dask's.
+
+The sweep's default grid (``examples/hyperopt``: GradientBoostingClassifier
+on breast_cancer, 36 configurations, 5 stratified folds, accuracy: 180
+fits), each backend in a fresh child process, backends taking turns, medians
+over rounds. Two windows per backend, both timed in the child:
+
+- **end to end**: from before the backend exists (``cmlray.init``,
+  ``ray.init`` + ``register_ray()``, Dask's ``LocalCluster``; loky starts its
+  workers on first use) to the fitted search, what a script waits for;
+- **fit**: ``GridSearchCV.fit`` alone, the backend already up.
+
+Every backend must give the same ``cv_results_`` mean scores as loky
+(checked; the run fails otherwise). A table is printed; everything goes to
+``benchmarks/results/gridsearch_backends.json``.
+
+Usage: ``python benchmarks/gridsearch_backends.py [--rounds N] [--quick]``
+(default 3 rounds; ``--quick``: 1 round of a 4-configuration grid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import _common as common
+from _common import Json
+
+sys.path.insert(0, str(common.REPO / "examples" / "hyperopt"))
+
+from estimators import get_model, load_dataset, make_cv
+
+BACKENDS = ("loky", "cmlray", "ray", "dask")
+WORKERS, NUM_CPUS, FOLDS = 2, 2, 5
+QUICK_GRID = {"n_estimators": [50, 100], "max_depth": [2, 3]}
+RESULTS_PATH = common.RESULTS_DIR / "gridsearch_backends.json"
+
+
+@contextlib.contextmanager
+def backend(name: str) -> Iterator[None]:
+    """The joblib backend ``name``, started as its users start it."""
+    import joblib
+
+    if name == "loky":
+        with joblib.parallel_backend("loky", n_jobs=WORKERS):
+            yield
+    elif name == "cmlray":
+        import cmlray
+        import cmlray.joblib  # registers "cmlray"
+
+        cmlray.init(num_cpus=NUM_CPUS, console=common.quiet_console())
+        try:
+            with joblib.parallel_backend("cmlray", n_jobs=WORKERS, cpu=1, memory=1):
+                yield
+        finally:
+            cmlray.shutdown()
+    elif name == "ray":
+        temp_dir = common.enable_token_auth()
+        from ray.util.joblib import register_ray
+
+        common.ray_init(temp_dir, NUM_CPUS)
+        register_ray()
+        try:
+            with joblib.parallel_backend("ray", n_jobs=WORKERS):
+                yield
+        finally:
+            common.ray_shutdown({}, "shutdown_s", temp_dir)
+    else:
+        from distributed import Client, LocalCluster
+
+        with (
+            LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True,
+                         dashboard_address=None, host="127.0.0.1") as cluster,
+            Client(cluster),
+            joblib.parallel_backend("dask", n_jobs=WORKERS),
+        ):  # fmt: skip
+            yield
+
+
+def child(name: str, quick: bool) -> Json:
+    from sklearn.model_selection import GridSearchCV
+
+    spec = get_model("gradient_boosting")
+    grid: dict[str, Any] = QUICK_GRID if quick else spec.space
+    features, labels = load_dataset(spec.dataset)
+    began = time.perf_counter()
+    with backend(name):
+        search = GridSearchCV(spec.factory(), grid, cv=make_cv(FOLDS), n_jobs=WORKERS)
+        fit_began = time.perf_counter()
+        search.fit(features, labels)
+        fit_s = time.perf_counter() - fit_began
+    end_to_end_s = time.perf_counter() - began
+    means = [float(m) for m in search.cv_results_["mean_test_score"]]
+    return {"backend": name, "end_to_end_s": end_to_end_s, "fit_s": fit_s, "means": means}
+
+
+def measure(rounds: int, quick: bool, children: list[Json]) -> None:
+    for index in range(rounds):
+        order = list(BACKENDS) if index % 2 == 0 else list(reversed(BACKENDS))
+        for name in order:
+            result = common.spawn_child(__file__, f"{name}:{int(quick)}", timeout_s=1200)
+            children.append(result)
+            common.progress(
+                f"round {index + 1} {name}: {result['end_to_end_s']:.1f} s end to end,"
+                f" fit {result['fit_s']:.1f} s"
+            )
+
+
+def summarize(children: Sequence[Json]) -> Json:
+    reference = next(c["means"] for c in children if c["backend"] == "loky")
+    disagree = [c["backend"] for c in children if c["means"] != reference]
+    if disagree:
+        raise RuntimeError(f"scores differ from loky's on: {sorted(set(disagree))}")
+    table = {}
+    for name in BACKENDS:
+        runs = [c for c in children if c["backend"] == name]
+        table[name] = {
+            "end_to_end_s": statistics.median(c["end_to_end_s"] for c in runs),
+            "fit_s": statistics.median(c["fit_s"] for c in runs),
+        }
+    loky = table["loky"]
+    return {
+        "table": table,
+        "configurations": len(reference),
+        "cmlray_vs_loky_end_to_end": table["cmlray"]["end_to_end_s"] / loky["end_to_end_s"],
+        "cmlray_vs_loky_fit": table["cmlray"]["fit_s"] / loky["fit_s"],
+    }
+
+
+def print_table(summary: Json) -> None:
+    from rich.table import Table
+
+    title = f"GridSearchCV(n_jobs=2), {summary['configurations']} configurations x {FOLDS} folds"
+    table = Table(title=title)
+    for column in ("backend", "end to end", "/ loky", "fit", "/ loky "):
+        table.add_column(column, justify="left" if column == "backend" else "right")
+    loky = summary["table"]["loky"]
+    for name in BACKENDS:
+        row = summary["table"][name]
+        table.add_row(name, f"{row['end_to_end_s']:.1f} s",
+                      f"{row['end_to_end_s'] / loky['end_to_end_s']:.2f}",
+                      f"{row['fit_s']:.1f} s", f"{row['fit_s'] / loky['fit_s']:.2f}")  # fmt: skip
+    common.table_console(100).print(table)
+    print("same mean scores on every backend: yes")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3)")
+    parser.add_argument("--quick", action="store_true", help="1 round, a small grid")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = common.checked_args(parser, argv)
+    if args.child:
+        name, quick = args.child.split(":")
+        common.emit(child(name, quick == "1"))
+        return 0
+    rounds = args.rounds or (1 if args.quick else 3)
+    children: list[Json] = []
+
+    def report() -> Json:
+        summary = summarize(children)
+        print_table(summary)
+        return summary
+
+    return common.run_parent(
+        lambda: measure(rounds, args.quick, children),
+        report,
+        plan={"rounds": rounds, "quick": args.quick, "backends": BACKENDS},
+        children=children,
+        results_path=RESULTS_PATH,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,355 @@
+"""``cmlray.Executor``: ``concurrent.futures`` on cmlray workers and a queue.
+
+Built on what already serves users, not a second execution path: each call
+is an item of a :class:`~cmlray.queue.Queue` (so leases, retries after a
+worker's death, batching and the relay serve it), served by ``max_workers``
+workers launched with their CPU / memory / GPU reservations (so
+``list_workers``, ``watch`` and the CLI table show them) running
+``cmlray/_calls.py``. A collector thread reads results as they finish and
+settles the futures.
+
+- An exception raised by a call is that call's outcome (its future raises
+  it, the traceback text attached as a note): never retried.
+- A worker that dies puts the calls it held back on the queue; a call that
+  keeps killing workers (``max_attempts`` times) fails its future with
+  :class:`~cmlray.errors.WorkerError`. Workers that ended while calls remain
+  are replaced; after ``max_workers * max_attempts`` replacements with no
+  call finished meanwhile, the executor is broken (its futures raise
+  ``BrokenExecutor`` naming why the workers ended).
+- ``Future.cancel`` withdraws a call no worker holds yet; one already
+  handed to a worker is running and cannot be cancelled (as
+  ``ProcessPoolExecutor``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
+from typing import Any
+
+from cmlray import _api, _lifecycle
+from cmlray._calls import PROGRAM, QUEUE_ENV
+from cmlray._checks import check_count, check_text
+from cmlray._record import FINAL
+from cmlray._spec import WorkerSpec
+from cmlray.errors import CmlrayError, WorkerError
+
+POLL_S = 0.5  # the collector's longest wait for results before it checks the workers
+
+
+class _CallFuture(futures.Future[Any]):
+    """A future whose ``cancel`` withdraws its call from the queue when no worker holds it."""
+
+    def __init__(self, executor: Executor, key: int) -> None:
+        super().__init__()
+        self._executor = executor
+        self._key = key
+
+    def cancel(self) -> bool:
+        if self.done():
+            return self.cancelled()
+        if self._executor._withdraw([self._key]):
+            self._executor._forget(self._key)
+            return super().cancel()
+        self.set_running_or_notify_cancel()  # a worker holds it: it runs
+        return False
+
+
+class Executor(futures.Executor):
+    """A ``concurrent.futures.Executor`` whose calls run on cmlray workers.
+
+    Args:
+        max_workers: workers serving the calls (>= 1).
+        cpu: cores each worker holds.
+        memory: GiB each worker holds (enforced, as any worker's).
+        nvidia_gpu: GPUs each worker holds.
+        name: the workers' name prefix (``executor-1``...).
+        env: extra environment variables for the workers.
+        max_attempts: how often a call is handed to a worker before a call
+            that keeps killing its workers fails.
+
+    Workers start with the first call and end when the executor shuts down
+    (or with the session). Calls, their arguments and results are
+    cloudpickled, so lambdas and closures work.
+    """
+
+    def __init__(
+        self,
+        max_workers: int = 2,
+        cpu: float = 1,
+        memory: float = 1,
+        nvidia_gpu: int = 0,
+        *,
+        name: str = "executor",
+        env: dict[str, str] | None = None,
+        max_attempts: int = 3,
+    ) -> None:
+        self.max_workers = check_count("max_workers", max_workers, 1)
+        self.max_attempts = check_count("max_attempts", max_attempts, 1)
+        self.name = check_text("name", name)
+        self._spec = WorkerSpec.from_call(
+            _lifecycle.project_dir(),
+            n=1,
+            cpu=cpu,
+            memory=memory,
+            nvidia_gpu=nvidia_gpu,
+            kernel="python3",
+            script="",
+            code=PROGRAM,
+            env=env,
+            name=name,
+            grace_period_s=5.0,
+        )  # fmt: skip  (checks every argument before anything starts)
+        self._env = dict(env or {})
+        self._lock = threading.Lock()
+        self._keys = itertools.count()
+        self._futures: dict[int, _CallFuture] = {}
+        self._item_ids: dict[int, int] = {}
+        self._queue: Any = None
+        self._workers: list[str] = []
+        self._replaced_in_a_row = 0  # workers replaced since a call last finished
+        self._names = itertools.count(1)
+        self._shutdown = False
+        self._collector: threading.Thread | None = None
+        self._broken: str | None = None
+
+    # Submitting ------------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
+        """Schedule ``fn(*args, **kwargs)``; its future."""
+        future: futures.Future[Any] = self._submit_many([(fn, args, kwargs)])[0]
+        return future
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[Any]:
+        """``fn`` over the iterables' items, results in order (``Executor.map``'s contract).
+
+        ``chunksize`` calls travel as one item (fewer round trips for short
+        calls); ``timeout`` counts from this call, as ``Executor.map``'s does.
+        """
+        chunksize = check_count("chunksize", chunksize, 1)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        calls = list(zip(*iterables, strict=False))
+        if not calls:
+            return iter(())
+        if chunksize == 1:
+            pending = self._submit_many([(fn, args, {}) for args in calls])
+        else:
+            chunks = [calls[i : i + chunksize] for i in range(0, len(calls), chunksize)]
+            pending = self._submit_many([(_apply_chunk, (fn, chunk), {}) for chunk in chunks])
+        return _in_order(pending, deadline, chunked=chunksize > 1)
+
+    def _submit_many(
+        self, calls: list[tuple[Any, tuple[Any, ...], dict[str, Any]]]
+    ) -> list[_CallFuture]:
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if self._broken is not None:
+                raise futures.BrokenExecutor(self._broken)
+            self._start()
+            keys = [next(self._keys) for _ in calls]
+            made = [_CallFuture(self, key) for key in keys]
+            self._futures.update(zip(keys, made, strict=True))
+            items = [(key, *call) for key, call in zip(keys, calls, strict=True)]
+            try:
+                ids = self._queue.put_many(items)
+            except BaseException:
+                for key in keys:
+                    self._futures.pop(key, None)
+                raise
+            self._item_ids.update(zip(keys, ids, strict=True))
+        return made
+
+    def _start(self) -> None:
+        """The queue, the workers and the collector, with the first call (under the lock)."""
+        if self._queue is not None:
+            return
+        from cmlray.queue import Queue
+
+        self._queue = Queue(f"{self.name}-{uuid.uuid4().hex[:8]}", max_attempts=self.max_attempts)
+        self._launch(self.max_workers)
+        self._collector = threading.Thread(
+            target=self._collect, name=f"cmlray-{self.name}", daemon=True
+        )
+        self._collector.start()
+
+    def _launch(self, n: int) -> None:
+        for _ in range(n):
+            (worker,) = _api.launch_workers(
+                1, self._spec.cpu, self._spec.memory_gib, self._spec.nvidia_gpu,
+                code=PROGRAM, env={**self._env, QUEUE_ENV: self._queue.name},
+                name=f"{self.name}-{next(self._names)}",
+            )  # fmt: skip
+            self._workers.append(worker["id"])
+
+    # Cancelling ------------------------------------------------------------------------
+
+    def _withdraw(self, keys: list[int]) -> list[int]:
+        """Withdraw these calls from the queue if no worker holds them; the keys withdrawn."""
+        with self._lock:
+            by_item = {self._item_ids[k]: k for k in keys if k in self._item_ids}
+            queue = self._queue
+        if not by_item or queue is None:
+            return []
+        try:
+            withdrawn = queue.cancel(list(by_item))
+        except CmlrayError:
+            return []
+        return [by_item[i] for i in withdrawn]
+
+    def _forget(self, key: int) -> None:
+        with self._lock:
+            self._futures.pop(key, None)
+            self._item_ids.pop(key, None)
+
+    # Collecting ------------------------------------------------------------------------
+
+    def _collect(self) -> None:
+        """Settle futures as results come (the collector thread)."""
+        from cmlray.queue import _decode
+
+        queue, seen = self._queue, 0
+        try:
+            while True:
+                page, drained = queue._call("results_since", seen, POLL_S)
+                results = _decode(page)
+                seen += len(results)
+                for result in results:
+                    self._settle(result)
+                if results:
+                    self._replaced_in_a_row = 0  # workers make progress
+                if (drained and not results) or self._broken is not None:
+                    return
+                if not results:
+                    self._keep_workers()
+        except CmlrayError as exc:  # the session ended, or the queue with it
+            self._break(f"the executor's queue is gone: {exc}")
+
+    def _settle(self, result: Any) -> None:
+        key = result.item[0]
+        with self._lock:
+            future = self._futures.pop(key, None)
+            self._item_ids.pop(key, None)
+        if future is None or future.cancelled():
+            return
+        try:
+            if not result.ok:
+                future.set_exception(WorkerError(f"the call failed: {result.error}"))
+            elif result.result[1]:
+                future.set_result(result.result[2])
+            else:
+                exc = result.result[2]
+                exc.add_note(f"the call's traceback, on its worker:\n{result.result[3]}")
+                future.set_exception(exc)
+        except futures.InvalidStateError:  # cancelled meanwhile
+            pass
+
+    def _keep_workers(self) -> None:
+        """Replace workers that ended while calls remain."""
+        with self._lock:
+            if not self._futures or self._broken is not None:
+                return
+            live = [w for w in _api.list_workers() if w["id"] in self._workers]
+            alive = [w for w in live if w["status"] not in FINAL]
+            missing = self.max_workers - len(alive)
+            if missing <= 0:
+                return
+            if self._replaced_in_a_row + missing > self.max_workers * self.max_attempts:
+                ended = [f"{w['name']}: {w['status']} ({w['reason']})" for w in live[-3:]]
+                self._broken = "its workers keep ending: " + "; ".join(ended)
+            else:
+                self._replaced_in_a_row += missing
+                self._launch(missing)
+                return
+        self._break(self._broken)
+
+    def _break(self, why: str | None) -> None:
+        with self._lock:
+            self._broken = why
+            keys = list(self._futures)
+        self._withdraw(keys)  # nothing left for a worker to take
+        with self._lock:
+            left, self._futures = list(self._futures.values()), {}
+            self._item_ids.clear()
+        for future in left:
+            if not future.done():
+                with contextlib.suppress(futures.InvalidStateError):
+                    future.set_exception(futures.BrokenExecutor(why))
+
+    def _abort(self, why: str) -> None:
+        """End everything now: withdraw what waits, stop the workers, fail what is left.
+
+        For joblib's ``abort_everything`` (its first error, a closed generator).
+        """
+        with self._lock:
+            self._shutdown = True
+            self._broken = why
+            queue, keys, workers = self._queue, list(self._futures), list(self._workers)
+        if queue is None:
+            return
+        self._withdraw(keys)
+        with contextlib.suppress(CmlrayError):
+            queue.close()
+        if workers:
+            _api.stop_workers(*workers, grace_period_s=0)
+        self._break(why)
+
+    # Shutting down ---------------------------------------------------------------------
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No more calls; with ``cancel_futures``, withdraw those no worker holds yet.
+
+        Workers end once the calls left are done. ``wait``: return once they
+        are, and every worker has ended.
+        """
+        with self._lock:
+            first = not self._shutdown
+            self._shutdown = True
+            queue, keys = self._queue, list(self._futures)
+        if queue is None:
+            return
+        if cancel_futures and keys:
+            for key in self._withdraw(keys):
+                with self._lock:
+                    future = self._futures.get(key)
+                self._forget(key)
+                if future is not None:
+                    futures.Future.cancel(future)  # withdrawn: no worker will run it
+        if first:
+            with contextlib.suppress(CmlrayError):
+                queue.close()
+        if wait:
+            if self._collector is not None:
+                self._collector.join()
+            _api.await_workers(self._workers, timeout_seconds=0)  # 0: no limit
+
+
+def _apply_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
+    return [fn(*args) for args in chunk]
+
+
+def _in_order(pending: list[Any], deadline: float | None, *, chunked: bool) -> Iterator[Any]:
+    """Results in submission order; TimeoutError past ``deadline`` (cancels what is left)."""
+    try:
+        pending.reverse()  # pop from the end: the first submitted first
+        while pending:
+            future = pending.pop()
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if chunked:
+                yield from future.result(timeout)
+            else:
+                yield future.result(timeout)
+    finally:
+        for future in pending:
+            future.cancel()
