@@ -5,8 +5,10 @@ is an item of a :class:`~cmlray.queue.Queue` (so leases, retries after a
 worker's death, batching and the relay serve it), served by ``max_workers``
 workers launched with their CPU / memory / GPU reservations (so
 ``list_workers``, ``watch`` and the CLI table show them) running
-``cmlray/_calls.py``. A collector thread reads results as they finish and
-settles the futures.
+``cmlray/_calls.py``. ``submit`` pickles the call and returns; a sender
+thread puts what was submitted meanwhile on the queue in one round trip (so
+a loop of ``submit`` costs microseconds a call, not a round trip each), and
+a collector thread reads results as they finish and settles the futures.
 
 - An exception raised by a call is that call's outcome (its future raises
   it, the traceback text attached as a note): never retried.
@@ -32,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from typing import Any
 
-from cmlray import _api, _lifecycle
+from cmlray import _api, _lifecycle, _pickling
 from cmlray._calls import PROGRAM, QUEUE_ENV
 from cmlray._checks import check_count, check_text
 from cmlray._record import FINAL
@@ -110,12 +112,16 @@ class Executor(futures.Executor):
         self._keys = itertools.count()
         self._futures: dict[int, _CallFuture] = {}
         self._item_ids: dict[int, int] = {}
+        self._outgoing: list[tuple[int, bytes]] = []  # submitted, not on the queue yet
+        self._send_lock = threading.Lock()  # one batch on its way at a time
+        self._wake = threading.Event()
         self._queue: Any = None
         self._workers: list[str] = []
         self._replaced_in_a_row = 0  # workers replaced since a call last finished
         self._names = itertools.count(1)
         self._shutdown = False
         self._collector: threading.Thread | None = None
+        self._sender: threading.Thread | None = None
         self._broken: str | None = None
 
     # Submitting ------------------------------------------------------------------------
@@ -159,17 +165,38 @@ class Executor(futures.Executor):
                 raise futures.BrokenExecutor(self._broken)
             self._start()
             keys = [next(self._keys) for _ in calls]
+            items = [(key, *call) for key, call in zip(keys, calls, strict=True)]
+            payloads = _pickling.dumps_many(items, _unpicklable)  # raises here, not later
             made = [_CallFuture(self, key) for key in keys]
             self._futures.update(zip(keys, made, strict=True))
-            items = [(key, *call) for key, call in zip(keys, calls, strict=True)]
-            try:
-                ids = self._queue.put_many(items)
-            except BaseException:
-                for key in keys:
-                    self._futures.pop(key, None)
-                raise
-            self._item_ids.update(zip(keys, ids, strict=True))
+            self._outgoing += zip(keys, payloads, strict=True)
+        self._wake.set()
         return made
+
+    def _send(self) -> None:
+        """Put every call submitted so far on the queue, in one round trip."""
+        with self._send_lock:
+            with self._lock:
+                batch, self._outgoing = self._outgoing, []
+            if not batch:
+                return
+            ids = self._queue._put_pickled([payload for _, payload in batch])
+            with self._lock:
+                for (key, _), item_id in zip(batch, ids, strict=True):
+                    if key in self._futures:
+                        self._item_ids[key] = item_id
+
+    def _sending(self) -> None:
+        """The sender thread: batches of calls onto the queue until shutdown."""
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                self._send()
+                if self._shutdown and not self._outgoing:
+                    return
+        except CmlrayError as exc:
+            self._break(f"the executor's queue is gone: {exc}")
 
     def _start(self) -> None:
         """The queue, the workers and the collector, with the first call (under the lock)."""
@@ -180,9 +207,13 @@ class Executor(futures.Executor):
         self._queue = Queue(f"{self.name}-{uuid.uuid4().hex[:8]}", max_attempts=self.max_attempts)
         self._launch(self.max_workers)
         self._collector = threading.Thread(
-            target=self._collect, name=f"cmlray-{self.name}", daemon=True
+            target=self._collect, name=f"cmlray-{self.name}-results", daemon=True
+        )
+        self._sender = threading.Thread(
+            target=self._sending, name=f"cmlray-{self.name}-calls", daemon=True
         )
         self._collector.start()
+        self._sender.start()
 
     def _launch(self, n: int) -> None:
         for _ in range(n):
@@ -196,17 +227,21 @@ class Executor(futures.Executor):
     # Cancelling ------------------------------------------------------------------------
 
     def _withdraw(self, keys: list[int]) -> list[int]:
-        """Withdraw these calls from the queue if no worker holds them; the keys withdrawn."""
-        with self._lock:
-            by_item = {self._item_ids[k]: k for k in keys if k in self._item_ids}
-            queue = self._queue
-        if not by_item or queue is None:
-            return []
-        try:
-            withdrawn = queue.cancel(list(by_item))
-        except CmlrayError:
-            return []
-        return [by_item[i] for i in withdrawn]
+        """Withdraw these calls if no worker holds them yet; the keys withdrawn."""
+        wanted = set(keys)
+        with self._send_lock:  # no batch half on its way
+            with self._lock:
+                unsent = [key for key, _ in self._outgoing if key in wanted]
+                self._outgoing = [(k, p) for k, p in self._outgoing if k not in wanted]
+                by_item = {self._item_ids[k]: k for k in keys if k in self._item_ids}
+                queue = self._queue
+            if not by_item or queue is None:
+                return unsent
+            try:
+                withdrawn = queue.cancel(list(by_item))
+            except CmlrayError:
+                return unsent
+        return unsent + [by_item[i] for i in withdrawn]
 
     def _forget(self, key: int) -> None:
         with self._lock:
@@ -301,6 +336,7 @@ class Executor(futures.Executor):
         self._withdraw(keys)
         with contextlib.suppress(CmlrayError):
             queue.close()
+        self._wake.set()  # the sender ends
         if workers:
             _api.stop_workers(*workers, grace_period_s=0)
         self._break(why)
@@ -326,6 +362,9 @@ class Executor(futures.Executor):
                 self._forget(key)
                 if future is not None:
                     futures.Future.cancel(future)  # withdrawn: no worker will run it
+        self._wake.set()  # the sender sends what is left, then ends
+        if self._sender is not None:
+            self._sender.join()
         if first:
             with contextlib.suppress(CmlrayError):
                 queue.close()
@@ -333,6 +372,10 @@ class Executor(futures.Executor):
             if self._collector is not None:
                 self._collector.join()
             _api.await_workers(self._workers, timeout_seconds=0)  # 0: no limit
+
+
+def _unpicklable(index: int, exc: Exception) -> TypeError:
+    return TypeError(f"the call cannot be pickled ({type(exc).__name__}: {exc})")
 
 
 def _apply_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:

@@ -118,8 +118,12 @@ class Queue:
         """
         offset = self._put_count
         payloads = _pickling.dumps_many(items, lambda i, exc: _unpicklable(offset + i, exc))
+        return self._put_pickled(payloads)
+
+    def _put_pickled(self, payloads: list[bytes]) -> range:
+        """Add items already pickled (``_pickling.dumps_many``); their ids."""
         if not payloads:
-            return range(offset, offset)
+            return range(self._put_count, self._put_count)
         start, stop = self._call("put_many", payloads)
         self._put_count += len(payloads)
         return range(start, stop)
