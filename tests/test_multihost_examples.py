@@ -47,10 +47,12 @@ def test_sweep_on_the_cluster_brings_every_snapshot_home(cluster: NamespaceClust
         rows = db.execute("SELECT config_id, status, worker FROM trials").fetchall()
     assert rows and all(status == "done" for _, status, _ in rows)
     for config_id, _, _ in rows:  # every snapshot, wherever it was trained, is here
-        assert (study / "trials" / config_id / "model.joblib").stat().st_size > 0
+        for fold in range(3):
+            assert (study / "trials" / config_id / f"fold-{fold}.joblib").stat().st_size > 0
         scores = json.loads((study / "trials" / config_id / "scores.json").read_text())
         assert scores["config_id"] == config_id
-    assert len({worker for _, _, worker in rows}) == 3  # all three workers trained
+    # all three workers trained (a configuration's row names every worker of its folds)
+    assert len({w for _, _, workers in rows for w in workers.split(",")}) == 3
 
 
 def test_crawler_on_the_cluster_stores_the_site_on_the_session_host(
