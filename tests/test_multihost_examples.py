@@ -87,3 +87,32 @@ def test_crawler_on_the_cluster_stores_the_site_on_the_session_host(
     stats = json.loads((h0.tmp_dir / "stats.json").read_text())
     assert stored == stats["pages_in_db"] == stats["pages_stored"], stats
     assert ok >= 100, stored  # the demo site's pages, fetched by workers on every host
+
+
+POOLS = """
+import sys, joblib, cmlray, cmlray.joblib
+
+def where(i):
+    print(f"task {i} ran here", flush=True)
+    return i * i
+
+cmlray.init(address=sys.argv[1])
+with joblib.parallel_backend("cmlray", n_jobs=3, cpu=2, memory=0.5, name="jl"):
+    squares = joblib.Parallel(batch_size=1)(joblib.delayed(where)(i) for i in range(6))
+with cmlray.Executor(max_workers=3, cpu=2, memory=0.5, name="ex") as pool:
+    squares += list(pool.map(where, range(6, 12)))
+ips = {p: sorted({w["ip_address"] for w in cmlray.list_workers() if w["name"].startswith(p)})
+       for p in ("jl-", "ex-")}
+print("RESULT", squares == [i * i for i in range(12)], len(ips["jl-"]), len(ips["ex-"]))
+cmlray.shutdown()
+"""
+
+
+def test_joblib_backend_and_executor_attached_to_the_cluster(cluster: NamespaceCluster) -> None:
+    """Workers of 2 CPU hold a whole host each: every host runs tasks, their lines come home."""
+    done = cluster.run("h0", [sys.executable, "-c", POOLS, cluster.address],
+                       cwd=str(CHECKOUT), timeout_s=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "RESULT True 3 3" in done.stdout, done.stdout[-3000:]
+    for i in range(12):  # relayed from whichever host ran it, prefixed with its worker
+        assert f"] task {i} ran here" in done.stdout, done.stdout[-3000:]
