@@ -54,6 +54,21 @@ _MEMORY_GRACE_S = 1.0
 GIB = 1 << 30
 
 
+def exceeded_words(used: int, limit: int) -> str:
+    """The reason for a tree over its memory limit, its use shown visibly above the limit.
+
+    Sampled as soon as it crosses, a tree is often just over: "used 0.25 GiB of
+    0.25 GiB" would say nothing, so the use gets the decimals it needs (0.2502).
+    """
+    cap = f"{limit / GIB:.2f}"
+    shown = f"{used / GIB:.2f}"
+    for digits in range(3, 10):
+        if float(shown) > float(cap):
+            break
+        shown = f"{used / GIB:.{digits}f}"
+    return f"exceeded memory: used {shown} GiB of {cap} GiB"
+
+
 class Guard:
     """Supervises one program; see the module docstring for the protocol."""
 
@@ -151,7 +166,7 @@ class Guard:
         used = self.meter.sample()
         limit = self.spec.get("memory_limit_bytes")
         if limit and used > limit:
-            words = f"exceeded memory: used {used / GIB:.2f} GiB of {limit / GIB:.2f} GiB"
+            words = exceeded_words(used, limit)
             self.stop(min(grace_s, _MEMORY_GRACE_S), "failed", words)
             return
         report = self.meter.changed_report()
