@@ -252,40 +252,48 @@ class Executor(futures.Executor):
 
     def _collect(self) -> None:
         """Settle futures as results come (the collector thread)."""
-        from cmlray.queue import _decode
-
         queue, seen = self._queue, 0
         try:
             while True:
                 page, drained = queue._call("results_since", seen, POLL_S)
-                results = _decode(page)
-                seen += len(results)
-                for result in results:
-                    self._settle(result)
-                if results:
+                count = len(page["id"])
+                seen += count
+                for index in range(count):
+                    self._settle(page, index)
+                if count:
                     self._replaced_in_a_row = 0  # workers make progress
-                if (drained and not results) or self._broken is not None:
+                if (drained and not count) or self._broken is not None:
                     return
-                if not results:
+                if not count:
                     self._keep_workers()
         except CmlrayError as exc:  # the session ended, or the queue with it
             self._break(f"the executor's queue is gone: {exc}")
 
-    def _settle(self, result: Any) -> None:
-        key = result.item[0]
+    def _settle(self, page: dict[str, list[Any]], index: int) -> None:
+        """One result of a page (``QueueState.report``'s columns) into its future.
+
+        A call that ran carries its key in its envelope: the call itself (its
+        function and arguments) is unpickled only when it never ran to the end.
+        """
+        ok = page["ok"][index]
+        if ok:
+            envelope = _pickling.loads(page["result"][index])
+            key = envelope[0]
+        else:
+            key = _pickling.loads(page["item"][index])[0]
         with self._lock:
             future = self._futures.pop(key, None)
             self._item_ids.pop(key, None)
         if future is None or future.cancelled():
             return
         try:
-            if not result.ok:
-                future.set_exception(WorkerError(f"the call failed: {result.error}"))
-            elif result.result[1]:
-                future.set_result(result.result[2])
+            if not ok:
+                future.set_exception(WorkerError(f"the call failed: {page['error'][index]}"))
+            elif envelope[1]:
+                future.set_result(envelope[2])
             else:
-                exc = result.result[2]
-                exc.add_note(f"the call's traceback, on its worker:\n{result.result[3]}")
+                exc = envelope[2]
+                exc.add_note(f"the call's traceback, on its worker:\n{envelope[3]}")
                 future.set_exception(exc)
         except futures.InvalidStateError:  # cancelled meanwhile
             pass
