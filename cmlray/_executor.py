@@ -106,8 +106,7 @@ class Executor(futures.Executor):
             env=env,
             name=name,
             grace_period_s=5.0,
-        )  # fmt: skip  (checks every argument before anything starts)
-        self._env = dict(env or {})
+        )  # checks every argument before anything starts
         self._lock = threading.Lock()
         self._keys = itertools.count()
         self._futures: dict[int, _CallFuture] = {}
@@ -158,15 +157,15 @@ class Executor(futures.Executor):
     def _submit_many(
         self, calls: list[tuple[Any, tuple[Any, ...], dict[str, Any]]]
     ) -> list[_CallFuture]:
-        with self._lock:
+        keys = [next(self._keys) for _ in calls]
+        items = [(key, *call) for key, call in zip(keys, calls, strict=True)]
+        payloads = _pickling.dumps_many(items, _unpicklable)  # raises here, not later
+        with self._lock:  # (pickled outside it: results settle meanwhile)
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if self._broken is not None:
                 raise futures.BrokenExecutor(self._broken)
             self._start()
-            keys = [next(self._keys) for _ in calls]
-            items = [(key, *call) for key, call in zip(keys, calls, strict=True)]
-            payloads = _pickling.dumps_many(items, _unpicklable)  # raises here, not later
             made = [_CallFuture(self, key) for key in keys]
             self._futures.update(zip(keys, made, strict=True))
             self._outgoing += zip(keys, payloads, strict=True)
@@ -219,7 +218,7 @@ class Executor(futures.Executor):
         for _ in range(n):
             (worker,) = _api.launch_workers(
                 1, self._spec.cpu, self._spec.memory_gib, self._spec.nvidia_gpu,
-                code=PROGRAM, env={**self._env, QUEUE_ENV: self._queue.name},
+                code=PROGRAM, env={**self._spec.env, QUEUE_ENV: self._queue.name},
                 name=f"{self.name}-{next(self._names)}",
             )  # fmt: skip
             self._workers.append(worker["id"])
@@ -299,23 +298,21 @@ class Executor(futures.Executor):
             pass
 
     def _keep_workers(self) -> None:
-        """Replace workers that ended while calls remain."""
+        """Replace workers that ended while calls remain (the collector thread)."""
         with self._lock:
             if not self._futures or self._broken is not None:
                 return
-            live = [w for w in _api.list_workers() if w["id"] in self._workers]
-            alive = [w for w in live if w["status"] not in FINAL]
-            missing = self.max_workers - len(alive)
-            if missing <= 0:
-                return
-            if self._replaced_in_a_row + missing > self.max_workers * self.max_attempts:
-                ended = [f"{w['name']}: {w['status']} ({w['reason']})" for w in live[-3:]]
-                self._broken = "its workers keep ending: " + "; ".join(ended)
-            else:
-                self._replaced_in_a_row += missing
-                self._launch(missing)
-                return
-        self._break(self._broken)
+        ours = set(self._workers)  # only this thread and _start (before it) launch
+        live = [w for w in _api.list_workers() if w["id"] in ours]
+        missing = self.max_workers - sum(w["status"] not in FINAL for w in live)
+        if missing <= 0:
+            return
+        if self._replaced_in_a_row + missing > self.max_workers * self.max_attempts:
+            ended = [f"{w['name']}: {w['status']} ({w['reason']})" for w in live[-3:]]
+            self._break("its workers keep ending: " + "; ".join(ended))
+            return
+        self._replaced_in_a_row += missing
+        self._launch(missing)
 
     def _break(self, why: str | None) -> None:
         with self._lock:
@@ -337,17 +334,15 @@ class Executor(futures.Executor):
         """
         with self._lock:
             self._shutdown = True
-            self._broken = why
-            queue, keys, workers = self._queue, list(self._futures), list(self._workers)
+            queue, workers = self._queue, list(self._workers)
         if queue is None:
             return
-        self._withdraw(keys)
+        self._break(why)  # withdraws what waits, fails the futures left
         with contextlib.suppress(CmlrayError):
             queue.close()
         self._wake.set()  # the sender ends
         if workers:
             _api.stop_workers(*workers, grace_period_s=0)
-        self._break(why)
 
     # Shutting down ---------------------------------------------------------------------
 
