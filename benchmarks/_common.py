@@ -147,6 +147,30 @@ def ray_shutdown(timings: Json, key: str, temp_dir: str) -> None:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def ray_session(num_cpus: int) -> Iterator[None]:
+    """A raw Ray head with token auth, as cmlray starts one; shut down and removed after."""
+    temp_dir = enable_token_auth()
+    ray_init(temp_dir, num_cpus)
+    try:
+        yield
+    finally:
+        ray_shutdown({}, "shutdown_s", temp_dir)
+
+
+@contextlib.contextmanager
+def dask_client(workers: int) -> Iterator[Any]:
+    """A Dask client on a ``LocalCluster`` of single-threaded processes, loopback, no dashboard."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                     dashboard_address=None, host="127.0.0.1") as cluster,
+        Client(cluster) as client,
+    ):  # fmt: skip
+        yield client
+
+
 # --------------------------------------------------------------------------
 # Processes of the run: everything the parent starts carries RUN_MARK.
 # --------------------------------------------------------------------------

@@ -24,6 +24,7 @@ Usage: ``python benchmarks/executor_calls.py [--rounds N] [--quick]``
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import functools
 import statistics
 import sys
@@ -48,8 +49,6 @@ LABELS = {
 
 
 def _cmlray(n: int, mapped: bool) -> float:
-    import concurrent.futures as cf
-
     import cloudpickle
 
     import cmlray
@@ -57,47 +56,41 @@ def _cmlray(n: int, mapped: bool) -> float:
     cloudpickle.register_pickle_by_value(peers)  # the workers cannot import benchmarks/
     cmlray.init(num_cpus=peers.NUM_CPUS, console=common.quiet_console())
     try:
-        call = functools.partial(peers.busy, ITEM_S)
         began = time.perf_counter()
         with cmlray.Executor(max_workers=peers.WORKERS, cpu=1, memory=0.5) as pool:
-            if mapped:
-                results = list(pool.map(call, range(n), chunksize=CHUNK))
-            else:
-                futures = [pool.submit(call, i) for i in range(n)]
-                results = [f.result() for f in cf.as_completed(futures)]
-            elapsed = time.perf_counter() - began
-        peers._check(results, n)
-        return elapsed
+            return _drive(pool, n, mapped, began)
     finally:
         cmlray.shutdown()
 
 
 def _process_pool(n: int, mapped: bool) -> float:
-    import concurrent.futures as cf
     import multiprocessing
 
-    call = functools.partial(peers.busy, ITEM_S)
     began = time.perf_counter()
     context = multiprocessing.get_context("fork")
     with cf.ProcessPoolExecutor(peers.WORKERS, mp_context=context) as pool:
-        if mapped:
-            results = list(pool.map(call, range(n), chunksize=CHUNK))
-        else:
-            futures = [pool.submit(call, i) for i in range(n)]
-            results = [f.result() for f in cf.as_completed(futures)]
-        elapsed = time.perf_counter() - began
+        return _drive(pool, n, mapped, began)
+
+
+def _drive(pool: cf.Executor, n: int, mapped: bool, began: float) -> float:
+    """Run the calls through ``pool`` (``map`` or ``submit`` + ``as_completed``), checked.
+
+    Returns the seconds since ``began`` to every result in hand (the pool's
+    shutdown is not in the window).
+    """
+    call = functools.partial(peers.busy, ITEM_S)
+    if mapped:
+        results = list(pool.map(call, range(n), chunksize=CHUNK))
+    else:
+        futures = [pool.submit(call, i) for i in range(n)]
+        results = [f.result() for f in cf.as_completed(futures)]
+    elapsed = time.perf_counter() - began
     peers._check(results, n)
     return elapsed
 
 
 def _dask(n: int) -> float:
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(n_workers=peers.WORKERS, threads_per_worker=1, processes=True,
-                     dashboard_address=None, host="127.0.0.1") as cluster,
-        Client(cluster) as client,
-    ):  # fmt: skip
+    with common.dask_client(peers.WORKERS) as client:
         call = peers.make_fn(ITEM_S)
         client.gather(client.map(call, [-1, -2]))  # the workers, warm
         began = time.perf_counter()

@@ -60,25 +60,14 @@ def backend(name: str) -> Iterator[None]:
         finally:
             cmlray.shutdown()
     elif name == "ray":
-        temp_dir = common.enable_token_auth()
-        from ray.util.joblib import register_ray
+        with common.ray_session(NUM_CPUS):  # (token auth set before Ray is imported)
+            from ray.util.joblib import register_ray
 
-        common.ray_init(temp_dir, NUM_CPUS)
-        register_ray()
-        try:
+            register_ray()
             with joblib.parallel_backend("ray", n_jobs=WORKERS):
                 yield
-        finally:
-            common.ray_shutdown({}, "shutdown_s", temp_dir)
     else:
-        from distributed import Client, LocalCluster
-
-        with (
-            LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True,
-                         dashboard_address=None, host="127.0.0.1") as cluster,
-            Client(cluster),
-            joblib.parallel_backend("dask", n_jobs=WORKERS),
-        ):  # fmt: skip
+        with common.dask_client(WORKERS), joblib.parallel_backend("dask", n_jobs=WORKERS):
             yield
 
 

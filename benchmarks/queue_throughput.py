@@ -126,11 +126,9 @@ def _cmlray(n: int, work_s: float, warm: bool) -> float:
 
 
 def _ray(n: int, work_s: float, batch: int) -> float:
-    temp_dir = common.enable_token_auth()
-    import ray
+    with common.ray_session(NUM_CPUS):  # (token auth set before Ray is imported)
+        import ray
 
-    common.ray_init(temp_dir, NUM_CPUS)
-    try:
         fn = make_fn(work_s)
 
         @ray.remote(num_cpus=1)
@@ -142,26 +140,12 @@ def _ray(n: int, work_s: float, batch: int) -> float:
         chunks = [list(range(i, min(n, i + batch))) for i in range(0, n, batch)]
         results = [x for part in ray.get([run.remote(c) for c in chunks]) for x in part]
         elapsed = time.perf_counter() - began
-        _check(results, n)
-        return elapsed
-    finally:
-        timings: Json = {}
-        common.ray_shutdown(timings, "shutdown_s", temp_dir)
+    _check(results, n)
+    return elapsed
 
 
 def _dask(n: int, work_s: float) -> float:
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=WORKERS,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            host="127.0.0.1",
-        ) as cluster,  # fmt: skip
-        Client(cluster) as client,
-    ):
+    with common.dask_client(WORKERS) as client:
         fn = make_fn(work_s)
         client.gather(client.map(fn, [-1, -2]))  # the workers, warm
         began = time.perf_counter()
@@ -196,12 +180,10 @@ def _pool(n: int, work_s: float) -> float:
 
 def _ray_queue(n: int) -> float:
     """The old baseline: ``ray.util.queue``, one ``get`` per item, 2 actors."""
-    temp_dir = common.enable_token_auth()
-    import ray
-    from ray.util.queue import Empty, Queue
+    with common.ray_session(NUM_CPUS):  # (token auth set before Ray is imported)
+        import ray
+        from ray.util.queue import Empty, Queue
 
-    common.ray_init(temp_dir, NUM_CPUS)
-    try:
         q = Queue(actor_options={"num_cpus": 0})
         q.put_nowait_batch(list(range(n)))
 
@@ -219,11 +201,8 @@ def _ray_queue(n: int) -> float:
         getters = [Getter.remote() for _ in range(WORKERS)]
         results = [x for part in ray.get([g.run.remote(q) for g in getters]) for x in part]
         elapsed = time.perf_counter() - began
-        _check(results, n)
-        return elapsed
-    finally:
-        timings: Json = {}
-        common.ray_shutdown(timings, "shutdown_s", temp_dir)
+    _check(results, n)
+    return elapsed
 
 
 def child(side: str, workload: str, n: int) -> Json:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import os
 import sys
 import time
@@ -29,6 +30,13 @@ def refuse(x: int) -> int:
     return x
 
 
+def wait_for(gate: Path, x: int) -> int:
+    """A call that runs until ``gate`` exists (the test opens it when it has looked)."""
+    while not gate.exists():
+        time.sleep(0.02)
+    return x
+
+
 def test_submit_map_as_completed_and_an_exception_with_its_traceback() -> None:
     with cmlray.Executor(max_workers=2, cpu=0.5, memory=0.2) as pool:
         assert pool.submit(pow, 2, 10).result(timeout=120) == 1024
@@ -51,11 +59,7 @@ def test_submit_map_as_completed_and_an_exception_with_its_traceback() -> None:
 
 def test_cancel_withdraws_calls_no_worker_holds_and_map_times_out(tmp_path: Path) -> None:
     gate = tmp_path / "gate"
-
-    def wait_for_gate(x: int) -> int:
-        while not gate.exists():
-            time.sleep(0.02)
-        return x
+    wait_for_gate = functools.partial(wait_for, gate)
 
     pool = cmlray.Executor(max_workers=1, cpu=0.5, memory=0.2, name="gated")
     try:
@@ -82,11 +86,7 @@ def test_cancel_withdraws_calls_no_worker_holds_and_map_times_out(tmp_path: Path
 
 def test_shutdown_with_and_without_cancel_futures(tmp_path: Path) -> None:
     gate = tmp_path / "gate"
-
-    def wait_for_gate(x: int) -> int:
-        while not gate.exists():
-            time.sleep(0.02)
-        return x
+    wait_for_gate = functools.partial(wait_for, gate)
 
     pool = cmlray.Executor(max_workers=1, cpu=0.5, memory=0.2, name="drop")
     held = pool.submit(wait_for_gate, 0)

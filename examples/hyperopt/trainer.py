@@ -76,10 +76,10 @@ def fit_fold(
     return score, estimator, fit_seconds
 
 
-def dump_atomically(value: Any, path: Path, compress: int = 3) -> None:
+def dump_atomically(value: Any, path: Path) -> None:
     """``joblib.dump`` whole or not at all (a stopped worker leaves no half snapshot)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    joblib.dump(value, tmp, compress=compress)
+    joblib.dump(value, tmp, compress=3)
     os.replace(tmp, path)
 
 
