@@ -2,11 +2,12 @@
 
 The program never joins Ray: each round trip goes over its channel to its
 node agent, which asks the session's queue actor (``_services.py``). A round
-trip costs milliseconds, more on a busy node, so it never waits for one:
-as soon as a batch arrives, the request for the next one goes out
-(reporting the batch before), and the answer is read once the batch is done.
-Batches are sized to about ``TARGET_BATCH_S`` of work, from the items' own
-times (one item first, then as many as fit).
+trip costs milliseconds, more on a busy node, so for short items it never
+waits for one: as soon as a batch arrives, the request for the next one goes
+out (reporting the batch before), and the answer is read once the batch is
+done; items longer than a batch are asked for one batch at a time
+(``Exchanges._asks_ahead``). Batches are sized to about ``TARGET_BATCH_S`` of
+work, from the items' own times (one item first, then as many as fit).
 
 Standard library only at import (a program that serves a queue of plain
 data never imports cloudpickle; ``_pickling.py`` does on first need).
