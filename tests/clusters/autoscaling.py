@@ -166,7 +166,7 @@ class AutoscalingCluster:
             _set_env(saved)
 
     def start(self) -> None:
-        """Starts the head (and so its autoscaler) and waits until the GCS answers."""
+        """Starts the head (and so its autoscaler); waits until the GCS answers and v1 reports."""
         started = time.monotonic()
         self.token_path.parent.mkdir(mode=0o700)
         fd = os.open(self.token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -192,6 +192,8 @@ class AutoscalingCluster:
         if ray_start.wait(timeout=START_TIMEOUT_S) != 0:
             raise RuntimeError(f"ray start --head failed:\n{log.read_text()[-3000:]}")
         self.wait_nodes(0)
+        if self.version == 1:  # ready once v1's monitor has reported (a session reads it)
+            _wait(self.v1_status, "the v1 autoscaler's first report", START_TIMEOUT_S)
         self.start_s = time.monotonic() - started
 
     def autoscaling_config(self) -> dict[str, Any]:
