@@ -190,8 +190,13 @@ def autoscaler_version() -> int | None:
 
 
 def _read_only(status: Mapping[str, Any]) -> bool:
-    """Whether v1's status comes from Ray's read-only provider (a hand-made cluster)."""
+    """Whether v1's status comes from Ray's read-only provider (a hand-made cluster).
+
+    A first report that maps no node yet proves nothing: not read-only.
+    """
     from ray.autoscaler._private.util import format_readonly_node_type
 
     mapping = (status.get("autoscaler_report") or {}).get("node_type_mapping") or {}
-    return all(kind == format_readonly_node_type(node) for node, kind in mapping.items())
+    return bool(mapping) and all(
+        kind == format_readonly_node_type(node) for node, kind in mapping.items()
+    )
