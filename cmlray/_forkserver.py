@@ -11,7 +11,12 @@ guard needs no second fork to leave the agent (it is no child of the agent's
 Ray worker process): the server answers as soon as it has forked, and lets
 the kernel reap the guards that end (``SIGCHLD`` ignored).
 
-The server reads requests until its socket closes, which happens when the
+An agent keeps two kinds of server: the bare one (``python -I -S``, for
+shell and R programs) and, for Python programs, a *zygote* per interpreter
+and start-up environment (``_zygote.py``), whose guards fork the program
+itself instead of starting a new interpreter.
+
+A server reads requests until its socket closes, which happens when the
 agent's process ends, however it ends: it then exits. A request the server
 cannot take (it died, say) is started the old way, as a script; so is every
 guard of a process that did not ``enable`` the server (unit tests that
@@ -33,7 +38,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from cmlray import _guard, _proctree, _standalone
+from cmlray import _guard, _proctree, _standalone, _zygote
 
 _MAX_FDS = 16
 _LOWEST_FREE_FD = 3
@@ -47,12 +52,18 @@ def exec_guard(fds: Sequence[int]) -> None:
 
 
 class GuardStarter:
-    """The agent's side: starts guards through its fork server (thread-safe)."""
+    """The agent's side: starts guards through its fork server (thread-safe).
 
-    def __init__(self) -> None:
+    ``zygote``: the server is the zygote of these programs (``_zygote.py``),
+    not the bare interpreter.
+    """
+
+    def __init__(self, zygote: _zygote.Key | None = None) -> None:
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._server: subprocess.Popen[bytes] | None = None
+        self.zygote = zygote
+        self.forked_any = False
 
     def start(self, batch: Sequence[Sequence[int]]) -> int:
         """Start a guard on each fd set of ``batch``; returns how many the server forked.
@@ -73,6 +84,7 @@ class GuardStarter:
                     if sock.recv(1) != b"k":
                         raise OSError("the fork server ended")
                     done += 1
+                    self.forked_any = True
             except OSError:
                 self._close()
             return done
@@ -80,11 +92,14 @@ class GuardStarter:
     def _connected(self) -> socket.socket:
         if self._sock is None:
             ours, theirs = socket.socketpair()
+            fd = theirs.fileno()
+            argv, env = _standalone.command("cmlray._forkserver", str(fd)), None
+            if self.zygote is not None:
+                argv, env = _zygote.zygote_command(self.zygote, _standalone.PACKAGE_ROOT, fd)
             self._server = subprocess.Popen(
-                _standalone.command("cmlray._forkserver", str(theirs.fileno())),
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-            )
+                argv, pass_fds=(fd,), env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL if self.zygote else None,
+            )  # fmt: skip
             theirs.close()
             self._sock = ours
         return self._sock
@@ -101,6 +116,9 @@ class GuardStarter:
 
 
 _starter: GuardStarter | None = None
+# One zygote per interpreter and start-up environment; None: it could not start.
+_zygotes: dict[_zygote.Key, GuardStarter | None] = {}
+_zygotes_lock = threading.Lock()
 
 
 def enable() -> None:
@@ -110,19 +128,37 @@ def enable() -> None:
         _starter = GuardStarter()
 
 
+def close_all() -> None:
+    """End every server of this process (tests; an agent's end closes them anyway)."""
+    global _starter
+    for starter in [_starter, *_zygotes.values()]:
+        if starter is not None:
+            starter.close()
+    _starter = None
+    _zygotes.clear()
+
+
 def prestart() -> None:
     """Start the fork server now, so that the first worker does not wait for it."""
     if _starter is not None:
         _starter.start([])
 
 
-def start_guards(batch: Sequence[Sequence[int]]) -> list[OSError | None]:
+def start_guards(
+    batch: Sequence[Sequence[int]], zygote: _zygote.Key | None = None
+) -> list[OSError | None]:
     """Start a guard on each fd set: forked if ``enable`` was called, else as scripts.
 
+    ``zygote``: these guards' programs can be forked from that zygote; the
+    guards come from it while it can start them, else from the bare server.
     Returns, for each, None once the guard has its fds, or the error that kept
     it from starting (a node limit: no more processes, say).
     """
-    forked = _starter.start(batch) if _starter is not None else 0
+    forked = 0
+    if zygote is not None and _starter is not None:
+        forked = _start_from_zygote(zygote, batch)
+    if _starter is not None and forked < len(batch):
+        forked += _starter.start(batch[forked:])
     errors: list[OSError | None] = [None] * forked
     for fds in batch[forked:]:  # the server is gone, or there is none: as scripts
         try:
@@ -131,6 +167,19 @@ def start_guards(batch: Sequence[Sequence[int]]) -> list[OSError | None]:
         except (OSError, subprocess.CalledProcessError) as exc:
             errors.append(exc if isinstance(exc, OSError) else OSError(str(exc)))
     return errors
+
+
+def _start_from_zygote(key: _zygote.Key, batch: Sequence[Sequence[int]]) -> int:
+    """Fork what the zygote of ``key`` can; one that never forked a guard is not tried again."""
+    with _zygotes_lock:
+        starter = _zygotes.setdefault(key, GuardStarter(zygote=key))
+    if starter is None:
+        return 0
+    forked = starter.start(batch)
+    if forked < len(batch) and not starter.forked_any:  # it cannot start here (a broken site)
+        starter.close()
+        _zygotes[key] = None
+    return forked
 
 
 def _renumber(received: list[int]) -> list[int]:

@@ -46,6 +46,7 @@ from typing import Any
 
 from cmlray import _proctree as proc
 from cmlray import _usage as usage
+from cmlray import _zygote
 from cmlray._channel import CHANNEL_ENV
 
 _LEFTOVER_GRACE_S = 2.0
@@ -297,8 +298,10 @@ def _run(
     env = dict(spec["env"])
     if extra_fds:  # the program's channel to its agent
         env[CHANNEL_ENV] = str(extra_fds[0])
+    forked = _zygote.ready() and _zygote.program_form(spec["argv"]) is not None
+    start = _zygote.fork_program if forked else proc.spawn
     try:
-        guard.program = proc.spawn(
+        guard.program = start(
             spec["argv"],
             env=env,
             cwd=spec["cwd"],

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cmlray import _cmdline, _forkserver, _ports, _proctree
+from cmlray import _cmdline, _forkserver, _ports, _proctree, _zygote
 from cmlray._launch import Where, WorkerLaunch
 from cmlray._lines import LineSplitter
 from cmlray._outbox import Outbox
@@ -94,6 +94,7 @@ class WorkerSupervisor:
         self._final: dict[str, Any] | None = None
         self._port: _ports.PortLease | None = None
         self._paused = False
+        self._program: dict[str, Any] = {}  # the spec the guard gets, made in prepare
 
     # Starting: prepare, (the agent starts the guards of a batch), attach ------------
 
@@ -116,7 +117,12 @@ class WorkerSupervisor:
         self._channel = ChannelServer(channel, self.services, self._loop)
         self._pipes = {"out": (out_r, LineSplitter()), "err": (err_r, LineSplitter())}
         self._theirs = (guard_ctl.detach(), out_w, err_w, program_channel.detach())
+        self._program = self._spec()
         return self._theirs
+
+    def zygote_key(self) -> _zygote.Key | None:
+        """The zygote that can fork this worker's program, once prepared (``_zygote.py``)."""
+        return _zygote.startup_key(self._program["argv"], self._program["env"])
 
     def attach(self, error: OSError | None = None) -> None:
         """The guard has its descriptors (or could not start): send the spec, read on."""
@@ -128,7 +134,7 @@ class WorkerSupervisor:
             self._finish(cannot_start(error))
             return
         assert self._ctl is not None and self._channel is not None
-        self._ctl.sendall(json.dumps(self._spec()).encode() + b"\n")
+        self._ctl.sendall(json.dumps(self._program).encode() + b"\n")
         if self._stop is not None:  # only after the spec: the guard's first line must be it
             self._ctl.sendall(json.dumps(self._stop).encode() + b"\n")
         self._ctl.setblocking(False)
@@ -283,15 +289,19 @@ class WorkerSupervisor:
 
 
 async def start_all(supervisors: list[WorkerSupervisor]) -> None:
-    """Start these workers' guards as one batch through the fork server, then attach them.
+    """Start these workers' guards in batches through the fork servers, then attach them.
+
+    One batch per server: each zygote's (``_zygote.py``) and the bare one's.
 
     Forking blocks, so the batch goes to a thread while the loop goes on
     serving the other workers.
     """
     starting = [(s, fds) for s in supervisors if (fds := s.prepare()) is not None]
-    if not starting:
-        return
-    batch = [fds for _, fds in starting]
-    errors = await asyncio.to_thread(_forkserver.start_guards, batch)
-    for (supervisor, _), error in zip(starting, errors, strict=True):
-        supervisor.attach(error)
+    by_zygote: dict[_zygote.Key | None, list[tuple[WorkerSupervisor, tuple[int, ...]]]] = {}
+    for supervisor, fds in starting:
+        by_zygote.setdefault(supervisor.zygote_key(), []).append((supervisor, fds))
+    for zygote, group in by_zygote.items():
+        batch = [fds for _, fds in group]
+        errors = await asyncio.to_thread(_forkserver.start_guards, batch, zygote)
+        for (supervisor, _), error in zip(group, errors, strict=True):
+            supervisor.attach(error)

@@ -1,8 +1,10 @@
-"""Guards forked by the fork server (``_forkserver``), driven without Ray.
+"""Guards forked by the bare fork server (``_forkserver``), driven without Ray.
 
 A node agent enables the server; here the test process does, so the
 supervisors run exactly as in an agent. The rest of the suite runs every
-worker through it too (every worker's guard is forked in its agent).
+worker through it too (every worker's guard is forked in its agent). Python
+programs here ask for a new interpreter, so that their guards come from
+the bare server, not a zygote (tests/test_zygote.py).
 """
 
 from __future__ import annotations
@@ -10,20 +12,23 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
 
 from cmlray import _forkserver
+from cmlray._launch import WorkerLaunch
 from cmlray._supervisor import WorkerSupervisor
+from cmlray._zygote import FRESH_ENV
 from tests.support.supervise import (
     descendants_named,
     final,
-    launch,
     out_lines,
     supervise,
     supervise_many,
 )
+from tests.support.supervise import launch as supervise_launch
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -33,8 +38,14 @@ def starter(monkeypatch: pytest.MonkeyPatch) -> Iterator[_forkserver.GuardStarte
     """This process's guards forked by a server of its own, ended after the test."""
     starter = _forkserver.GuardStarter()
     monkeypatch.setattr(_forkserver, "_starter", starter)
+    monkeypatch.setattr(_forkserver, "_zygotes", {})
     yield starter
-    starter.close()
+    _forkserver.close_all()
+
+
+def launch(code: str, **extra: Any) -> WorkerLaunch:
+    """A worker whose program is a new interpreter (its guard from the bare server)."""
+    return supervise_launch(code, env={FRESH_ENV: "1"}, **extra)
 
 
 def _server_pids() -> list[int]:

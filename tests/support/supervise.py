@@ -28,12 +28,21 @@ Events = list[tuple[str, Any]]
 
 
 def launch(
-    code: str, grace_period_s: float = 5.0, worker_id: str = "w" * 16, **extra: Any
+    code: str,
+    grace_period_s: float = 5.0,
+    worker_id: str = "w" * 16,
+    *,
+    script: str = "",
+    env: dict[str, str] | None = None,
+    **extra: Any,
 ) -> WorkerLaunch:
-    """A worker running Python (or ``!`` shell) ``code`` in the current directory."""
-    argv = _cmdline.build_argv(kernel="python3", script="", code=code, python=PY)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return WorkerLaunch(worker_id, argv, env, os.getcwd(), grace_period_s, **extra)
+    """A worker running Python (or ``!`` shell) ``code``, or ``script``, in the current directory.
+
+    ``env``: variables added to the test process's environment.
+    """
+    argv = _cmdline.build_argv(kernel="python3", script=script, code=code, python=PY)
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1") | (env or {})
+    return WorkerLaunch(worker_id, argv, full_env, os.getcwd(), grace_period_s, **extra)
 
 
 def supervise_many(

@@ -17,6 +17,7 @@ from cmlray import _standalone
 STANDALONE = [
     "_guard",
     "_forkserver",
+    "_zygote",
     "_reaper",
     "_proctree",
     "_procfs",

@@ -1,0 +1,154 @@
+"""Python programs forked from a zygote (``_zygote.py``) behave as new interpreters.
+
+Driven without Ray, as in test_forkserver.py: the test process enables its
+fork servers as a node agent does. Each behaviour is compared with the same
+command line run as a new interpreter (``subprocess``), not with a guess.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from cmlray import _cmdline, _forkserver
+from cmlray._zygote import FRESH_ENV
+from tests.support.supervise import PY, Events, final, launch, out_lines, supervise
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+PARENT = "import os; print('_zygote' in open(f'/proc/{os.getppid()}/cmdline').read())\n"
+
+
+@pytest.fixture(autouse=True)
+def servers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process's fork servers, as an agent's; all ended after the test."""
+    monkeypatch.setattr(_forkserver, "_starter", _forkserver.GuardStarter())
+    monkeypatch.setattr(_forkserver, "_zygotes", {})
+    yield
+    _forkserver.close_all()
+
+
+def fresh(
+    code: str = "", script: str = "", env: dict[str, str] | None = None
+) -> tuple[str, str, int]:
+    """The same program run as a new interpreter: (stdout, stderr, return code)."""
+    argv = _cmdline.build_argv(kernel="python3", script=script, code=code, python=PY)
+    done = subprocess.run(
+        argv, capture_output=True, text=True, env=dict(os.environ) | (env or {}), timeout=60
+    )
+    return done.stdout, done.stderr, done.returncode
+
+
+def err_lines(events: Events) -> list[str]:
+    return out_lines(events, "err")
+
+
+def test_a_python_program_is_forked_from_the_zygote_with_what_a_new_one_loads() -> None:
+    code = "import sys\nprint(' '.join(sorted(sys.modules)))\n" + PARENT
+    events = supervise(launch(code))
+    loaded, forked = out_lines(events)
+    assert forked == "True"  # its guard is a fork of the zygote
+    assert loaded.split() == fresh(code)[0].split("\n")[0].split()
+    assert final(events)["status"] == "succeeded"
+
+
+def test_code_sees_argv_path_main_env_cwd_and_a_session_of_its_own(tmp_path: Path) -> None:
+    code = (
+        "import os, sys\n"
+        "print(sys.argv, repr(sys.path[0]), __name__, os.getcwd(), os.environ['ZYGOTE_TEST'])\n"
+        "print(os.getpgid(0) == os.getpid() == os.getsid(0), sys.stdin.read() == '')\n"
+        "print(sys.flags.isolated, sys.flags.no_site, sys.stdout.write_through)\n"
+        "shown = open('/proc/self/cmdline').read(), open('/proc/self/environ').read()\n"
+        "print(shown[0].rstrip('\\0') == ' '.join(sys.orig_argv), 'ZYGOTE_TEST=yes\\0' in shown[1],\n"
+        "      'CMLRAY_ZYGOTE_PAD' in shown[1], shown[1].split('\\0\\0')[0].count('\\0') + 1)\n"
+    )
+    item = launch(code, env={"ZYGOTE_TEST": "yes"})
+    item.cwd = str(tmp_path)
+    lines = out_lines(supervise(item))
+    assert lines == [
+        f"['-c'] '' __main__ {tmp_path} yes",
+        "True True",
+        "0 0 True",
+        f"True True False {len(item.env) + 4}",  # its own: + CDSW_*, CUDA_*, the channel
+    ]
+
+
+def test_a_script_ends_as_an_interpreter_does(tmp_path: Path) -> None:
+    """Exit status, non-daemon threads joined, atexit run, unclosed files flushed."""
+    script = tmp_path / "job.py"
+    script.write_text(
+        textwrap.dedent("""\
+            import atexit, os, sys, threading, time
+            print(sys.argv[1:], sys.path[0], __file__ == sys.argv[0], __name__)
+            kept = open(os.path.join(os.path.dirname(__file__), "kept.txt"), "w")
+            kept.write("flushed at exit")
+            atexit.register(print, "atexit ran")
+            threading.Thread(target=lambda: (time.sleep(0.2), print("thread joined"))).start()
+            sys.exit(4)
+        """)
+    )
+    events = supervise(launch("", script=str(script)))
+    assert out_lines(events) == [f"[] {tmp_path} True __main__", "thread joined", "atexit ran"]
+    assert final(events)["exit_code"] == fresh(script=str(script))[2] == 4
+    assert (tmp_path / "kept.txt").read_text() == "flushed at exit"
+
+
+def test_an_uncaught_exception_prints_what_a_new_interpreter_prints() -> None:
+    code = "def f():\n    raise ValueError('no')\n\nf()\n"
+    events = supervise(launch(code))
+    _, stderr, returncode = fresh(code)
+    assert err_lines(events) == stderr.splitlines()
+    assert final(events)["exit_code"] == returncode == 1
+
+
+def test_keyboard_interrupt_ends_it_by_sigint_as_a_new_interpreter() -> None:
+    events = supervise(launch("raise KeyboardInterrupt"))
+    assert final(events)["exit_code"] == fresh("raise KeyboardInterrupt")[2] == -signal.SIGINT
+    assert err_lines(events)[-1] == "KeyboardInterrupt"
+
+
+def test_a_worker_can_ask_for_a_new_interpreter() -> None:
+    events = supervise(launch(PARENT, env={FRESH_ENV: "1"}))
+    assert out_lines(events) == ["False"]  # its guard came from the bare fork server
+
+
+def test_a_zygote_that_cannot_serve_leaves_the_programs_to_new_interpreters(tmp_path: Path) -> None:
+    """A ``sitecustomize`` that starts a thread makes forking unsafe: the zygote refuses."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import threading, time\nthreading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+    )
+    env = {"PYTHONPATH": str(tmp_path)}
+    for _ in range(2):  # the second is not tried on the zygote again
+        events = supervise(launch(PARENT, env=env))
+        assert out_lines(events) == ["False"]
+    assert list(_forkserver._zygotes.values()) == [None]
+
+
+def test_zygotes_end_with_their_agent_and_every_guard_with_its_program() -> None:
+    events = supervise(launch("print('up')"))
+    assert out_lines(events) == ["up"]
+    (starter,) = _forkserver._zygotes.values()
+    assert starter is not None and starter.forked_any
+    zygote = psutil.Process(starter._server.pid if starter._server else -1)
+    assert zygote.is_running() and not zygote.children()  # no guard left behind
+    _forkserver.close_all()  # as the agent's process ending closes its end
+    _, alive = psutil.wait_procs([zygote], 10)
+    assert not alive
+
+
+@pytest.mark.parametrize("code", ["pass", "!true"], ids=["forked-python", "exec-shell"])
+def test_a_missing_working_directory_is_named_whichever_way_the_program_starts(
+    code: str, tmp_path: Path
+) -> None:
+    item = launch(code)
+    item.cwd = str(tmp_path / "gone")
+    ended = final(supervise(item))
+    assert ended["status"] == "failed"
+    assert f"its working directory {item.cwd!r} does not exist" in ended["reason"], ended
