@@ -344,9 +344,10 @@ def run_parent(
         "ray_leftovers": ray_named(leftovers),
         "failure": failure,
     }
+    path = write_json(results_path, payload)  # kept even if the report below fails
     if failure is None:
         payload["summary"] = report()
-    path = write_json(results_path, payload)
+        write_json(results_path, payload)
     print(f"results: {path} (wall {payload['wall_s']:.0f} s, processes left: {len(leftovers)})")
     if leftovers:
         print("processes left behind (killed):\n  " + "\n  ".join(leftovers), file=sys.stderr)

@@ -17,7 +17,8 @@ ended: checked by pid afterwards). Measured: the session process's CPU
 (``time.process_time``, all its threads: Ray's included) from before the
 launch to after the stop, per worker; memory per worker beyond the programs'
 own, after all run: the session process's growth, the node agents' growth
-(an agent started for these workers counts whole) and every guard's unique
+(an agent started for these workers counts whole, and so does a zygote, the
+interpreter Python programs are forked from) and every guard's unique
 memory (USS), over N. Raw Ray: N actors (``num_cpus=1.9/N``, the same
 memory) whose method starts the same program as a subprocess and returns;
 running when every call returned; stopped when every actor was killed and
@@ -130,6 +131,17 @@ def _agents(session: Any) -> dict[str, int]:
     return {node: int(answer["pid"]) for node, answer in zip(agents, answers, strict=True)}
 
 
+def _servers(agents: dict[str, int]) -> set[int]:
+    """The agents' fork servers and zygotes (their child processes)."""
+    import psutil
+
+    found = set()
+    for pid in agents.values():
+        with contextlib.suppress(psutil.Error):
+            found |= {child.pid for child in psutil.Process(pid).children()}
+    return found
+
+
 def _responsiveness(n: int, clock: LineClock) -> Json:
     import cmlray
     from cmlray import _table
@@ -181,7 +193,9 @@ def child_cmlray(place: str, n: int, program: str, responsiveness: bool) -> Json
         session = _lifecycle.require()
         cpu_per = (NODES * 0.95 if address else NUM_CPUS * 0.95) / n
         me = psutil.Process()
-        agents_before = {node: _rss(pid) for node, pid in _agents(session).items()}
+        agents = _agents(session)
+        agents_before = {node: _rss(pid) for node, pid in agents.items()}
+        servers_before = _servers(agents)
         rss_before = me.memory_info().rss
         cpu_before = time.process_time()
         began = time.perf_counter()
@@ -202,6 +216,8 @@ def child_cmlray(place: str, n: int, program: str, responsiveness: bool) -> Json
             "session_growth_mib": (me.memory_info().rss - rss_before) / 2**20,
             "agents_growth_mib": agent_growth / 2**20,
             "guards_uss_mib": sum(_uss(pid) for pid in guards) / 2**20,
+            # a zygote started for these workers counts whole, as an agent does
+            "new_servers_uss_mib": sum(map(_uss, _servers(agents_after) - servers_before)) / 2**20,
             "guards": len(guards),
             "agents": len(agents_after),
         }
@@ -368,7 +384,9 @@ def _pair(
     children: Sequence[Json], place: str, n: int, program: str
 ) -> tuple[Json | None, Json | None]:
     found = {
-        c["side"]: c for c in children if (c["place"], c["n"], c["program"]) == (place, n, program)
+        c["side"]: c
+        for c in children
+        if (c["place"], c["n"], c.get("program")) == (place, n, program)
     }
     return found.get("cmlray"), found.get("ray")
 
