@@ -69,6 +69,8 @@ class AgentPool:
     def __init__(
         self,
         *,
+        startup_env: dict[str, str],
+        node_env: bool,
         lease_s: float | None,
         idle_s: float | None,
         on_events: Callable[[list[Event]], None],
@@ -79,6 +81,7 @@ class AgentPool:
 
         self._actor_class: Any = ray.remote(NodeAgent)
         self._lease_s = lease_s
+        self._startup = (startup_env, node_env)
         self._idle_s = idle_s
         self._on_events = on_events
         self._on_death = on_death
@@ -171,7 +174,7 @@ class AgentPool:
             max_restarts=0,
             max_task_retries=0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
-        ).remote(self._home, self._lease_s or 0.0)
+        ).remote(self._home, self._lease_s or 0.0, *self._startup)
         agent = _Agent(handle, node_id)
         self._agents[node_id] = agent
         stream = handle.events.options(

@@ -138,10 +138,12 @@ def close_all() -> None:
     _zygotes.clear()
 
 
-def prestart() -> None:
-    """Start the fork server now, so that the first worker does not wait for it."""
+def prestart(zygote: _zygote.Key | None = None) -> None:
+    """Start the fork server (and ``zygote``) now, so that the first worker does not wait."""
     if _starter is not None:
         _starter.start([])
+        if zygote is not None:
+            _start_from_zygote(zygote, [])
 
 
 def start_guards(

@@ -35,11 +35,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from cmlray import _files, _forkserver, _ports
+from cmlray import _files, _forkserver, _ports, _zygote
 from cmlray._launch import Where, WorkerLaunch
 from cmlray._outbox import Event, Outbox
 from cmlray._services import ProgramServices
-from cmlray._supervisor import WorkerSupervisor, start_all
+from cmlray._supervisor import WorkerSupervisor, node_environment, start_all
 
 LEASE_CHECK_S = 5.0
 LOST_GRACE_S = 1.0
@@ -63,7 +63,13 @@ def raise_open_files_limit() -> int:
 class NodeAgent:
     """Starts and supervises the workers one session runs on this node."""
 
-    def __init__(self, home: Any = None, lease_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        home: Any = None,
+        lease_s: float = 0.0,
+        startup_env: dict[str, str] | None = None,
+        node_env: bool = False,
+    ) -> None:
         """An agent for one node of one session.
 
         Args:
@@ -72,6 +78,9 @@ class NodeAgent:
                 answers the lease checks.
             lease_s: end this node's workers when ``home`` has not answered for
                 so long (0: never; an own head's agents share the session's host).
+            startup_env: the variables that shape the start of the session's
+                Python workers by default (over the node's own with
+                ``node_env``, as attached): their zygote is started ahead.
         """
         self._home = home
         _forkserver.enable()  # guards forked, not each a new interpreter
@@ -85,6 +94,7 @@ class NodeAgent:
         self._where: Where | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lease = _Lease(self, home, lease_s) if home is not None and lease_s > 0 else None
+        self._startup = (startup_env, node_env)
 
     async def ready(self) -> dict[str, Any]:
         """Where the agent runs: its node's IP and id, its interpreter and pid."""
@@ -96,6 +106,14 @@ class NodeAgent:
             "pid": os.getpid(),
         }
 
+    def _default_zygote(self) -> _zygote.Key | None:
+        """The zygote of the session's Python workers here, unless their ``env`` says otherwise."""
+        startup_env, node_env = self._startup
+        if startup_env is None:
+            return None
+        env = node_environment() if node_env else {}
+        return _zygote.startup_key([sys.executable, "-u", "-c", ""], env | startup_env)
+
     async def ping(self) -> bool:
         """Answers while the agent is reachable (other agents' lease checks)."""
         return True
@@ -105,7 +123,8 @@ class NodeAgent:
         self._loop = asyncio.get_running_loop()
         if self._lease is not None:
             self._lease.start(self._loop)
-        self._loop.run_in_executor(None, _forkserver.prestart)  # warm for the first worker
+        # warm for the first worker, and the zygote of its Python workers
+        self._loop.run_in_executor(None, _forkserver.prestart, self._default_zygote())
         async for batch in self._outbox.batches():
             yield batch
 

@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from cmlray import _cluster, _nodetypes
+from cmlray import _cluster, _nodetypes, _zygote
 from cmlray._agentpool import AgentPool
 from cmlray._cmdline import NODE_PYTHON
 from cmlray._config import SessionConfig
@@ -73,6 +73,8 @@ class Session:
         self.queues = QueueBook()
         self.pump = EventPump(self.registry, self.relay, self.logs, self._ended)
         self.agents = AgentPool(
+            startup_env=self._startup_env(),
+            node_env=config.attached,
             lease_s=None if head.owns_head else config.lease_s,
             idle_s=config.agent_idle_s,
             on_events=self.pump.handle,
@@ -138,6 +140,15 @@ class Session:
         self._waiting.pop(worker_id, None)
         self.registry.finish(worker_id, "failed", reason)
         self.pump.ended([worker_id])
+
+    def _startup_env(self) -> dict[str, str]:
+        """The variables that shape a Python start, as the workers get them by default.
+
+        Each agent starts its zygote for them before the first worker
+        (``_zygote.py``); a worker whose ``env`` changes them gets its own.
+        """
+        base = portable_environment(os.environ) if self.config.attached else os.environ
+        return _zygote.startup_variables(base) | {"PYTHONUNBUFFERED": "1"}
 
     def _launch_of(self, spec: WorkerSpec, worker_id: str) -> WorkerLaunch:
         """What the worker's node needs to start its program."""

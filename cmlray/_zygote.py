@@ -87,8 +87,12 @@ def startup_key(argv: Sequence[str], env: Mapping[str, str]) -> Key | None:
     """
     if program_form(argv) is None or env.get(FRESH_ENV, "") not in ("", "0"):
         return None
-    startup = tuple(sorted((k, v) for k, v in env.items() if _shapes_startup(k)))
-    return argv[0], startup
+    return argv[0], tuple(sorted(startup_variables(env).items()))
+
+
+def startup_variables(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables of ``env`` that shape an interpreter's start (part of a zygote's key)."""
+    return {k: v for k, v in env.items() if _shapes_startup(k)}
 
 
 def _shapes_startup(name: str) -> bool:

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from cmlray import _cmdline, _forkserver
-from cmlray._zygote import FRESH_ENV
+from cmlray._zygote import FRESH_ENV, startup_key
 from tests.support.supervise import PY, Events, final, launch, out_lines, supervise
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -152,3 +152,17 @@ def test_a_missing_working_directory_is_named_whichever_way_the_program_starts(
     ended = final(supervise(item))
     assert ended["status"] == "failed"
     assert f"its working directory {item.cwd!r} does not exist" in ended["reason"], ended
+
+
+def test_a_zygote_started_ahead_serves_the_first_worker() -> None:
+    """An agent starts its default zygote before any worker (``_forkserver.prestart``)."""
+    grandparent = (
+        "import os\nprint(open(f'/proc/{os.getppid()}/stat').read().rsplit(')')[-1].split()[1])"
+    )
+    item = launch(grandparent)
+    key = startup_key(item.argv, item.env)
+    assert key is not None
+    _forkserver.prestart(key)
+    starter = _forkserver._zygotes[key]
+    assert starter is not None and starter._server is not None
+    assert out_lines(supervise(item)) == [str(starter._server.pid)]  # its guard's parent
