@@ -11,7 +11,7 @@ program starts stays below it, ``setsid`` daemons included.
 Protocol on the control socket (JSON, one object a line):
 
 - agent -> guard, first: ``{"argv", "env", "cwd", "grace_period_s",
-  "memory_limit_bytes", "timeout_s", "cleanup_paths"}``; later
+  "memory_limit_bytes", "timeout_s", "cleanup_paths", "niceness"}``; later
   ``{"stop": grace_s, "status": "stopped"|"timedout"|..., "reason": text}``.
 - guard -> agent: ``{"pid", "time"}`` once started, or ``{"error"}``; then
   ``{"usage": {"rss_bytes", "peak_rss_bytes", "cpu_s", "cores"}}`` when a
@@ -308,6 +308,7 @@ def _run(
             stdout_fd=out_fd,
             stderr_fd=err_fd,
             pass_fds=extra_fds[:1],
+            niceness=spec.get("niceness"),
         )
     except OSError as exc:
         guard.send({"error": _spawn_error(spec, exc)})

@@ -41,8 +41,15 @@ def become_subreaper() -> bool:
         return False
 
 
-def child_setup() -> None:
-    """Runs in the program's process between fork and exec."""
+def child_setup(niceness: int | None = None) -> None:
+    """Runs in the program's process between fork and exec; ``niceness``: its priority.
+
+    A priority above the guard's needs the right to raise it (root,
+    ``CAP_SYS_NICE``): without it the program keeps the guard's.
+    """
+    if niceness is not None:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, niceness)
     with contextlib.suppress(OSError, AttributeError):
         _prctl()(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
@@ -65,6 +72,7 @@ def spawn(
     stdout_fd: int,
     stderr_fd: int,
     pass_fds: Sequence[int] = (),
+    niceness: int | None = None,
 ) -> Spawned:
     """Start a program in its own session and process group.
 
@@ -79,7 +87,7 @@ def spawn(
     try:
         pid = os.fork()
         if pid == 0:
-            _exec_child(argv, env, cwd, (stdout_fd, stderr_fd), pass_fds, err_w)
+            _exec_child(argv, env, cwd, (stdout_fd, stderr_fd), pass_fds, err_w, niceness)
     except BaseException:
         os.close(err_r)
         raise
@@ -101,11 +109,12 @@ def _exec_child(
     outputs: tuple[int, int],
     pass_fds: Sequence[int],
     err_w: int,
+    niceness: int | None,
 ) -> None:
     """In the child: set up, then exec; never returns (the error goes to ``err_w``)."""
     try:
         os.setsid()
-        child_setup()
+        child_setup(niceness)
         devnull = os.open(os.devnull, os.O_RDONLY)
         for target, fd in enumerate((devnull, *outputs)):
             os.dup2(fd, target)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import socket
@@ -51,6 +52,22 @@ def node_environment() -> dict[str, str]:
     bin_dir = os.path.dirname(sys.executable)
     env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", os.defpath)])
     return env
+
+
+@functools.cache
+def program_niceness() -> int | None:
+    """The priority a worker's program runs at: its node's, not the agent's.
+
+    Ray starts its worker processes, the agent among them, at niceness 15
+    (``RAY_worker_niceness``), below its own services; its job manager
+    starts job drivers at 0 instead. A worker's program is the user's
+    workload, as a CML engine is: it runs at the niceness of the agent's
+    parent (the raylet, the node's own), where the node allows raising it.
+    """
+    try:
+        return os.getpriority(os.PRIO_PROCESS, os.getppid())
+    except OSError:
+        return None
 
 
 def final_event(exit_code: int | None, status: str, reason: str) -> dict[str, Any]:
@@ -175,6 +192,7 @@ class WorkerSupervisor:
             "grace_period_s": self.launch.grace_period_s,
             "memory_limit_bytes": self.launch.memory_limit_bytes,
             "timeout_s": self.launch.timeout_s,
+            "niceness": program_niceness(),
             "cleanup_paths": [self._port.claim_path],
         }
 

@@ -150,6 +150,7 @@ def fork_program(
     stdout_fd: int,
     stderr_fd: int,
     pass_fds: Sequence[int] = (),
+    niceness: int | None = None,
 ) -> _proctree.Spawned:
     """Start ``argv`` (a ``program_form``) as a fork of this interpreter.
 
@@ -163,7 +164,7 @@ def fork_program(
         return _proctree.Spawned(pid)
     status = 127
     try:
-        _become_new(argv, env, cwd, (stdout_fd, stderr_fd), pass_fds, form)
+        _become_new(argv, env, cwd, (stdout_fd, stderr_fd), pass_fds, form, niceness)
         status = _run_main(form)
     except BaseException as exc:  # the child must never return into the guard
         with contextlib.suppress(BaseException):
@@ -178,12 +179,13 @@ def _become_new(
     outputs: tuple[int, int],
     pass_fds: Sequence[int],
     form: tuple[str, str, list[str]],
+    niceness: int | None,
 ) -> None:
     """Turn this fork of the guard into what ``python -u ...`` would have started."""
     assert _baseline is not None
     _retitle(argv, env)
     os.setsid()
-    _proctree.child_setup()
+    _proctree.child_setup(niceness)
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for signum in (signal.SIGPIPE, signal.SIGXFSZ):

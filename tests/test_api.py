@@ -114,6 +114,15 @@ def test_worker_environment_matches_spec(session: str) -> None:
     assert seen[0]["CDSW_APP_PORT"] != seen[1]["CDSW_APP_PORT"]
 
 
+def test_programs_run_at_their_nodes_priority_not_rays_worker_niceness() -> None:
+    """Ray starts its workers (the agent) at niceness 15; a program is the user's workload."""
+    code = "import os; print(os.getpriority(os.PRIO_PROCESS, 0), os.getpriority(os.PRIO_PROCESS, os.getppid()))"
+    program, guard = map(int, run(code)["tail"][0].split())
+    raylets = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "raylet"]
+    assert program in {p.nice() for p in raylets}  # root here: the priority could be raised
+    assert guard == 15  # the agent's, Ray's worker niceness, is unchanged around it
+
+
 def test_fractional_cpu_gets_one_thread() -> None:
     worker = run("import os; print(os.environ['OMP_NUM_THREADS'])")
     assert worker["tail"] == ["1"]
