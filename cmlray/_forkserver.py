@@ -174,7 +174,9 @@ def start_guards(
 def _start_from_zygote(key: _zygote.Key, batch: Sequence[Sequence[int]]) -> int:
     """Fork what the zygote of ``key`` can; one that never forked a guard is not tried again."""
     with _zygotes_lock:
-        starter = _zygotes.setdefault(key, GuardStarter(zygote=key))
+        if key not in _zygotes:
+            _zygotes[key] = GuardStarter(zygote=key)
+        starter = _zygotes[key]
     if starter is None:
         return 0
     forked = starter.start(batch)

@@ -113,14 +113,7 @@ def _exec_child(
 ) -> None:
     """In the child: set up, then exec; never returns (the error goes to ``err_w``)."""
     try:
-        os.setsid()
-        child_setup(niceness)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        for target, fd in enumerate((devnull, *outputs)):
-            os.dup2(fd, target)
-        close_all_but({0, 1, 2, err_w, *pass_fds})
-        for fd in pass_fds:
-            os.set_inheritable(fd, True)
+        enter_program(outputs, pass_fds, niceness, keep=(err_w,))
         os.chdir(cwd)
         os.execvpe(argv[0], list(argv), env)
     except OSError as exc:
@@ -130,12 +123,30 @@ def _exec_child(
         os._exit(127)
 
 
-def close_all_but(keep: set[int]) -> None:
-    """Close every descriptor of this process but ``keep``."""
+def enter_program(
+    outputs: tuple[int, int],
+    pass_fds: Sequence[int],
+    niceness: int | None,
+    keep: Sequence[int] = (),
+) -> None:
+    """In a fork that becomes a program (exec'd here, or forked from a zygote).
+
+    Its own session, ``child_setup``, stdin ``/dev/null``, stdout and stderr
+    ``outputs``, ``pass_fds`` kept (inheritable), every other descriptor
+    closed but ``keep``.
+    """
+    os.setsid()
+    child_setup(niceness)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    for target, fd in enumerate((devnull, *outputs)):
+        os.dup2(fd, target)
+    wanted = {0, 1, 2, *keep, *pass_fds}
     for name in os.listdir("/proc/self/fd"):
-        if int(name) not in keep:
+        if int(name) not in wanted:
             with contextlib.suppress(OSError):
                 os.close(int(name))
+    for fd in pass_fds:
+        os.set_inheritable(fd, True)
 
 
 def reap_children() -> dict[int, int]:

@@ -184,13 +184,11 @@ def _become_new(
     """Turn this fork of the guard into what ``python -u ...`` would have started."""
     assert _baseline is not None
     _retitle(argv, env)
-    os.setsid()
-    _proctree.child_setup(niceness)
-    signal.set_wakeup_fd(-1)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.set_wakeup_fd(-1)  # the guard's, before its descriptor is closed
+    _proctree.enter_program(outputs, pass_fds, niceness)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as a new interpreter has
     for signum in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(signum, signal.SIG_IGN)
-    _move_descriptors(outputs, pass_fds)
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
@@ -234,16 +232,6 @@ def _retitle(argv: Sequence[str], env: Mapping[str, str]) -> None:
         stale = pad_start - (env_start + len(block))
         if stale > 0:
             ctypes.memset(env_start + len(block), 0, stale)
-
-
-def _move_descriptors(outputs: tuple[int, int], pass_fds: Sequence[int]) -> None:
-    """stdin /dev/null, stdout and stderr the worker's pipes, ``pass_fds`` kept; the rest closed."""
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    for target, fd in enumerate((devnull, *outputs)):
-        os.dup2(fd, target)
-    _proctree.close_all_but({0, 1, 2, *pass_fds})
-    for fd in pass_fds:
-        os.set_inheritable(fd, True)
 
 
 def _new_streams() -> None:
