@@ -92,21 +92,23 @@ class AgentPool:
         self._home: Any = None
         self._home_node: str | None = None
 
-    def start_home(self) -> None:
+    def start_home(self) -> Any:
         """Start the agent of the session's own node now (from any thread), without waiting.
 
-        The other agents send the files workers send home to this one and,
-        with a lease (attached sessions), check that it answers, to learn when
-        their node is cut off from the session.
+        It hosts the session's queues; the other agents send the files
+        workers send home to this one and, with a lease (attached sessions),
+        check that it answers, to learn when their node is cut off from the
+        session. Returns its handle (None: the session has no node of its own).
         """
         import ray
 
         try:
             node_id = ray.get_runtime_context().get_node_id()
         except Exception:  # no node of its own
-            return
+            return None
         self._home_node = node_id
         self._home = self._start_agent(node_id).handle
+        return self._home
 
     def start(self, node_id: str, launch: WorkerLaunch) -> None:
         """Start a worker placed on ``node_id`` (batched with others of this turn)."""

@@ -1,8 +1,9 @@
 """A worker's program and its queue: the channel, batch sizes, one batch ahead of the work.
 
 The program never joins Ray: each round trip goes over its channel to its
-node agent, which asks the session's queue actor (``_services.py``). A round
-trip costs milliseconds, more on a busy node, so for short items it never
+node agent, which answers it from the queue it hosts on the session's node,
+or asks that node's agent (``_services.py``, ``_queuehost.py``). A round
+trip costs a millisecond or more on a busy node, so for short items it never
 waits for one: as soon as a batch arrives, the request for the next one goes
 out (reporting the batch before), and the answer is read once the batch is
 done; items longer than a batch are asked for one batch at a time

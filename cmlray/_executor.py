@@ -41,7 +41,7 @@ from cmlray._record import FINAL
 from cmlray._spec import WorkerSpec
 from cmlray.errors import CmlrayError, WorkerError
 
-POLL_S = 0.5  # the collector's longest wait for results before it checks the workers
+POLL_S = 0.5  # the collector's longest wait for results before it checks the queue and workers
 
 
 class _CallFuture(futures.Future[Any]):
@@ -203,7 +203,9 @@ class Executor(futures.Executor):
             return
         from cmlray.queue import Queue
 
-        self._queue = Queue(f"{self.name}-{uuid.uuid4().hex[:8]}", max_attempts=self.max_attempts)
+        self._queue = Queue(
+            f"{self.name}-{uuid.uuid4().hex[:8]}", max_attempts=self.max_attempts, _with_items=False
+        )
         self._launch(self.max_workers)
         self._collector = threading.Thread(
             target=self._collect, name=f"cmlray-{self.name}-results", daemon=True
@@ -250,11 +252,18 @@ class Executor(futures.Executor):
     # Collecting ------------------------------------------------------------------------
 
     def _collect(self) -> None:
-        """Settle futures as results come (the collector thread)."""
-        queue, seen = self._queue, 0
+        """Settle futures as results come (the collector thread).
+
+        Results are pushed to the session by the queue's host (``_queueresults.py``);
+        when none come for ``POLL_S``, the queue is asked how it is (which
+        fails once it is gone) and ended workers are replaced.
+        """
+        queue, pages, seen = self._queue, self._queue._pages, 0
         try:
             while True:
-                page, drained = queue._call("results_since", seen, POLL_S)
+                if not pages.wait_beyond(seen, POLL_S):
+                    queue.stats()  # raises once the queue is gone
+                page, drained = pages.since(seen)
                 count = len(page["id"])
                 seen += count
                 for index in range(count):

@@ -13,6 +13,10 @@ All of it runs on the actor's one event loop: a :class:`WorkerSupervisor`
 per worker, asyncio transports on the guards' sockets and the programs'
 pipes. Guards are forked by one fork server per agent (``_forkserver.py``).
 
+The agent on the session's own node also hosts the session's queues
+(``_queuehost.py``): its programs reach them without a Ray call, the other
+agents' programs through this agent.
+
 Fate-sharing: an agent is owned by the session's driver, so it dies with the
 session; each guard ends its program's tree when its agent's control socket
 closes, whatever killed the agent. An agent attached to a remote session
@@ -38,6 +42,7 @@ from typing import Any
 from cmlray import _files, _forkserver, _ports, _zygote
 from cmlray._launch import Where, WorkerLaunch
 from cmlray._outbox import Event, Outbox
+from cmlray._queuehost import QueueHost
 from cmlray._services import ProgramServices
 from cmlray._supervisor import WorkerSupervisor, node_environment, start_all
 
@@ -95,6 +100,7 @@ class NodeAgent:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lease = _Lease(self, home, lease_s) if home is not None and lease_s > 0 else None
         self._startup = (startup_env, node_env)
+        self._queues = QueueHost(self._outbox.put)  # used on the session's node
 
     async def ready(self) -> dict[str, Any]:
         """Where the agent runs: its node's IP and id, its interpreter and pid."""
@@ -139,8 +145,9 @@ class NodeAgent:
         for launch in launches:
             launch.cwd = launch.cwd or self._cwd
             services = ProgramServices(
-                launch.worker_id, launch.payload, self._home, launch.home_dir
-            )
+                launch.worker_id, launch.payload, self._home, launch.home_dir,
+                queue_call=self._queue_of_session,
+            )  # fmt: skip
             supervisor = WorkerSupervisor(launch, where, self._outbox, services, self._forget)
             self._workers[launch.worker_id] = supervisor
             early = self._early_stops.pop(launch.worker_id, None)
@@ -177,6 +184,32 @@ class NodeAgent:
     ) -> None:
         """Write a chunk of a file a worker elsewhere sends home (see ``_files``)."""
         await asyncio.to_thread(_files.write_chunk, path, data, offset, final, token)
+
+    # The session's queues (hosted by the agent of the session's node) -----------------
+
+    async def open_queue(
+        self, name: str, max_attempts: int, lease_timeout_s: float, items: bool
+    ) -> None:
+        """Host a new queue of the session (its results go out on ``events``)."""
+        self._queues.open(name, max_attempts, lease_timeout_s, items)
+
+    async def queue_call(self, name: str, method: str, *args: Any) -> Any:
+        """A call on a hosted queue (from the session, or another node's agent)."""
+        return await self._queues.call(name, method, *args)
+
+    async def release_queue_items(self, ended: list[tuple[str, str]]) -> None:
+        """These workers ended (``(worker, why)`` each): the items they held go back."""
+        await self._queues.release_workers(ended)
+
+    async def queue_servers(self) -> dict[str, list[str]]:
+        """Each hosted queue's workers that have asked it for items."""
+        return self._queues.servers()
+
+    async def _queue_of_session(self, name: str, method: str, *args: Any) -> Any:
+        """A call on the session's queue for a program here: local on the session's node."""
+        if self._home is None:
+            return await self._queues.call(name, method, *args)
+        return await self._home.queue_call.remote(name, method, *args)
 
     def _node(self) -> Where:
         if self._where is None:

@@ -5,8 +5,9 @@ the pump's loop consumes every agent's stream (``_agentpool.py``), and also
 runs the reservations (``_reservations.py``): everything that reacts to Ray
 happens on this one thread, so those parts need no locks. A batch is folded
 into the registry (one lock for the whole batch), its lines go to the relay
-and the log store, and the workers that ended are handed to ``on_ended``.
-Nothing polls: a batch is handled as soon as Ray delivers it.
+and the log store, the workers that ended are handed to ``on_ended``, and
+the pages of queue results from the agent hosting the queues to
+``on_results``. Nothing polls: a batch is handled as soon as Ray delivers it.
 
 Lines are shown in the context their worker was launched in: in Jupyter that
 context names the cell, so each worker's output lands under the cell that
@@ -26,6 +27,7 @@ from typing import Any, TypeVar
 
 from cmlray._logs import WorkerLogs
 from cmlray._outbox import Event
+from cmlray._queueresults import RESULTS
 from cmlray._registry import Registry
 from cmlray._relay import Relay
 
@@ -42,8 +44,10 @@ class EventPump:
         relay: Relay,
         logs: WorkerLogs,
         on_ended: Callable[[list[str]], None],
+        on_results: Callable[[Any], None] = lambda payload: None,
     ) -> None:
         self._registry = registry
+        self._on_results = on_results  # a page of a queue's results (``_queueresults.py``)
         self._relay = relay
         self._logs = logs
         self._on_ended = on_ended
@@ -90,6 +94,8 @@ class EventPump:
                 lines.setdefault(worker_id, []).append((kind, payload))
             elif kind == "exited":
                 ended.append(worker_id)
+            elif kind == RESULTS:
+                self._on_results(payload)
         for worker_id, chunks in lines.items():
             self._show(worker_id, chunks)
         self._registry.apply_batch(batch)

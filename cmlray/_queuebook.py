@@ -1,57 +1,74 @@
-"""The session's queues: their actors, and who serves them.
+"""The session's queues: where they live, and who serves them.
 
-A queue's actor lives on the session's own node (a worker node that dies
-must not take the queue's state with it) and is named, so that the agents of
-the session's workers find it for their programs. The session tells every
-queue when workers end (their leased items go back at once), and asks, for
-``Queue.join``, whether any live worker could still serve a queue.
+A queue is hosted by the agent on the session's own node (``_queuehost.py``):
+a worker node that dies must not take the queue's state with it, and that
+agent lives as long as the session. The host pushes each queue's results
+to the session as they finish (the pump hands them here, into the queue's
+``ResultPages``). The session tells the host when workers end (every queue
+takes back the items they held, at once), and asks, for ``Queue.join``,
+whether any live worker could still serve a queue.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Set
 from typing import Any
 
+from cmlray._queueresults import Page, ResultPages
 from cmlray._rayerrors import session_error
 from cmlray.errors import QueueError
 
 
 class QueueBook:
-    """This session's queue actors, by actor name."""
+    """This session's queue names, and the agent that hosts them.
 
-    def __init__(self) -> None:
-        self._queues: dict[str, Any] = {}
+    Args:
+        host: the agent on the session's node (None: the session has no node
+            of its own, and no queue can be made).
+    """
 
-    def create(self, actor_name: str, actor_class: type, *args: Any) -> Any:
-        """Start a queue's actor; one per name and session."""
+    def __init__(self, host: Any) -> None:
+        self._host = host
+        self._results: dict[str, ResultPages] = {}
+
+    def create(
+        self, name: str, max_attempts: int, lease_timeout_s: float, items: bool
+    ) -> tuple[Any, ResultPages]:
+        """Start serving queue ``name`` (one per name and session).
+
+        Returns the agent that hosts it and where its results arrive.
+        """
         import ray
 
-        if actor_name in self._queues:
-            name = actor_name.split(":", 1)[1]
+        if name in self._results:
             raise QueueError(f"this session already has a queue named {name!r}")
+        if self._host is None:
+            raise QueueError("queues live on the session's own Ray node, and this session has none")
+        pages = self._results[name] = ResultPages()
         try:
-            options = {"name": actor_name, "num_cpus": 0, **on_this_node()}
-            handle = ray.remote(actor_class).options(**options).remote(*args)
+            ray.get(self._host.open_queue.remote(name, max_attempts, lease_timeout_s, items))
         except Exception as exc:
+            del self._results[name]
             raise session_error(exc, "starting a queue") from exc
-        self._queues[actor_name] = handle
-        return handle
+        return self._host, pages
+
+    def received(self, name: str, start: int, page: Page, drained: bool) -> None:
+        """A page of queue ``name``'s results, pushed by its host (on the pump's loop)."""
+        pages = self._results.get(name)
+        if pages is not None:
+            pages.receive(start, page, drained)
 
     def workers_ended(self, ended: list[tuple[str, str]]) -> None:
         """Every queue takes back the items these workers held: ``(worker id, why)`` each.
 
-        One call per queue for a whole batch of ended workers (and it wakes
-        the queue's joiners).
+        One call for a whole batch of ended workers and every queue (it wakes
+        the queues' joiners too).
         """
-        if not ended:
-            return
-        for queue in list(self._queues.values()):
-            with contextlib.suppress(Exception):
-                queue.release_workers.remote(ended)
+        if ended and self._results:
+            self._host.release_queue_items.remote(ended)
 
-    def could_serve(self, queue: Any, live: Set[str]) -> bool:
-        """Whether one of the ``live`` workers serves ``queue``, or may yet.
+    def could_serve(self, name: str, live: Set[str]) -> bool:
+        """Whether one of the ``live`` workers serves queue ``name``, or may yet.
 
         A live worker that has asked only other queues for items is not
         counted: it serves those.
@@ -60,30 +77,8 @@ class QueueBook:
 
         if not live:
             return False
-        if live & set(ray.get(queue.servers.remote())):
+        servers: dict[str, list[str]] = ray.get(self._host.queue_servers.remote())
+        if live & set(servers.get(name, ())):
             return True
-        others = [h for h in self._queues.values() if h is not queue]
-        elsewhere: set[str] = set()
-        for servers in ray.get([h.servers.remote() for h in others]):
-            elsewhere.update(servers)
+        elsewhere = {w for other, ids in servers.items() if other != name for w in ids}
         return bool(live - elsewhere)
-
-    def close(self) -> None:
-        import ray
-
-        for handle in self._queues.values():
-            with contextlib.suppress(Exception):
-                ray.kill(handle)
-        self._queues.clear()
-
-
-def on_this_node() -> dict[str, Any]:
-    """Actor options that pin an actor to the session's own node."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    try:
-        node_id = ray.get_runtime_context().get_node_id()
-    except Exception:  # a Ray Client session has no node of its own
-        return {}
-    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)}

@@ -1,8 +1,10 @@
 """What a node agent does for a worker's program, over the program's local channel.
 
 The program (``cmlray.worker``, ``cmlray._fnrun``) sends requests; the agent
-answers them on its event loop, reaching the session's queues through Ray on
-the program's behalf: worker programs never join Ray (``_channel.py``).
+answers them on its event loop, reaching the session's queues on the
+program's behalf (hosted by the agent of the session's node, ``_queuehost.py``:
+no Ray call there, one from any other node): worker programs never join Ray
+(``_channel.py``).
 
 Requests:
     ("exchange", queue, outcomes, want, wait_s) -> pickled (items, drained)
@@ -21,22 +23,30 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cmlray import _channel, _files, _rayerrors
-from cmlray._queue import QUEUE_PREFIX
+
+QueueCall = Callable[..., Awaitable[Any]]  # (queue name, method, *args) -> its answer
 
 
 class ProgramServices:
     """Answers one program's requests; remembers its function's result or error."""
 
     def __init__(
-        self, worker_id: str, payload: bytes | None, home: Any = None, home_dir: str = ""
+        self,
+        worker_id: str,
+        payload: bytes | None,
+        home: Any = None,
+        home_dir: str = "",
+        queue_call: QueueCall | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.payload = payload
         self.home = home  # the agent on the session's node; None: this is that node
         self.home_dir = home_dir
+        self.queue_call = queue_call  # reaches the session's queues (``NodeAgent``)
         self._sent = 0
         self.result: bytes | None = None
         self.error: str | None = None
@@ -65,8 +75,10 @@ class ProgramServices:
 
     async def exchange(self, name: str, outcomes: bytes, want: int, wait_s: float) -> bytes:
         """A round trip with the queue; the outcomes and the answer stay pickled bytes."""
-        handle = await queue_handle(name)
-        return bytes(await handle.exchange_pickled.remote(self.worker_id, outcomes, want, wait_s))
+        if self.queue_call is None:
+            raise LookupError("this worker's agent reaches no queue")
+        call = self.queue_call
+        return bytes(await call(name, "exchange_pickled", self.worker_id, outcomes, want, wait_s))
 
     def send_file(self, source: str, dest: str) -> str:
         """Put the program's file ``source`` at ``dest`` on the session's host."""
@@ -80,23 +92,6 @@ class ProgramServices:
         else:
             _files.send(self.home, source, path, token)
         return path
-
-
-_queues: dict[str, Any] = {}
-
-
-async def queue_handle(name: str) -> Any:
-    """The session's queue actor named ``name`` (looked up once per agent)."""
-    import ray
-
-    handle = _queues.get(name)
-    if handle is None:
-        try:
-            handle = await asyncio.to_thread(ray.get_actor, QUEUE_PREFIX + name)
-        except ValueError:
-            raise LookupError(f"no queue named {name!r} in this session") from None
-        _queues[name] = handle
-    return handle
 
 
 class ChannelServer:

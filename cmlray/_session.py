@@ -34,6 +34,7 @@ from cmlray._logs import WorkerLogs
 from cmlray._nodetypes import Catalog
 from cmlray._pump import EventPump
 from cmlray._queuebook import QueueBook
+from cmlray._queueresults import Page, ResultPages
 from cmlray._rayerrors import Death
 from cmlray._record import WorkerRecord
 from cmlray._registry import Registry
@@ -70,8 +71,9 @@ class Session:
         # Whole output for cmlray.logs; without log_dir, spilled into the head's private
         # temp dir (swept by its reaper on every exit path), or the system's when attached.
         self.logs = WorkerLogs(config.log_dir, spill_root=head.temp_dir)
-        self.queues = QueueBook()
-        self.pump = EventPump(self.registry, self.relay, self.logs, self._ended)
+        self.pump = EventPump(
+            self.registry, self.relay, self.logs, self._ended, self._queue_results
+        )
         self.agents = AgentPool(
             startup_env=self._startup_env(),
             node_env=config.attached,
@@ -92,7 +94,7 @@ class Session:
         self._names = itertools.count(1)
         self._closed = False
         self._on_closed = on_closed
-        self.agents.start_home()
+        self.queues = QueueBook(host=self.agents.start_home())  # queues live in that agent
 
     def identity(self, worker_id: str) -> dict[str, str]:
         """The variables that tell a worker who it and its session are."""
@@ -229,14 +231,20 @@ class Session:
 
     # Queues --------------------------------------------------------------------------
 
-    def create_queue(self, actor_name: str, actor_class: type, *args: Any) -> Any:
-        """Start a queue's actor (named, so workers' agents find it); one per name."""
+    def create_queue(
+        self, name: str, max_attempts: int, lease_timeout_s: float, items: bool
+    ) -> tuple[Any, ResultPages]:
+        """Start serving queue ``name`` (one per name): its host agent, where its results arrive."""
         self._check_open()
-        return self.queues.create(actor_name, actor_class, *args)
+        return self.queues.create(name, max_attempts, lease_timeout_s, items)
 
-    def could_serve(self, queue: Any) -> bool:
-        """Whether a live worker of this session serves ``queue``, or may yet."""
-        return self.queues.could_serve(queue, set(self.registry.live_ids()))
+    def _queue_results(self, payload: tuple[str, int, Page, bool]) -> None:
+        """A page of a queue's results from its host (on the loop)."""
+        self.queues.received(*payload)
+
+    def could_serve(self, name: str) -> bool:
+        """Whether a live worker of this session serves queue ``name``, or may yet."""
+        return self.queues.could_serve(name, set(self.registry.live_ids()))
 
     # Stop ----------------------------------------------------------------------------
 
@@ -285,7 +293,6 @@ class Session:
             self.pump.run(self._close_on_loop(), timeout_s=30)
         self.pump.close()
         self.logs.close_all()
-        self.queues.close()
         self.head.close()
         self._on_closed()
 

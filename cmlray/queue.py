@@ -20,17 +20,19 @@ the leasing rules that make sure no item is ever lost.
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 from cmlray import _lifecycle, _pickling, _rayerrors
 from cmlray._checks import check_count, check_positive, check_text
-from cmlray._queue import QUEUE_PREFIX, QueueActor
+from cmlray._queue import INLINE_TOTAL_BYTES, join_payloads
 from cmlray._queuestate import REPORT_LIMIT
 from cmlray.errors import QueueError
 
 _POLL_WAIT_S = 5.0
+_PUSH_WAIT_S = 5.0  # how long results() waits for pushed results before it pulls them
 
 
 class QueueResult(NamedTuple):
@@ -88,22 +90,35 @@ class Queue:
             goes back to the queue (a hung worker loses it).
     """
 
-    def __init__(self, name: str, *, max_attempts: int = 3, lease_timeout_s: float = 300.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        max_attempts: int = 3,
+        lease_timeout_s: float = 300.0,
+        _with_items: bool = True,
+    ) -> None:
         check_text("name", name)
         self.name = name
         self.max_attempts = check_count("max_attempts", max_attempts, 1)
         self.lease_timeout_s = check_positive("lease_timeout_s", lease_timeout_s, "seconds")
         session = _lifecycle.require()
-        self._actor = session.create_queue(
-            QUEUE_PREFIX + name, QueueActor, self.max_attempts, self.lease_timeout_s
+        # the agent hosting the queue, and its results as that agent pushes them
+        # (without the items that succeeded, for the Executor: it knows its calls)
+        self._host, self._pages = session.create_queue(
+            name, self.max_attempts, self.lease_timeout_s, _with_items
         )
+        self._with_items = _with_items
         self._put_count = 0
+        self._decoding = threading.Lock()
+        self._decoded: list[QueueResult] = []
 
     def _call(self, method: str, *args: Any) -> Any:
+        """``method(*args)`` on the queue, in the agent that hosts it (``_queuehost.py``)."""
         import ray
 
         try:
-            return ray.get(getattr(self._actor, method).remote(*args))
+            return ray.get(self._host.queue_call.remote(self.name, method, *args))
         except Exception as exc:
             raise _rayerrors.queue_error(exc, self.name, method) from exc
 
@@ -124,7 +139,10 @@ class Queue:
         """Add items already pickled (``_pickling.dumps_many``); their ids."""
         if not payloads:
             return range(self._put_count, self._put_count)
-        start, stop = self._call("put_many", payloads)
+        if sum(map(len, payloads)) <= INLINE_TOTAL_BYTES:  # inside the call, not via the store
+            start, stop = self._call("put_joined", len(payloads), *join_payloads(payloads))
+        else:
+            start, stop = self._call("put_many", payloads)
         self._put_count += len(payloads)
         return range(start, stop)
 
@@ -183,7 +201,7 @@ class Queue:
     def _check_served(self) -> None:
         """Raise QueueError when items are left and no live worker can serve them."""
         session = _lifecycle.require()
-        if session.could_serve(self._actor):
+        if session.could_serve(self.name):
             return
         stats = self.stats()
         if stats["pending"] + stats["leased"] == 0:
@@ -198,12 +216,26 @@ class Queue:
 
     def results(self) -> list[QueueResult]:
         """Every finished item's outcome so far, in completion order."""
-        out: list[QueueResult] = []
+        counts = self._call("stats")
+        if not self._pages.wait_for(counts["done"] + counts["failed"], _PUSH_WAIT_S):
+            self._pull()  # the pushed results lag: read them from the queue itself
+        return list(self._decoded_since(0)[0])
+
+    def _pull(self) -> None:
+        """Read the results not pushed yet from the queue's host (``results`` falls back on it)."""
         while True:
-            page, drained = self._call("results_since", len(out), 0.0)
-            out.extend(_decode(page))
-            if not page["id"] or (drained and len(page["id"]) < REPORT_LIMIT):
-                return out  # nothing more, or every result there will be
+            start = self._pages.count
+            page, drained = self._call("results_since", start, 0.0, self._with_items)
+            self._pages.receive(start, page, drained)
+            if len(page["id"]) < REPORT_LIMIT:
+                return
+
+    def _decoded_since(self, start: int) -> tuple[list[QueueResult], bool]:
+        """Results from completion index ``start`` (decoded once), and whether that is all."""
+        with self._decoding:
+            page, drained = self._pages.since(len(self._decoded))
+            self._decoded += _decode(page)
+            return self._decoded[start:], drained
 
     def as_completed(
         self, timeout: float | None = None, *, expect_more_workers: bool = False
@@ -216,8 +248,8 @@ class Queue:
         deadline = None if timeout is None else time.monotonic() + timeout
         seen = 0
         while True:
-            page, drained = self._call("results_since", seen, _wait_slice(deadline, _POLL_WAIT_S))
-            batch = _decode(page)
+            self._pages.wait_beyond(seen, _wait_slice(deadline, _POLL_WAIT_S))
+            batch, drained = self._decoded_since(seen)
             seen += len(batch)
             yield from batch
             if drained and not batch:

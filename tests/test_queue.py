@@ -1,4 +1,4 @@
-"""The parameter queue end to end: real workers serving a real queue actor."""
+"""The parameter queue end to end: real workers serving a queue hosted by the session's agent."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 import cmlray
 from cmlray import _lifecycle
+from cmlray import queue as queue_module
 from tests.support.console import Captured
 
 pytestmark = pytest.mark.usefixtures("session")
@@ -114,6 +115,23 @@ def test_tasks_iterator_for_a_loop_of_ones_own() -> None:
     assert not results[13].ok and results[13].error == "KeyError: 13"
     (worker,) = cmlray.await_workers(workers)["workers"]
     assert worker["tail"] == ["seen 22"]  # `with task` swallowed the 3 attempts' KeyErrors
+
+
+def test_results_are_read_from_the_queue_when_pushed_pages_go_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    session = _lifecycle.require()
+    monkeypatch.setattr(session.queues, "received", lambda *page: None)  # every push lost
+    monkeypatch.setattr(queue_module, "_PUSH_WAIT_S", 0.2)
+    q = cmlray.Queue("unpushed")
+    q.put_many(range(50))
+    q.close()
+    serve("unpushed", "lambda x: x + 1")
+    q.join(timeout=120)
+    results = q.results()
+    assert sorted(r.result for r in results) == list(range(1, 51))
+    assert [r.item + 1 for r in results] == [r.result for r in results]  # items came too
+    assert len(q.results()) == 50  # read once, not twice
 
 
 def test_as_completed_yields_every_result_then_ends() -> None:

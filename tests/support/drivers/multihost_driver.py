@@ -148,9 +148,10 @@ def partition() -> Any:
 
 
 def _servers(q: cmlray.Queue) -> set[str]:
+    """The workers that have asked the queue for items (from the agent hosting it)."""
     import ray
 
-    return set(ray.get(q._actor.servers.remote()))
+    return set(ray.get(q._host.queue_servers.remote()).get(q.name, ()))
 
 
 def _cluster_state() -> Any:

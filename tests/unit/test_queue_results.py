@@ -1,0 +1,84 @@
+"""A queue's results on their way to the session: publishing, pages, and items sent inline (no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+from typing import Any
+
+from cmlray._queue import INLINE_CHUNK_BYTES, QueueServer, join_payloads, split_payloads
+from cmlray._queueresults import COLUMNS, ResultPages
+
+Published = list[tuple[int, dict[str, list[Any]], bool]]
+
+
+def page(start: int, n: int) -> dict[str, list[Any]]:
+    ids = list(range(start, start + n))
+    return {column: list(ids) for column in COLUMNS}
+
+
+def test_pages_are_placed_by_start_index_once() -> None:
+    pages = ResultPages()
+    pages.receive(0, page(0, 3), drained=False)
+    pages.receive(5, page(5, 2), drained=False)  # something missing before it: left for a pull
+    assert pages.count == 3
+    pages.receive(1, page(1, 4), drained=False)  # overlaps: only the new part is added
+    assert pages.since(0)[0]["id"] == [0, 1, 2, 3, 4]
+    assert pages.since(3) == ({column: [3, 4] for column in COLUMNS}, False)
+    pages.receive(5, page(5, 0), drained=True)
+    assert pages.since(5)[1] is True
+
+
+def test_waits_end_on_news_or_time() -> None:
+    pages = ResultPages()
+    assert not pages.wait_beyond(0, 0.01)
+    assert not pages.wait_for(1, 0.01)
+    pages.receive(0, page(0, 1), drained=False)
+    assert pages.wait_beyond(0, 0.01) and pages.wait_for(1, 0.01)
+    assert not pages.wait_beyond(1, 0.01)
+    pages.receive(1, page(1, 0), drained=True)
+    assert pages.wait_beyond(1, 0.01)  # drained: nothing more will come
+
+
+def exchange(server: QueueServer, worker: str, outcomes: list[Any], want: int) -> list[Any]:
+    answer = asyncio.run(server.exchange_pickled(worker, pickle.dumps(outcomes), want, 0.0))
+    leased, _drained = pickle.loads(answer)
+    return list(leased)
+
+
+def test_finished_items_are_published_in_order_then_drained_once() -> None:
+    published: Published = []
+    server = QueueServer(2, 60.0, lambda *event: published.append(event), items=False)
+    asyncio.run(server.put_many([b"a", b"b", b"c"]))
+    leased = exchange(server, "w1", [], 3)
+    assert [item_id for item_id, _, _ in leased] == [0, 1, 2]
+    assert published == []
+    done = [(0, True, b"A", None, None), (1, False, None, "ValueError: 1", "tb")]
+    exchange(server, "w1", done, 0)
+    (start, first, drained), *more = published
+    assert (start, first["id"], first["result"], drained, more) == (0, [0], [b"A"], False, [])
+    assert first["item"] == [None]  # without items: the caller knows its items by id
+    exchange(server, "w1", [(1, True, b"B", None, None), (2, True, b"C", None, None)], 0)
+    asyncio.run(server.close())
+    asyncio.run(server.stats())  # nothing new: nothing published again
+    starts = [(start, p["id"], drained) for start, p, drained in published]
+    assert starts == [(0, [0], False), (1, [1, 2], False), (3, [], True)]
+
+
+def test_a_failed_item_is_published_with_its_item() -> None:
+    published: Published = []
+    server = QueueServer(1, 60.0, lambda *event: published.append(event), items=False)
+    asyncio.run(server.put_many([b"x"]))
+    exchange(server, "w1", [], 1)
+    exchange(server, "w1", [(0, False, None, "KeyError: 'k'", "tb")], 0)
+    ((_, failed, _),) = published
+    assert failed["item"] == [b"x"] and failed["ok"] == [False]
+    assert failed["error"] == ["KeyError: 'k'"]
+
+
+def test_items_travel_joined_in_chunks_under_the_inline_limit() -> None:
+    for payloads in ([], [b""], [os.urandom(200_000), b"", b"xyz"], [b"p" * n for n in range(300)]):
+        chunks = join_payloads(payloads)
+        assert all(len(chunk) <= INLINE_CHUNK_BYTES for chunk in chunks)
+        assert split_payloads(len(payloads), tuple(chunks)) == payloads
