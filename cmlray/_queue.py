@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import pickle
 import time
-from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -33,25 +32,19 @@ INLINE_TOTAL_BYTES = 8 << 20
 def join_payloads(payloads: list[bytes]) -> list[bytes]:
     """Pickled items as chunks that each travel inside a Ray call (``split_payloads`` undoes it).
 
-    The items' lengths, then the items, cut every ``INLINE_CHUNK_BYTES``.
+    The list pickled whole (in C: 2 ms for 20,000 items), cut every ``INLINE_CHUNK_BYTES``.
     """
-    joined = array("Q", map(len, payloads)).tobytes() + b"".join(payloads)
+    joined = pickle.dumps(payloads, pickle.HIGHEST_PROTOCOL)
     return [joined[i : i + INLINE_CHUNK_BYTES] for i in range(0, len(joined), INLINE_CHUNK_BYTES)]
 
 
-def split_payloads(count: int, chunks: tuple[bytes, ...]) -> list[bytes]:
-    """The ``count`` items that ``join_payloads`` made ``chunks`` of."""
-    joined = memoryview(b"".join(chunks))
-    lengths = array("Q")
-    lengths.frombytes(joined[: lengths.itemsize * count])
-    payloads, offset = [], lengths.itemsize * count
-    for length in lengths:
-        payloads.append(bytes(joined[offset : offset + length]))
-        offset += length
+def split_payloads(chunks: tuple[bytes, ...]) -> list[bytes]:
+    """The items that ``join_payloads`` made ``chunks`` of."""
+    payloads: list[bytes] = pickle.loads(b"".join(chunks))
     return payloads
 
 
-__all__ = ["QueueClosedError", "QueueServer"]
+__all__ = ["QueueClosedError", "QueueServer", "join_payloads", "split_payloads"]
 
 
 class QueueServer:
@@ -124,9 +117,9 @@ class QueueServer:
         await self._notify()
         return ids.start, ids.stop
 
-    async def put_joined(self, count: int, *chunks: bytes) -> tuple[int, int]:
-        """``put_many`` for ``count`` items sent as ``join_payloads`` chunks."""
-        return await self.put_many(split_payloads(count, chunks))
+    async def put_joined(self, *chunks: bytes) -> tuple[int, int]:
+        """``put_many`` for items sent as ``join_payloads`` chunks."""
+        return await self.put_many(split_payloads(chunks))
 
     async def cancel(self, item_ids: list[int]) -> list[int]:
         """Cancel items still pending (``QueueState.cancel``); returns those cancelled."""

@@ -140,7 +140,7 @@ class Queue:
         if not payloads:
             return range(self._put_count, self._put_count)
         if sum(map(len, payloads)) <= INLINE_TOTAL_BYTES:  # inside the call, not via the store
-            start, stop = self._call("put_joined", len(payloads), *join_payloads(payloads))
+            start, stop = self._call("put_joined", *join_payloads(payloads))
         else:
             start, stop = self._call("put_many", payloads)
         self._put_count += len(payloads)
@@ -216,9 +216,10 @@ class Queue:
 
     def results(self) -> list[QueueResult]:
         """Every finished item's outcome so far, in completion order."""
-        counts = self._call("stats")
-        if not self._pages.wait_for(counts["done"] + counts["failed"], _PUSH_WAIT_S):
-            self._pull()  # the pushed results lag: read them from the queue itself
+        if self._pages.count < self._put_count:  # (else every item's result is here)
+            counts = self._call("stats")
+            if not self._pages.wait_for(counts["done"] + counts["failed"], _PUSH_WAIT_S):
+                self._pull()  # the pushed results lag: read them from the queue itself
         return list(self._decoded_since(0)[0])
 
     def _pull(self) -> None:

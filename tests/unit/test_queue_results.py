@@ -81,4 +81,4 @@ def test_items_travel_joined_in_chunks_under_the_inline_limit() -> None:
     for payloads in ([], [b""], [os.urandom(200_000), b"", b"xyz"], [b"p" * n for n in range(300)]):
         chunks = join_payloads(payloads)
         assert all(len(chunk) <= INLINE_CHUNK_BYTES for chunk in chunks)
-        assert split_payloads(len(payloads), tuple(chunks)) == payloads
+        assert split_payloads(tuple(chunks)) == payloads
