@@ -19,8 +19,12 @@ Every backend must give the same ``cv_results_`` mean scores as loky
 (checked; the run fails otherwise). A table is printed; everything goes to
 ``benchmarks/results/gridsearch_backends.json``.
 
-Usage: ``python benchmarks/gridsearch_backends.py [--rounds N] [--quick]``
-(default 3 rounds; ``--quick``: 1 round of a 4-configuration grid).
+Usage: ``python benchmarks/gridsearch_backends.py [--rounds N] [--quick] [--backends A,B]``
+(default 3 rounds of all four; ``--quick``: 1 round of a 4-configuration grid;
+``--backends loky,cmlray``: only those, e.g. more rounds of the pair whose
+ratio is a goal, as the machine's drift between children is of its size).
+The results go to ``gridsearch_backends.json``, or ``gridsearch_backends-A-B.json``
+for a subset.
 """
 
 from __future__ import annotations
@@ -99,9 +103,9 @@ def child(name: str, quick: bool) -> Json:
     }  # fmt: skip
 
 
-def measure(rounds: int, quick: bool, children: list[Json]) -> None:
+def measure(rounds: int, quick: bool, backends: Sequence[str], children: list[Json]) -> None:
     for index in range(rounds):
-        order = list(BACKENDS) if index % 2 == 0 else list(reversed(BACKENDS))
+        order = list(backends) if index % 2 == 0 else list(reversed(backends))
         for name in order:
             result = common.spawn_child(__file__, f"{name}:{int(quick)}", timeout_s=1200)
             children.append(result)
@@ -111,13 +115,13 @@ def measure(rounds: int, quick: bool, children: list[Json]) -> None:
             )
 
 
-def summarize(children: Sequence[Json]) -> Json:
+def summarize(children: Sequence[Json], backends: Sequence[str]) -> Json:
     reference = next(c["means"] for c in children if c["backend"] == "loky")
     disagree = [c["backend"] for c in children if c["means"] != reference]
     if disagree:
         raise RuntimeError(f"scores differ from loky's on: {sorted(set(disagree))}")
     table = {}
-    for name in BACKENDS:
+    for name in backends:
         runs = [c for c in children if c["backend"] == name]
         table[name] = {
             "end_to_end_s": statistics.median(c["end_to_end_s"] for c in runs),
@@ -136,7 +140,7 @@ def summarize(children: Sequence[Json]) -> Json:
     }
 
 
-def print_table(summary: Json) -> None:
+def print_table(summary: Json, backends: Sequence[str]) -> None:
     from rich.table import Table
 
     title = f"GridSearchCV(n_jobs=2), {summary['configurations']} configurations x {FOLDS} folds"
@@ -144,7 +148,7 @@ def print_table(summary: Json) -> None:
     for column in ("backend", "end to end", "/ loky", "fit", "/ loky ", "fit / its fits' time"):
         table.add_column(column, justify="left" if column == "backend" else "right")
     loky = summary["table"]["loky"]
-    for name in BACKENDS:
+    for name in backends:
         row = summary["table"][name]
         table.add_row(name, f"{row['end_to_end_s']:.1f} s",
                       f"{row['end_to_end_s'] / loky['end_to_end_s']:.2f}",
@@ -158,26 +162,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3)")
     parser.add_argument("--quick", action="store_true", help="1 round, a small grid")
+    parser.add_argument(
+        "--backends", default=",".join(BACKENDS), help="comma-separated, loky and cmlray among them"
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = common.checked_args(parser, argv)
     if args.child:
         name, quick = args.child.split(":")
         common.emit(child(name, quick == "1"))
         return 0
+    asked = args.backends.split(",")
+    backends = [name for name in BACKENDS if name in asked]
+    if not {"loky", "cmlray"} <= set(backends) or len(backends) != len(asked):
+        parser.error(f"--backends: expected some of {', '.join(BACKENDS)}, with loky and cmlray")
     rounds = args.rounds or (1 if args.quick else 3)
     children: list[Json] = []
 
     def report() -> Json:
-        summary = summarize(children)
-        print_table(summary)
+        summary = summarize(children, backends)
+        print_table(summary, backends)
         return summary
 
+    subset = "" if len(backends) == len(BACKENDS) else "-" + "-".join(backends)
     return common.run_parent(
-        lambda: measure(rounds, args.quick, children),
+        lambda: measure(rounds, args.quick, backends, children),
         report,
-        plan={"rounds": rounds, "quick": args.quick, "backends": BACKENDS},
+        plan={"rounds": rounds, "quick": args.quick, "backends": backends},
         children=children,
-        results_path=RESULTS_PATH,
+        results_path=RESULTS_PATH.with_name(f"{RESULTS_PATH.stem}{subset}.json"),
     )
 
 
