@@ -270,7 +270,10 @@ class Executor(futures.Executor):
                     self._settle(page, index)
                 if count:
                     self._replaced_in_a_row = 0  # workers make progress
-                if (drained and not count) or self._broken is not None:
+                if drained and not count:  # every call is in: the queue is dropped
+                    queue._drop()
+                    return
+                if self._broken is not None:
                     return
                 if not count:
                     self._keep_workers()

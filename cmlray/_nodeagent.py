@@ -193,6 +193,10 @@ class NodeAgent:
         """Host a new queue of the session (its results go out on ``events``)."""
         self._queues.open(name, max_attempts, lease_timeout_s, items)
 
+    async def drop_queue(self, name: str) -> None:
+        """Forget a drained queue (``QueueHost.drop``)."""
+        self._queues.drop(name)
+
     async def queue_call(self, name: str, method: str, *args: Any) -> Any:
         """A call on a hosted queue (from the session, or another node's agent)."""
         return await self._queues.call(name, method, *args)

@@ -11,6 +11,7 @@ whether any live worker could still serve a queue.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Set
 from typing import Any
 
@@ -52,6 +53,11 @@ class QueueBook:
             raise session_error(exc, "starting a queue") from exc
         return self._host, pages
 
+    def drop(self, name: str) -> None:
+        """Forget queue ``name`` here and in its host (the Executor's, once drained)."""
+        if self._results.pop(name, None) is not None:
+            self._host.drop_queue.remote(name)
+
     def received(self, name: str, start: int, page: Page, drained: bool) -> None:
         """A page of queue ``name``'s results, pushed by its host (on the pump's loop)."""
         pages = self._results.get(name)
@@ -65,7 +71,8 @@ class QueueBook:
         the queues' joiners too).
         """
         if ended and self._results:
-            self._host.release_queue_items.remote(ended)
+            with contextlib.suppress(Exception):  # Ray already shut down
+                self._host.release_queue_items.remote(ended)
 
     def could_serve(self, name: str, live: Set[str]) -> bool:
         """Whether one of the ``live`` workers serves queue ``name``, or may yet.

@@ -16,6 +16,7 @@ exposes its methods as its own.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,7 @@ class QueueHost:
 
     def __init__(self, send: Send) -> None:
         self._queues: dict[str, QueueServer] = {}
+        self._dropped: set[str] = set()
         self._send = send
 
     def open(self, name: str, max_attempts: int, lease_timeout_s: float, items: bool) -> None:
@@ -44,7 +46,7 @@ class QueueHost:
         Its finished items go to the session as they finish, on the agent's
         event stream (with the items that succeeded, unless not ``items``).
         """
-        if name in self._queues:
+        if name in self._queues or name in self._dropped:
             raise LookupError(f"this session already has a queue named {name!r}")
 
         def publish(start: int, page: dict[str, list[Any]], drained: bool) -> None:
@@ -55,9 +57,20 @@ class QueueHost:
 
         self._queues[name] = QueueServer(max_attempts, lease_timeout_s, publish, items)
 
+    def drop(self, name: str) -> None:
+        """Forget a drained queue and everything it kept (the Executor's, once its calls are in).
+
+        A worker that asks it for items afterwards (one started late) is told
+        it is drained, as it would have been.
+        """
+        if self._queues.pop(name, None) is not None:
+            self._dropped.add(name)
+
     async def call(self, name: str, method: str, *args: Any) -> Any:
         """``method(*args)`` of queue ``name`` (one of ``CALLS``)."""
         queue = self._queues.get(name)
+        if queue is None and name in self._dropped and method == "exchange_pickled":
+            return pickle.dumps(([], True), pickle.HIGHEST_PROTOCOL)  # (no items, drained)
         if queue is None:
             raise LookupError(f"no queue named {name!r} in this session")
         if method not in CALLS:

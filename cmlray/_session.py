@@ -96,6 +96,11 @@ class Session:
         self._on_closed = on_closed
         self.queues = QueueBook(host=self.agents.start_home())  # queues live in that agent
 
+    @property
+    def closed(self) -> bool:
+        """Whether the session has been shut down (Ray may be gone with it)."""
+        return self._closed
+
     def identity(self, worker_id: str) -> dict[str, str]:
         """The variables that tell a worker who it and its session are."""
         return {
@@ -237,6 +242,10 @@ class Session:
         """Start serving queue ``name`` (one per name): its host agent, where its results arrive."""
         self._check_open()
         return self.queues.create(name, max_attempts, lease_timeout_s, items)
+
+    def drop_queue(self, name: str) -> None:
+        """Forget a drained queue, here and in the agent hosting it."""
+        self.queues.drop(name)
 
     def _queue_results(self, payload: tuple[str, int, Page, bool]) -> None:
         """A page of a queue's results from its host (on the loop)."""

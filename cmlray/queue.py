@@ -102,7 +102,7 @@ class Queue:
         self.name = name
         self.max_attempts = check_count("max_attempts", max_attempts, 1)
         self.lease_timeout_s = check_positive("lease_timeout_s", lease_timeout_s, "seconds")
-        session = _lifecycle.require()
+        session = self._session = _lifecycle.require()
         # the agent hosting the queue, and its results as that agent pushes them
         # (without the items that succeeded, for the Executor: it knows its calls)
         self._host, self._pages = session.create_queue(
@@ -117,6 +117,8 @@ class Queue:
         """``method(*args)`` on the queue, in the agent that hosts it (``_queuehost.py``)."""
         import ray
 
+        if self._session.closed:  # (a call now would start a new Ray of its own)
+            raise QueueError(f"queue {self.name!r}: its session has been shut down")
         try:
             return ray.get(self._host.queue_call.remote(self.name, method, *args))
         except Exception as exc:
@@ -200,7 +202,7 @@ class Queue:
 
     def _check_served(self) -> None:
         """Raise QueueError when items are left and no live worker can serve them."""
-        session = _lifecycle.require()
+        session = self._session
         if session.could_serve(self.name):
             return
         stats = self.stats()
@@ -230,6 +232,11 @@ class Queue:
             self._pages.receive(start, page, drained)
             if len(page["id"]) < REPORT_LIMIT:
                 return
+
+    def _drop(self) -> None:
+        """Let the queue and its results go, here and in its host (the Executor's, drained)."""
+        if not self._session.closed:
+            self._session.drop_queue(self.name)
 
     def _decoded_since(self, start: int) -> tuple[list[QueueResult], bool]:
         """Results from completion index ``start`` (decoded once), and whether that is all."""
@@ -275,4 +282,4 @@ def _wait_slice(deadline: float | None, longest_s: float) -> float:
 def _progress_display(queue: Queue) -> Any:
     from cmlray._queue_progress import QueueProgress
 
-    return QueueProgress(queue.name, _lifecycle.require().relay.console)
+    return QueueProgress(queue.name, queue._session.relay.console)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import functools
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,8 +54,21 @@ def test_submit_map_as_completed_and_an_exception_with_its_traceback() -> None:
         assert [done[i].result() for i in (0, 1, 2, 4, 5)] == [0, 1, 2, 4, 5]
         workers = [w for w in cmlray.list_workers() if w["name"].startswith("executor-")]
         assert len(workers) == 2 and {w["cpu"] for w in workers} == {0.5}
+        queue = pool._queue
+        assert queue is not None and queue.name in hosted_queues()
     assert all(w["status"] == "succeeded" for w in cmlray.list_workers() if w["id"] in
                {w["id"] for w in workers})  # fmt: skip
+    assert queue.name not in hosted_queues()  # its calls all in: the queue and its results let go
+
+
+def hosted_queues() -> set[str]:
+    """The queues the agent of the session's node hosts now."""
+    import ray
+
+    from cmlray import _lifecycle
+
+    session = _lifecycle.require()
+    return set(ray.get(session.queues._host.queue_servers.remote())) & set(session.queues._results)
 
 
 def test_cancel_withdraws_calls_no_worker_holds_and_map_times_out(tmp_path: Path) -> None:
@@ -139,3 +153,26 @@ def test_bad_arguments_are_refused_before_anything_starts() -> None:
     with pytest.raises(ValueError, match="chunksize"):
         cmlray.Executor().map(str, [1], chunksize=0)
     assert len(cmlray.list_workers()) == before
+
+
+AFTER_SHUTDOWN = """
+import time, cmlray, ray
+from cmlray import _lifecycle
+cmlray.init(num_cpus=2)
+pool = cmlray.Executor(max_workers=1, cpu=1, memory=0.2)
+assert pool.submit(pow, 2, 5).result(timeout=120) == 32
+slow = pool.submit(time.sleep, 3)
+pool.shutdown(wait=False)       # the executor's threads go on in the background
+cmlray.shutdown()
+time.sleep(2)                   # they notice the session has ended
+print(ray.is_initialized(), _lifecycle.current(create=False) is None, slow.done())
+"""
+
+
+def test_an_executor_left_running_starts_nothing_once_its_session_ends() -> None:
+    # In a process of its own: the module's session stays up meanwhile.
+    done = subprocess.run([sys.executable, "-c", AFTER_SHUTDOWN], capture_output=True,
+                          text=True, timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["False", "True", "True"], done.stderr[-3000:]
+    assert "Logging error" not in done.stderr and "ray.init" not in done.stderr

@@ -375,7 +375,11 @@ def test_ctrl_c_interrupts_a_waiting_r_call(r_library: str) -> None:
             time.sleep(0.05)
         terminal.send("\x03")  # Ctrl-C
         terminal.expect("> ")
-        terminal.send('cat("back:", list.workers()[[1]]$status, "\\n")\n')
+        # the worker goes on (a loaded machine may still be starting it: waited for, 10 s)
+        terminal.send(
+            'for (i in 1:200) { s <- list.workers()[[1]]$status; if (s != "starting") break;'
+            ' Sys.sleep(0.05) }; cat("back:", s, "\\n")\n'
+        )
         terminal.expect("back: running")
         terminal.send("q()\n")
         _, status = os.waitpid(terminal.pid, 0)

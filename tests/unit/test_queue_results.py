@@ -7,7 +7,10 @@ import os
 import pickle
 from typing import Any
 
+import pytest
+
 from cmlray._queue import INLINE_CHUNK_BYTES, QueueServer, join_payloads, split_payloads
+from cmlray._queuehost import QueueHost
 from cmlray._queueresults import COLUMNS, ResultPages
 
 Published = list[tuple[int, dict[str, list[Any]], bool]]
@@ -82,3 +85,19 @@ def test_items_travel_joined_in_chunks_under_the_inline_limit() -> None:
         chunks = join_payloads(payloads)
         assert all(len(chunk) <= INLINE_CHUNK_BYTES for chunk in chunks)
         assert split_payloads(tuple(chunks)) == payloads
+
+
+def test_a_dropped_queue_tells_a_late_worker_it_is_drained() -> None:
+    sent: list[Any] = []
+    host = QueueHost(lambda *event: sent.append(event))
+    host.open("calls", 3, 60.0, items=False)
+    asyncio.run(host.call("calls", "close"))
+    assert [event[:2] for event in sent] == [("queue:calls", "results")]  # drained, published
+    host.drop("calls")
+    assert host.servers() == {}
+    answer = asyncio.run(host.call("calls", "exchange_pickled", "w9", pickle.dumps([]), 1, 5.0))
+    assert pickle.loads(answer) == ([], True)
+    with pytest.raises(LookupError, match="no queue named 'calls'"):
+        asyncio.run(host.call("calls", "stats"))
+    with pytest.raises(LookupError, match="already has a queue named 'calls'"):
+        host.open("calls", 3, 60.0, items=True)
