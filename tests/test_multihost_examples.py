@@ -90,10 +90,11 @@ def test_crawler_on_the_cluster_stores_the_site_on_the_session_host(
 
 
 POOLS = """
-import sys, joblib, cmlray, cmlray.joblib
+import sys, time, joblib, cmlray, cmlray.joblib
 
 def where(i):
     print(f"task {i} ran here", flush=True)
+    time.sleep(2)  # long enough that the workers elsewhere start and take their share
     return i * i
 
 cmlray.init(address=sys.argv[1])
