@@ -188,13 +188,10 @@ class QueueServer:
         await self._wait_for(lambda: self.state.settled or self._releases != releases, wait_s)
         return self.state.settled
 
-    async def results_since(
-        self, start: int, wait_s: float, items: bool = True
-    ) -> tuple[dict[str, list[Any]], bool]:
+    async def results_since(self, start: int, wait_s: float) -> tuple[dict[str, list[Any]], bool]:
         """Results from completion index ``start``, waiting up to ``wait_s`` for one.
 
-        Returns (a page of ``QueueState.report``, with or without the items
-        that succeeded, drained).
+        Returns (a page of ``QueueState.report``, as published, drained).
         """
         await self._wait_for(lambda: len(self.state.finished) > start or self.state.drained, wait_s)
-        return self.state.report(start, items=items), self.state.drained
+        return self.state.report(start, items=self._items), self.state.drained

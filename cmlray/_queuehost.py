@@ -25,11 +25,8 @@ from cmlray._queueresults import RESULTS
 
 Send = Callable[[str, str, Any, int], None]  # the agent's ``Outbox.put``
 
-# What the session and the agents may call on a queue (``QueueServer``'s methods)
-CALLS = frozenset({
-    "put_many", "put_joined", "cancel", "close", "exchange", "exchange_pickled", "heartbeat",
-    "stats", "wait_settled", "results_since",
-})  # fmt: skip
+# What the session and the agents may call on a queue: ``QueueServer``'s public methods
+CALLS = frozenset(name for name in vars(QueueServer) if not name.startswith("_"))
 
 
 class QueueHost:

@@ -15,7 +15,7 @@ after a wait) is not counted twice.
 from __future__ import annotations
 
 import threading
-import time
+from collections.abc import Callable
 from typing import Any
 
 COLUMNS = ("id", "item", "ok", "result", "error", "traceback", "attempts")
@@ -54,25 +54,15 @@ class ResultPages:
 
     def wait_beyond(self, count: int, timeout_s: float) -> bool:
         """Wait until more than ``count`` results are here, or drained; whether so."""
-        deadline = time.monotonic() + timeout_s
-        with self._changed:
-            while self.count <= count and not self.drained:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
-            return True
+        return self._wait_until(lambda: self.count > count or self.drained, timeout_s)
 
     def wait_for(self, count: int, timeout_s: float) -> bool:
         """Wait until at least ``count`` results are here; whether so."""
-        deadline = time.monotonic() + timeout_s
+        return self._wait_until(lambda: self.count >= count, timeout_s)
+
+    def _wait_until(self, ready: Callable[[], bool], timeout_s: float) -> bool:
         with self._changed:
-            while self.count < count:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
-            return True
+            return self._changed.wait_for(ready, timeout_s)
 
     def since(self, start: int) -> tuple[Page, bool]:
         """The results from completion index ``start`` on, and whether that is all there will be."""

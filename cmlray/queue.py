@@ -108,7 +108,6 @@ class Queue:
         self._host, self._pages = session.create_queue(
             name, self.max_attempts, self.lease_timeout_s, _with_items
         )
-        self._with_items = _with_items
         self._put_count = 0
         self._decoding = threading.Lock()
         self._decoded: list[QueueResult] = []
@@ -228,7 +227,7 @@ class Queue:
         """Read the results not pushed yet from the queue's host (``results`` falls back on it)."""
         while True:
             start = self._pages.count
-            page, drained = self._call("results_since", start, 0.0, self._with_items)
+            page, drained = self._call("results_since", start, 0.0)
             self._pages.receive(start, page, drained)
             if len(page["id"]) < REPORT_LIMIT:
                 return
