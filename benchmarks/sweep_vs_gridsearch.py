@@ -17,7 +17,15 @@ phase* (the search and the refit alone, timed inside the process).
     n_jobs=2)`` with the same sampler (TPE, seed 0, ``constant_liar``), the
     objective the mean 5-fold score (``cross_val_score``). TPE's proposals
     depend on the order results arrive, so the two find comparable, not
-    equal, scores: both best scores are reported.
+    equal, scores: both best scores are reported. Nor do they train the same
+    configurations: 24 trials of 50 to 400 trees cost anywhere from about 25
+    to 75 seconds of fits, which decides (d)/(e) more than either's way of
+    running them. So each side's fits' own time is reported (summed over
+    its trials, ``fit_seconds``), and
+(f) Optuna replays (d)'s trials: the same configurations, enqueued in (d)'s
+    order (``study.enqueue_trial``), run with ``n_jobs=2``, right after (d)
+    in each round: the same work both ways, so the same scores (checked),
+    and the ratio that says which way runs it faster.
 
 All three use the same estimator (``GradientBoostingClassifier``,
 ``random_state=0``, single-threaded), the same ``StratifiedKFold`` (5 folds,
@@ -27,19 +35,21 @@ fit takes hundreds of milliseconds to a few seconds, so the ~5 s session
 start is a small share of the example's time.
 
 Goals: (a) at least 1.7x faster than (b), and at most (c)'s time (issue 22);
-(d) at most (e)'s time.
+(d) at most (e)'s time, and at most (f)'s on the same trials.
 Both ratios are given end to end and for the sweep phase alone. A Rich
 table is printed and everything goes to ``benchmarks/results/hyperopt.json``.
 The machine is shared: its load average is recorded alongside.
 
-Usage: ``python benchmarks/sweep_vs_gridsearch.py [--rounds N] [--quick] [--tpe-trials N]``:
-N rounds (default 1), each running the ways in a rotating order, medians
-reported; ``--quick``: a small grid, a smoke run, goals not meaningful.
+Usage: ``python benchmarks/sweep_vs_gridsearch.py [--rounds N] [--quick] [--tpe-trials N]
+[--only grid|tpe]``: N rounds (default 1), each running the ways in a rotating
+order, medians reported; ``--quick``: a small grid, a smoke run, goals not
+meaningful; ``--only``: the grid ways or the TPE ways alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -76,6 +86,7 @@ from estimators import get_model, load_dataset, make_cv  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from searchspace import config_id  # noqa: E402
+from sklearn.model_selection import ParameterGrid  # noqa: E402
 
 MODEL, FOLDS, SCORING, WORKERS = "gradient_boosting", 5, "accuracy", 2
 GRID: dict[str, list[Any]] = {
@@ -129,15 +140,31 @@ def _run_example(
         raise RuntimeError(f"sweep.py exited {code}; its output:\n{log.read_text()[-3000:]}")
     study = workdir / "runs" / "bench"
     timings = json.loads((study / "last_run.json").read_text())["timings"]
-    means = _study_means(study)
-    return {"wall_s": wall, "timings": timings, "means": means, "best_score": max(means.values())}
+    trials = _study_trials(study)
+    means = {trial["config_id"]: trial["mean"] for trial in trials}
+    return {
+        "wall_s": wall,
+        "timings": timings,
+        "means": means,
+        "best_score": max(means.values()),
+        "trials": [trial["params"] for trial in trials],
+        "fits_s": sum(trial["fit_s"] for trial in trials),
+    }
 
 
-def _study_means(study: Path) -> dict[str, float]:
+def _study_trials(study: Path) -> list[Json]:
+    """The study's finished trials in their numbers' order: id, params, mean, fits' time."""
     import sqlite3
 
     with sqlite3.connect(study / "study.sqlite") as db:
-        return dict(db.execute("SELECT config_id, mean_score FROM trials WHERE status='done'"))
+        rows = db.execute(
+            "SELECT config_id, params, mean_score, fit_seconds FROM trials"
+            " WHERE status='done' ORDER BY number"
+        ).fetchall()
+    return [
+        {"config_id": key, "params": json.loads(params), "mean": mean, "fit_s": fit_s}
+        for key, params, mean, fit_s in rows
+    ]
 
 
 def in_child(mode: str, *args: Any) -> Json:
@@ -162,6 +189,10 @@ def run_example_tpe(grid: dict[str, list[Any]], trials: int) -> Json:
 
 def run_optuna(grid: dict[str, list[Any]], trials: int) -> Json:
     return in_child("optuna", grid, trials)
+
+
+def run_optuna_replay(grid: dict[str, list[Any]], trials: list[dict[str, Any]]) -> Json:
+    return in_child("optuna_replay", grid, len(trials), trials)
 
 
 def sequential(grid: dict[str, list[Any]]) -> Json:
@@ -206,29 +237,45 @@ def gridsearch(grid: dict[str, list[Any]]) -> Json:
     return {"fit_s": fit_s, "means": means, "best": search.best_params_}
 
 
-def optuna_n_jobs(grid: dict[str, list[Any]], trials: int) -> Json:
-    """(e): Optuna's TPE with its own ``n_jobs=2`` (threads), then the best refit."""
+def optuna_n_jobs(
+    grid: dict[str, list[Any]], trials: int, replay: list[dict[str, Any]] | None = None
+) -> Json:
+    """(e): Optuna's TPE with its own ``n_jobs=2`` (threads), then the best refit.
+
+    ``replay``: (f), these configurations enqueued first, in order (the
+    sampler proposes none of its own while enqueued ones are left).
+    """
     import numpy as np
     import optuna
-    from sklearn.model_selection import cross_val_score
+    from sklearn.model_selection import cross_validate
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = get_model(MODEL)
     features, labels = load_dataset(spec.dataset)
+    fits_s: list[float] = []
 
     def objective(trial: Any) -> float:
         params = {name: trial.suggest_categorical(name, values) for name, values in grid.items()}
-        scores = cross_val_score(
+        scores = cross_validate(
             spec.build(params), features, labels, cv=make_cv(FOLDS), scoring=SCORING
         )
-        return float(np.mean(scores))
+        fits_s.append(float(np.sum(scores["fit_time"])))  # (list.append: thread-safe)
+        return float(np.mean(scores["test_score"]))
 
     started = time.perf_counter()
     sampler = optuna.samplers.TPESampler(seed=0, constant_liar=True)
     study = optuna.create_study(direction="maximize", sampler=sampler)
+    for params in replay or ():
+        study.enqueue_trial(params)
     study.optimize(objective, n_trials=trials, n_jobs=WORKERS)
     spec.build(study.best_params).fit(features, labels)
-    return {"fit_s": time.perf_counter() - started, "best_score": study.best_value}
+    means = {config_id(MODEL, t.params): t.value for t in study.trials if t.value is not None}
+    return {
+        "fit_s": time.perf_counter() - started,
+        "best_score": study.best_value,
+        "fits_s": sum(fits_s),
+        "means": means,
+    }
 
 
 def agreement(example: Json, sequential: Json, gridsearch: Json) -> Json:
@@ -249,6 +296,13 @@ def agreement(example: Json, sequential: Json, gridsearch: Json) -> Json:
     }
 
 
+def _mean_diff(ours: dict[str, float], theirs: dict[str, float]) -> float:
+    """Largest difference between two runs' mean scores (inf when their trials differ)."""
+    if set(ours) != set(theirs):
+        return float("inf")
+    return max(abs(ours[key] - theirs[key]) for key in ours)
+
+
 def _median(values: list[float]) -> float:
     return float(statistics.median(values))
 
@@ -265,22 +319,23 @@ def summarize(runs: dict[str, list[Json]]) -> Json:
             return _median([t["sweep_s"] + t.get("refit_s", 0.0) for t in timings])
         return _median([r["fit_s"] for r in runs[way]])
 
-    seq, grid = wall("sequential"), wall("gridsearch")
-    summary: Json = {
-        "example_end_to_end_s": wall("example"),
-        "example_session_start_s": _median(
-            [r["timings"].get("session_start_s", 0.0) for r in runs["example"]]
-        ),
-        "example_sweep_phase_s": phase("example"),
-        "sequential_s": seq,
-        "sequential_fit_s": phase("sequential"),
-        "gridsearch_n_jobs_2_s": grid,
-        "gridsearch_fit_s": phase("gridsearch"),
-        "speedup_vs_sequential_end_to_end": seq / wall("example"),
-        "ratio_to_gridsearch_end_to_end": wall("example") / grid,
-        "ratio_to_gridsearch_fit_phase": phase("example") / phase("gridsearch"),
-        "gridsearch_speedup_vs_sequential": seq / grid,
-    }
+    summary: Json = {}
+    if runs.get("example"):
+        summary |= _grid_summary(runs, wall, phase)
+    if runs.get("optuna_replay"):
+        summary |= {
+            "optuna_replay_s": wall("optuna_replay"),
+            "optuna_replay_fit_s": phase("optuna_replay"),
+            "ratio_to_optuna_replay_end_to_end": wall("example_tpe") / wall("optuna_replay"),
+            "ratio_to_optuna_replay_fit_phase": phase("example_tpe") / phase("optuna_replay"),
+            "example_tpe_fits_s": _median([r["fits_s"] for r in runs["example_tpe"]]),
+            "optuna_fits_s": _median([r["fits_s"] for r in runs["optuna"]]),
+            "optuna_replay_fits_s": _median([r["fits_s"] for r in runs["optuna_replay"]]),
+            "replay_max_abs_mean_diff": max(
+                _mean_diff(r["means"], replayed["means"])
+                for r, replayed in zip(runs["example_tpe"], runs["optuna_replay"], strict=True)
+            ),
+        }
     if runs.get("optuna"):
         summary |= {
             "example_tpe_end_to_end_s": wall("example_tpe"),
@@ -295,10 +350,56 @@ def summarize(runs: dict[str, list[Json]]) -> Json:
     return summary
 
 
-def print_table(summary: Json, agree: Json, console: Console) -> None:
-    table = Table(title=f"hyperopt: {agree['configurations']} configurations x {FOLDS} folds")
-    for column in ("run", "end to end", "fit phase", "/ peer (end to end)", "goal"):
+def _grid_summary(
+    runs: dict[str, list[Json]], wall: Callable[[str], float], phase: Callable[[str], float]
+) -> Json:
+    seq, grid = wall("sequential"), wall("gridsearch")
+    return {
+        "example_end_to_end_s": wall("example"),
+        "example_session_start_s": _median(
+            [r["timings"].get("session_start_s", 0.0) for r in runs["example"]]
+        ),
+        "example_sweep_phase_s": phase("example"),
+        "sequential_s": seq,
+        "sequential_fit_s": phase("sequential"),
+        "gridsearch_n_jobs_2_s": grid,
+        "gridsearch_fit_s": phase("gridsearch"),
+        "speedup_vs_sequential_end_to_end": seq / wall("example"),
+        "ratio_to_gridsearch_end_to_end": wall("example") / grid,
+        "ratio_to_gridsearch_fit_phase": phase("example") / phase("gridsearch"),
+        "gridsearch_speedup_vs_sequential": seq / grid,
+    }
+
+
+def print_table(
+    summary: Json, agree: Json | None, grid: dict[str, list[Any]], console: Console
+) -> None:
+    configurations = len(ParameterGrid(grid))
+    table = Table(title=f"hyperopt: {configurations} configurations x {FOLDS} folds")
+    for column in ("run", "end to end", "fit phase", "fits' own time", "/ peer", "goal"):
         table.add_column(column, justify="left" if column == "run" else "right")
+    if "example_end_to_end_s" in summary:
+        _grid_rows(table, summary)
+    if "optuna_n_jobs_2_s" in summary:
+        _tpe_rows(table, summary)
+    console.print(table)
+    goals = []
+    if agree is not None:
+        goals.append(
+            f">= {SPEEDUP_GOAL}x faster than sequential and <= {GRIDSEARCH_GOAL}x GridSearchCV's"
+            f" time end to end (grid scores agree: max |mean diff|"
+            f" {agree['max_abs_mean_diff']:.1e}, best equal:"
+            f" {agree['best_score_equal'] and agree['sequential_best_equal']})"
+        )
+    if "optuna_replay_s" in summary:
+        goals.append(
+            f"TPE <= {OPTUNA_GOAL}x Optuna's, on the same trials (scores agree: max |mean diff|"
+            f" {summary['replay_max_abs_mean_diff']:.1e})"
+        )
+    console.print("goals: " + "; ".join(goals), markup=False, soft_wrap=True)
+
+
+def _grid_rows(table: Table, summary: Json) -> None:
     seq, grid = summary["sequential_s"], summary["gridsearch_n_jobs_2_s"]
     ratio = summary["ratio_to_gridsearch_end_to_end"]
     goal = seq / summary["example_end_to_end_s"] >= SPEEDUP_GOAL and ratio <= GRIDSEARCH_GOAL
@@ -306,50 +407,59 @@ def print_table(summary: Json, agree: Json, console: Console) -> None:
         "sweep.py (grid), 2 workers",
         f"{summary['example_end_to_end_s']:.1f} s",
         f"{summary['example_sweep_phase_s']:.1f} s",
+        "",
         f"{ratio:.2f}",
         verdict(goal),
     )
     start = summary["example_session_start_s"] or 0.0
-    table.add_row("  of which session start", f"{start:.1f} s", "", "", "")
+    table.add_row("  of which session start", f"{start:.1f} s", "", "", "", "")
     table.add_row("GridSearchCV(n_jobs=2)", f"{grid:.1f} s", f"{summary['gridsearch_fit_s']:.1f} s",
-                  "1.00", "")  # fmt: skip
+                  "", "1.00", "")  # fmt: skip
     table.add_row("sequential loop", f"{seq:.1f} s", f"{summary['sequential_fit_s']:.1f} s",
-                  f"{seq / grid:.2f}", "")  # fmt: skip
-    if "optuna_n_jobs_2_s" in summary:
-        tpe_ratio = summary["ratio_to_optuna_end_to_end"]
-        table.add_row(
-            f"sweep.py --sampler tpe (best {summary['example_tpe_best_score']:.4f})",
-            f"{summary['example_tpe_end_to_end_s']:.1f} s",
-            f"{summary['example_tpe_sweep_phase_s']:.1f} s",
-            f"{tpe_ratio:.2f}",
-            verdict(tpe_ratio <= OPTUNA_GOAL),
-        )
-        table.add_row(
-            f"Optuna n_jobs=2 (best {summary['optuna_best_score']:.4f})",
-            f"{summary['optuna_n_jobs_2_s']:.1f} s",
-            f"{summary['optuna_fit_s']:.1f} s",
-            "1.00",
-            "",
-        )
-    console.print(table)
-    console.print(
-        f"goals: >= {SPEEDUP_GOAL}x faster than sequential and <= {GRIDSEARCH_GOAL}x"
-        f" GridSearchCV's time end to end; TPE <= {OPTUNA_GOAL}x Optuna's. Grid scores agree:"
-        f" max |mean diff| {agree['max_abs_mean_diff']:.1e}, best equal:"
-        f" {agree['best_score_equal'] and agree['sequential_best_equal']}",
-        markup=False,
-        soft_wrap=True,
+                  "", f"{seq / grid:.2f}", "")  # fmt: skip
+
+
+def _tpe_rows(table: Table, summary: Json) -> None:
+    tpe_ratio = summary["ratio_to_optuna_end_to_end"]
+    table.add_row(
+        f"sweep.py --sampler tpe (best {summary['example_tpe_best_score']:.4f})",
+        f"{summary['example_tpe_end_to_end_s']:.1f} s",
+        f"{summary['example_tpe_sweep_phase_s']:.1f} s",
+        f"{summary.get('example_tpe_fits_s', 0.0):.1f} s",
+        f"{tpe_ratio:.2f}",
+        verdict(tpe_ratio <= OPTUNA_GOAL),
     )
+    table.add_row(
+        f"Optuna n_jobs=2, its own trials (best {summary['optuna_best_score']:.4f})",
+        f"{summary['optuna_n_jobs_2_s']:.1f} s",
+        f"{summary['optuna_fit_s']:.1f} s",
+        f"{summary.get('optuna_fits_s', 0.0):.1f} s",
+        "1.00",
+        "",
+    )
+    if "optuna_replay_s" in summary:
+        replay_ratio = summary["ratio_to_optuna_replay_end_to_end"]
+        table.add_row(
+            "Optuna n_jobs=2, the sweep's trials",
+            f"{summary['optuna_replay_s']:.1f} s",
+            f"{summary['optuna_replay_fit_s']:.1f} s",
+            f"{summary['optuna_replay_fits_s']:.1f} s",
+            f"sweep / this: {replay_ratio:.2f}",
+            verdict(replay_ratio <= OPTUNA_GOAL),
+        )
 
 
-def measure(grid: dict[str, list[Any]], rounds: int, tpe_trials: int) -> Json:
-    """Each way once per round, the order rotating between rounds (the machine drifts)."""
-    ways: dict[str, Callable[[], Json]] = {
-        "example": lambda: run_example(grid),
-        "gridsearch": lambda: run_gridsearch(grid),
-        "sequential": lambda: run_sequential(grid),
-    }
-    if tpe_trials:
+def measure(grid: dict[str, list[Any]], rounds: int, tpe_trials: int, only: str | None) -> Json:
+    """Each way once per round, the order rotating between rounds (the machine drifts).
+
+    (f) runs right after (d), on the trials (d) trained in that round.
+    """
+    ways: dict[str, Callable[[], Json]] = {}
+    if only != "tpe":
+        ways["example"] = lambda: run_example(grid)
+        ways["gridsearch"] = lambda: run_gridsearch(grid)
+        ways["sequential"] = lambda: run_sequential(grid)
+    if tpe_trials and only != "grid":
         ways["example_tpe"] = lambda: run_example_tpe(grid, tpe_trials)
         ways["optuna"] = lambda: run_optuna(grid, tpe_trials)
     runs: dict[str, list[Json]] = {name: [] for name in ways}
@@ -357,19 +467,31 @@ def measure(grid: dict[str, list[Any]], rounds: int, tpe_trials: int) -> Json:
     names = list(ways)
     for index in range(rounds):
         for name in names[index % len(names) :] + names[: index % len(names)]:
-            progress(f"round {index + 1}/{rounds}: {name} ...")
-            load = os.getloadavg()[0]
-            result = ways[name]()
-            result["loadavg_1min"] = [load, os.getloadavg()[0]]
-            runs[name].append(result)
-            left += result.pop("leftovers", [])
+            left += _run_way(runs, name, ways[name], index, rounds)
+            if name == "example_tpe":
+                replay = functools.partial(run_optuna_replay, grid, runs[name][-1]["trials"])
+                left += _run_way(runs, "optuna_replay", replay, index, rounds)
     return {"runs": runs, "leftovers": left}
+
+
+def _run_way(
+    runs: dict[str, list[Json]], name: str, way: Callable[[], Json], index: int, rounds: int
+) -> list[str]:
+    """Run one way once, into ``runs``; the processes it left."""
+    progress(f"round {index + 1}/{rounds}: {name} ...")
+    load = os.getloadavg()[0]
+    result = way()
+    result["loadavg_1min"] = [load, os.getloadavg()[0]]
+    runs.setdefault(name, []).append(result)
+    left: list[str] = result.pop("leftovers", [])
+    return left
 
 
 CHILDREN: dict[str, Callable[..., Json]] = {
     "sequential": sequential,
     "gridsearch": gridsearch,
     "optuna": optuna_n_jobs,
+    "optuna_replay": optuna_n_jobs,
 }
 
 
@@ -379,6 +501,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="rounds, medians reported (1)")
     tpe_help = f"TPE trials, 0 for none ({TPE_TRIALS}; quick {QUICK_TPE_TRIALS})"
     parser.add_argument("--tpe-trials", type=int, default=None, help=tpe_help)
+    only_help = "the grid ways or the TPE ways alone (results in hyperopt-ONLY.json)"
+    parser.add_argument("--only", choices=("grid", "tpe"), default=None, help=only_help)
     parser.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -391,15 +515,19 @@ def main() -> int:
     if tpe_trials is None:
         tpe_trials = QUICK_TPE_TRIALS if args.quick else TPE_TRIALS
     console = table_console(110)
-    measured = measure(grid, max(1, args.rounds), tpe_trials)
+    measured = measure(grid, max(1, args.rounds), tpe_trials, args.only)
     runs = measured["runs"]
     summary = summarize(runs)
-    agree = agreement(runs["example"][0], runs["sequential"][0], runs["gridsearch"][0])
-    print_table(summary, agree, console)
+    agree = None
+    if runs.get("example"):
+        agree = agreement(runs["example"][0], runs["sequential"][0], runs["gridsearch"][0])
+    print_table(summary, agree, grid, console)
     for records in runs.values():  # keep the JSON small: scores were compared above
         for record in records:
             record.pop("means", None)
-    write_json(RESULTS_PATH, {
+            record.pop("trials", None)
+    path = RESULTS_PATH.with_stem(f"hyperopt-{args.only}") if args.only else RESULTS_PATH
+    write_json(path, {
         "grid": grid, "model": MODEL, "folds": FOLDS, "workers": WORKERS,
         "quick": args.quick, "rounds": args.rounds, "tpe_trials": tpe_trials,
         "machine": machine(), "summary": summary, "agreement": agree, "runs": runs,
@@ -408,8 +536,11 @@ def main() -> int:
         "leftover_processes": measured["leftovers"],
     })  # fmt: skip
     left = measured["leftovers"]
-    console.print(f"results: {RESULTS_PATH.relative_to(REPO)}; processes left: {len(left)}")
-    return 0 if not left and agree["max_abs_mean_diff"] <= 1e-12 else 1
+    console.print(f"results: {path.relative_to(REPO)}; processes left: {len(left)}")
+    agreed = (agree is None or agree["max_abs_mean_diff"] <= 1e-12) and summary.get(
+        "replay_max_abs_mean_diff", 0.0
+    ) <= 1e-12
+    return 0 if not left and agreed else 1
 
 
 if __name__ == "__main__":
