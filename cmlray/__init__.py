@@ -19,7 +19,8 @@ side (Ray, Rich, the relay), and the standard-library-only programs
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # (a worker's program imports this package: see _channel.py)
 
 __version__ = "0.1.0"
 
@@ -66,7 +67,7 @@ if TYPE_CHECKING:  # the same names, for type checkers ("X as X": re-exported)
     from cmlray.queue import QueueResult as QueueResult
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'cmlray' has no attribute {name!r}")

@@ -16,15 +16,17 @@ data never imports cloudpickle; ``_pickling.py`` does on first need).
 
 from __future__ import annotations
 
+import _thread  # (not threading: 1-2 ms of a program's start, for one lock)
 import os
 import pickle
-import socket
-import threading
 from collections.abc import Iterator
-from typing import Any
 
 from cmlray import _channel
 from cmlray.errors import QueueError
+
+TYPE_CHECKING = False  # (a worker's program imports this module: see _channel.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 TARGET_BATCH_S = 0.2
 MAX_BATCH = 4096
@@ -49,9 +51,9 @@ class Client:
                 "cmlray.worker only works inside a worker launched by cmlray.launch_workers"
                 f" ({_channel.CHANNEL_ENV} is not set)"
             )
-        self._sock = socket.socket(fileno=int(fd))
-        self._sock.set_inheritable(False)  # children of the program must not share it
-        self._lock = threading.Lock()
+        self._fd = int(fd)
+        os.set_inheritable(self._fd, False)  # children of the program must not share it
+        self._lock = _thread.allocate_lock()
         self._posted = False
         self._kept: Any = None
 
@@ -59,7 +61,7 @@ class Client:
         """Send a request whose reply ``collect`` reads later."""
         with self._lock:
             self._take_posted()
-            _channel.send(self._sock, message)
+            _channel.send(self._fd, message)
             self._posted = True
 
     def collect(self) -> Any:
@@ -72,12 +74,12 @@ class Client:
     def request(self, *message: Any) -> Any:
         with self._lock:
             self._take_posted()
-            _channel.send(self._sock, message)
-            return _unwrap(_channel.receive(self._sock))
+            _channel.send(self._fd, message)
+            return _unwrap(_channel.receive(self._fd))
 
     def _take_posted(self) -> None:
         if self._posted:
-            self._kept = _channel.receive(self._sock)
+            self._kept = _channel.receive(self._fd)
             self._posted = False
 
 

@@ -18,7 +18,10 @@ from __future__ import annotations
 import io
 import pickle
 from collections.abc import Callable, Iterable
-from typing import Any
+
+TYPE_CHECKING = False  # (a worker's program imports this module: see _channel.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 PLAIN = (int, float, str, bytes, bool, type(None), complex)
 PROTOCOL = pickle.HIGHEST_PROTOCOL

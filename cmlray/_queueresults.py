@@ -54,15 +54,21 @@ class ResultPages:
 
     def wait_beyond(self, count: int, timeout_s: float) -> bool:
         """Wait until more than ``count`` results are here, or drained; whether so."""
-        return self._wait_until(lambda: self.count > count or self.drained, timeout_s)
+        return self.wait_until(lambda: self.count > count or self.drained, timeout_s)
 
     def wait_for(self, count: int, timeout_s: float) -> bool:
         """Wait until at least ``count`` results are here; whether so."""
-        return self._wait_until(lambda: self.count >= count, timeout_s)
+        return self.wait_until(lambda: self.count >= count, timeout_s)
 
-    def _wait_until(self, ready: Callable[[], bool], timeout_s: float) -> bool:
+    def wait_until(self, ready: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait until ``ready()``, checked at each page and ``notify``; whether so."""
         with self._changed:
             return self._changed.wait_for(ready, timeout_s)
+
+    def notify(self) -> None:
+        """Wake the waiters to check their condition (something else they wait for happened)."""
+        with self._changed:
+            self._changed.notify_all()
 
     def since(self, start: int) -> tuple[Page, bool]:
         """The results from completion index ``start`` on, and whether that is all there will be."""

@@ -29,10 +29,13 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any
 
 from cmlray import _exchanges, _pickling
 from cmlray._exchanges import Client, Exchanges, failure
+
+TYPE_CHECKING = False  # (a worker's program imports this module: see _channel.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Task", "send_file", "serve", "tasks"]
 

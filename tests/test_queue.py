@@ -134,6 +134,23 @@ def test_results_are_read_from_the_queue_when_pushed_pages_go_missing(
     assert len(q.results()) == 50  # read once, not twice
 
 
+def test_a_result_the_session_cannot_load_fails_results_not_join() -> None:
+    # join decodes results as they come (_wait_settled): a result it cannot load
+    # is left for results(), which raises the real cause
+    q = cmlray.Queue("unloadable")
+    q.put_many(range(3))
+    q.close()
+    setup = """
+    import sys, types
+    only_here = sys.modules["only_here"] = types.ModuleType("only_here")
+    exec("class Thing:\\n    pass", only_here.__dict__)
+    """
+    serve("unloadable", "lambda x: only_here.Thing() if x == 1 else x", n=1, setup=setup)
+    q.join(timeout=120)
+    with pytest.raises(ModuleNotFoundError, match="only_here"):
+        q.results()
+
+
 def test_as_completed_yields_every_result_then_ends() -> None:
     q = cmlray.Queue("stream")
     q.put_many(range(50))
