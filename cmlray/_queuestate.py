@@ -16,6 +16,14 @@ indexed by their id (no object per item), a lease belongs to a worker (one
 deadline for all the items it holds, renewed by each report), and at the end
 of the queue a worker gets no more than its share of what is left, so the
 last items spread over every worker instead of waiting behind one batch.
+
+The common case runs in C: items wait as runs of ids (a ``put_many`` is one
+``range``; a requeued item a run of one), a run of untouched items is leased
+by slice assignments, and a batch of successes is recorded with ``map``
+over the flat lists. Per item in Python, the queue's agent spent about as
+long on each no-op item as the two workers that ran them together
+(``benchmarks/queue.py``); anything unusual in a batch (a failure, an item
+finished twice, a retry) takes the item-by-item path, which defines the rules.
 Unit-tested alone (tests/unit/test_queue_state.py); the actor that serves it
 is ``_queue.py``.
 """
@@ -27,6 +35,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 PENDING, LEASED, DONE, FAILED = 0, 1, 2, 3
@@ -62,7 +71,7 @@ class QueueState:
     attempts: array[int] = field(default_factory=lambda: array("I"))
     results: list[bytes | None] = field(default_factory=list)
     errors: dict[int, tuple[str | None, str | None]] = field(default_factory=dict)
-    pending: deque[int] = field(default_factory=deque)
+    pending: deque[range] = field(default_factory=deque)  # runs of ids waiting, in order
     finished: list[int] = field(default_factory=list)  # item ids, in completion order
     leases: dict[str, _Lease] = field(default_factory=dict)
     seen: dict[str, float] = field(default_factory=dict)  # worker -> when it last asked
@@ -80,7 +89,8 @@ class QueueState:
         self.states += bytes(len(payloads))  # PENDING
         self.attempts.frombytes(bytes(self.attempts.itemsize * len(payloads)))
         self.results += [None] * len(payloads)
-        self.pending.extend(ids)
+        if ids:
+            self.pending.append(ids)
         self.counts_by_state[PENDING] += len(payloads)
         return ids
 
@@ -116,31 +126,80 @@ class QueueState:
         now = self.clock()
         self.seen[worker] = now
         self.expire()
-        if not self.pending:
+        waiting = self.counts_by_state[PENDING]
+        if not waiting:
             return []
         active = sum(1 for when in self.seen.values() if now - when < ACTIVE_S) or 1
-        want = min(want, -(-len(self.pending) // active))
+        want = min(want, -(-waiting // active))
         lease = self.leases.setdefault(worker, _Lease())
         lease.deadline = now + self.lease_timeout_s
         leased: list[Leased] = []
-        states, attempts, payloads = self.states, self.attempts, self.payloads
         pending = self.pending
         while pending and len(leased) < want:
-            item_id = pending.popleft()
+            run = pending.popleft()
+            take = want - len(leased)
+            if len(run) > take:
+                pending.appendleft(run[take:])
+                run = run[:take]
+            leased += self._lease_run(run, lease.items)
+        self.counts_by_state[PENDING] -= len(leased)
+        self.counts_by_state[LEASED] += len(leased)
+        return leased
+
+    def _lease_run(self, run: range, held: set[int]) -> list[Leased]:
+        """Lease the items of ``run`` still pending (some may have been cancelled)."""
+        states, attempts, payloads = self.states, self.attempts, self.payloads
+        first, end = run.start, run.stop
+        if states.count(PENDING, first, end) == len(run) and attempts[first:end].count(0) == len(
+            run
+        ):  # untouched items, as put: slices
+            states[first:end] = bytes([LEASED]) * len(run)
+            attempts[first:end] = array("I", [1]) * len(run)
+            held.update(run)
+            return list(zip(run, repeat(1), payloads[first:end], strict=False))
+        leased: list[Leased] = []
+        for item_id in run:
             if states[item_id] != PENDING:  # finished meanwhile by an earlier lease
                 continue
             states[item_id] = LEASED
             attempts[item_id] += 1
-            lease.items.add(item_id)
+            held.add(item_id)
             leased.append((item_id, attempts[item_id], payloads[item_id]))
-        self.counts_by_state[PENDING] -= len(leased)
-        self.counts_by_state[LEASED] += len(leased)
         return leased
 
     def complete(self, worker: str, outcomes: list[Outcome]) -> None:
         """Record what ``worker`` did with its items; renews its lease on the others."""
         lease = self.leases.get(worker)
         mine = lease.items if lease is not None else set()
+        if not self._complete_successes(mine, outcomes):
+            self._complete_each(mine, outcomes)
+        if lease is not None:
+            lease.deadline = self.clock() + self.lease_timeout_s
+
+    def _complete_successes(self, mine: set[int], outcomes: list[Outcome]) -> bool:
+        """Record a batch of successes of distinct leased items in C; whether it was one."""
+        if not outcomes:
+            return True
+        ids, oks, results, _, _ = zip(*outcomes, strict=True)
+        states = self.states
+        distinct = set(ids)
+        if not (
+            all(oks)
+            and len(distinct) == len(ids)
+            and min(ids) >= 0
+            and max(ids) < len(states)
+            and bytes(map(states.__getitem__, ids)).count(LEASED) == len(ids)
+        ):
+            return False
+        mine.difference_update(distinct)
+        deque(map(states.__setitem__, ids, repeat(DONE)), maxlen=0)
+        deque(map(self.results.__setitem__, ids, results), maxlen=0)
+        self.finished += ids
+        self.counts_by_state[LEASED] -= len(ids)
+        self.counts_by_state[DONE] += len(ids)
+        return True
+
+    def _complete_each(self, mine: set[int], outcomes: list[Outcome]) -> None:
         for item_id, ok, result, error, traceback in outcomes:
             if item_id >= len(self.states) or self.states[item_id] in (DONE, FAILED):
                 continue  # a second run of an item already recorded
@@ -149,8 +208,6 @@ class QueueState:
                 self._finish(item_id, DONE, result)
             else:
                 self._retry_or_fail(item_id, error, traceback)
-        if lease is not None:
-            lease.deadline = self.clock() + self.lease_timeout_s
 
     def cancel(self, item_ids: list[int]) -> list[int]:
         """Items still pending end ``failed`` with error "cancelled"; returns those ids.
@@ -202,7 +259,8 @@ class QueueState:
             self._finish(item_id, FAILED, None)
             return
         self._move(item_id, PENDING)
-        self.pending.appendleft(item_id)  # first in line: stragglers finish sooner
+        # first in line: stragglers finish sooner
+        self.pending.appendleft(range(item_id, item_id + 1))
         self.requeued += 1
 
     def _finish(self, item_id: int, state: int, result: bytes | None) -> None:
@@ -229,6 +287,18 @@ class QueueState:
         does not carry each call's arguments back.
         """
         ids = self.finished[start : start + limit]
+        attempts = list(map(self.attempts.__getitem__, ids))
+        if FAILED not in bytes(map(self.states.__getitem__, ids)):  # all done: in C
+            none = [None] * len(ids)
+            return {
+                "id": ids,
+                "item": list(map(self.payloads.__getitem__, ids)) if items else none,
+                "ok": [True] * len(ids),
+                "result": list(map(self.results.__getitem__, ids)),
+                "error": none,
+                "traceback": none,
+                "attempts": attempts,
+            }
         failed = [self.states[i] == FAILED for i in ids]
         why = [
             self.errors.get(i, (None, None)) if f else (None, None)
@@ -243,5 +313,5 @@ class QueueState:
             "result": [self.results[i] for i in ids],
             "error": [error for error, _ in why],
             "traceback": [tb for _, tb in why],
-            "attempts": [self.attempts[i] for i in ids],
+            "attempts": attempts,
         }

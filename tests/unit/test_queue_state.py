@@ -151,3 +151,48 @@ def test_cancel_withdraws_only_pending_items() -> None:
     assert queue.lease("w", 5) == [(2, 1, b"c")]  # the cancelled item is never handed out
     queue.complete("w", [ok(0), ok(2)])
     assert queue.settled and queue.counts()["failed"] == 1
+
+
+def test_a_batch_spans_puts_and_a_requeued_item_goes_first() -> None:
+    queue, _ = state(items=2)
+    queue.put_many([b"x", b"y"])
+    assert queue.lease("w", 3) == [(0, 1, b"a"), (1, 1, b"b"), (2, 1, b"x")]
+    queue.complete("w", [failed(1, "E: e", "tb")])
+    assert queue.lease("w", 5) == [(1, 2, b"b"), (3, 1, b"y")]
+    assert queue.counts()["pending"] == 0 and queue.counts()["leased"] == 4
+
+
+def test_a_batch_with_a_failure_or_a_repeated_id_is_recorded_item_by_item() -> None:
+    queue, _ = state(items=4, max_attempts=2)
+    queue.lease("w", 4)
+    queue.complete("w", [ok(0, b"0"), failed(1, "E: e", "tb"), ok(2, b"2")])
+    assert [queue.state_of(i) for i in range(4)] == ["done", "pending", "done", "leased"]
+    queue.complete("w", [ok(3, b"first"), ok(3, b"again")])
+    assert queue.finished == [0, 2, 3] and queue.report(2)["result"] == [b"first"]
+    assert queue.counts() | {"requeued": 0} == {
+        "pending": 1,
+        "leased": 0,
+        "done": 3,
+        "failed": 0,
+        "requeued": 0,
+        "total": 4,
+    }
+    assert not queue.holds("w")
+
+
+def test_a_page_with_a_failure_carries_its_error_and_item_beside_the_successes() -> None:
+    queue, _ = state(items=3, max_attempts=1)
+    queue.lease("w", 3)
+    queue.complete("w", [ok(0, b"0"), failed(1, "E: e", "tb"), ok(2, b"2")])
+    page = queue.report(0, items=False)
+    assert page == {
+        "id": [0, 1, 2],
+        "item": [None, b"b", None],  # without items: only the failed item's
+        "ok": [True, False, True],
+        "result": [b"0", None, b"2"],
+        "error": [None, "E: e", None],
+        "traceback": [None, "tb", None],
+        "attempts": [1, 1, 1],
+    }
+    assert queue.report(2, items=False)["item"] == [None]
+    assert queue.report(0, limit=1)["item"] == [b"a"]
