@@ -14,8 +14,9 @@ worker's program unpickle them.
 Costs are per item and small, and never per queue: items live in flat lists
 indexed by their id (no object per item), a lease belongs to a worker (one
 deadline for all the items it holds, renewed by each report), and at the end
-of the queue a worker gets no more than its share of what is left, so the
-last items spread over every worker instead of waiting behind one batch.
+of the queue a worker gets no more than its share of what is left (down to
+a twentieth of the batch it asked for), so the last items spread over every
+worker instead of waiting behind one batch.
 
 The common case runs in C: items wait as runs of ids (a ``put_many`` is one
 ``range``; a requeued item a run of one), a run of untouched items is leased
@@ -42,6 +43,7 @@ PENDING, LEASED, DONE, FAILED = 0, 1, 2, 3
 STATE_NAMES = ("pending", "leased", "done", "failed")
 REPORT_LIMIT = 20_000  # results per page of ``QueueState.report``
 ACTIVE_S = 10.0  # a worker that asked within this long shares the queue's last items
+END_SHARE_DIVISOR = 20  # the last items are shared out in no less than want / this
 
 Leased = tuple[int, int, bytes]  # (item id, attempt, payload)
 Outcome = tuple[int, bool, Any, Any, Any]  # (item id, ok, result, error, traceback)
@@ -130,7 +132,10 @@ class QueueState:
         if not waiting:
             return []
         active = sum(1 for when in self.seen.values() if now - when < ACTIVE_S) or 1
-        want = min(want, -(-waiting // active))
+        # its share of what is left, but no less than a twentieth of its batch:
+        # a batch is about 0.2 s of work (``_exchanges.py``), and splitting the
+        # last 10 ms of it gains less than the round trips it costs
+        want = min(want, max(-(-waiting // active), -(-want // END_SHARE_DIVISOR)))
         lease = self.leases.setdefault(worker, _Lease())
         lease.deadline = now + self.lease_timeout_s
         leased: list[Leased] = []

@@ -19,6 +19,7 @@ the leasing rules that make sure no item is ever lost.
 
 from __future__ import annotations
 
+import functools
 import gc
 import threading
 import time
@@ -56,6 +57,9 @@ class QueueResult(NamedTuple):
     attempts: int
 
 
+_new_result = functools.partial(tuple.__new__, QueueResult)  # QueueResult._make, without a call
+
+
 def _decode(page: dict[str, list[Any]]) -> list[QueueResult]:
     """A page of results (columns, see ``QueueState.report``) as QueueResults.
 
@@ -67,10 +71,15 @@ def _decode(page: dict[str, list[Any]]) -> list[QueueResult]:
     enabled = gc.isenabled()
     gc.disable()
     try:
-        results = [None if result is None else loads(result) for result in page["result"]]
+        pickled = page["result"]
+        results = (
+            map(loads, pickled)  # (in C: a failed item's result is None)
+            if None not in pickled
+            else [None if result is None else loads(result) for result in pickled]
+        )
         columns = (map(loads, page["item"]), page["ok"], results, page["error"],
                    page["traceback"], page["attempts"])  # fmt: skip
-        return list(map(QueueResult._make, zip(*columns, strict=True)))
+        return list(map(_new_result, zip(*columns, strict=True)))
     finally:
         if enabled:
             gc.enable()

@@ -17,7 +17,7 @@ or, for a loop of your own::
 
 The program talks to the session through its node agent over a local
 channel (``_exchanges.py``): it never joins Ray, so it starts in
-milliseconds. Items are leased in batches sized to about 50 ms of work, the
+milliseconds. Items are leased in batches sized to about 0.2 s of work, the
 next batch asked for while this one is worked, and results go back with
 the next request, so fast items move at tens of thousands a second while
 slow items are spread one at a time.

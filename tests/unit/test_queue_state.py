@@ -52,7 +52,14 @@ def test_the_last_items_are_shared_among_the_workers_asking() -> None:
     queue, _ = state(items=10)
     queue.lease("w2", 0)  # a second worker is asking too
     # each gets half of what is left, rounded up: the last items spread out
-    assert [len(queue.lease(w, 100)) for w in ("w1", "w2", "w1", "w2")] == [5, 3, 1, 1]
+    assert [len(queue.lease(w, 20)) for w in ("w1", "w2", "w1", "w2")] == [5, 3, 1, 1]
+
+
+def test_the_last_items_are_not_split_below_a_twentieth_of_a_batch() -> None:
+    queue, _ = state(items=1000)
+    queue.lease("w2", 0)
+    # shares halve down to 4000 / 20 = 200 (about 10 ms of a 0.2 s batch), not to one item
+    assert [len(queue.lease(w, 4000)) for w in ("w1", "w2", "w1", "w2")] == [500, 250, 200, 50]
 
 
 def test_done_is_recorded_once_even_when_an_item_ran_twice() -> None:
