@@ -56,8 +56,11 @@ class ClusterView:
         return max(self.nodes, key=size) if self.nodes else None
 
 
-def read(catalog: Catalog) -> ClusterView:
-    """The cluster now: its alive nodes (their types learnt), and whether it autoscales."""
+def read(catalog: Catalog, *, autoscaler: bool = True) -> ClusterView:
+    """The cluster now: its alive nodes (their types learnt), and whether it autoscales.
+
+    Without ``autoscaler``, the view says none (two reads of Ray's GCS fewer).
+    """
     import ray
 
     try:
@@ -65,7 +68,21 @@ def read(catalog: Catalog) -> ClusterView:
     except Exception as exc:
         raise session_error(exc, "reading the cluster's nodes") from exc
     catalog.learn(nodes)
-    return ClusterView(nodes, catalog, autoscaler_version())
+    return ClusterView(nodes, catalog, autoscaler_version() if autoscaler else None)
+
+
+def feasibility(spec: WorkerSpec, catalog: Catalog) -> str | None:
+    """``check_feasible`` on the cluster as it is now (what a launch checks first).
+
+    The autoscaler is asked about only when no alive node or known node type
+    holds a worker: its two GCS reads took 6 ms of every launch.
+    """
+    view = read(catalog, autoscaler=False)
+    shape = Shape.of(spec)
+    if view.alive_holding(shape) or catalog.holding(shape):
+        return None
+    view.autoscaler = autoscaler_version()
+    return check_feasible(spec, view)
 
 
 def check_feasible(spec: WorkerSpec, view: ClusterView) -> str | None:

@@ -42,12 +42,15 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
 
 from cmlray import _proctree as proc
 from cmlray import _usage as usage
 from cmlray import _zygote
 from cmlray._channel import CHANNEL_ENV
+
+TYPE_CHECKING = False  # (the zygote imports this module as it boots: see _procfs.Stat)
+if TYPE_CHECKING:
+    from typing import Any
 
 _LEFTOVER_GRACE_S = 2.0
 _ORPHAN_GRACE_S = 3.0

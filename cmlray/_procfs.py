@@ -13,13 +13,11 @@ Standard library only (see ``_standalone.py``).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-@dataclass(frozen=True)
 class Stat:
     """The fields of ``/proc/<pid>/stat`` cmlray uses.
 
@@ -31,15 +29,32 @@ class Stat:
         start_ticks: when it started, in clock ticks since boot (tells reused pids apart).
         rss_pages: its resident set, in pages.
         threads: how many threads it has.
+
+    A plain class, not a dataclass: the zygote (``_zygote.py``) imports this
+    module as it boots, and ``dataclasses`` (with ``inspect``) took 10 ms of
+    the 60-90 ms before the first worker could be forked.
     """
 
-    pid: int
-    zombie: bool
-    ppid: int
-    cpu_ticks: int
-    start_ticks: int
-    rss_pages: int
-    threads: int = 1
+    __slots__ = ("cpu_ticks", "pid", "ppid", "rss_pages", "start_ticks", "threads", "zombie")
+
+    def __init__(
+        self,
+        *,
+        pid: int,
+        zombie: bool,
+        ppid: int,
+        cpu_ticks: int,
+        start_ticks: int,
+        rss_pages: int,
+        threads: int = 1,
+    ) -> None:
+        self.pid = pid
+        self.zombie = zombie
+        self.ppid = ppid
+        self.cpu_ticks = cpu_ticks
+        self.start_ticks = start_ticks
+        self.rss_pages = rss_pages
+        self.threads = threads
 
 
 def stat(pid: int) -> Stat | None:

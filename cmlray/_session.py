@@ -115,7 +115,7 @@ class Session:
     def launch(self, spec: WorkerSpec) -> list[dict[str, Any]]:
         """Start ``spec.n`` workers; returns their descriptions in launch order."""
         self._check_open()
-        note = _cluster.check_feasible(spec, _cluster.read(self.catalog))
+        note = _cluster.feasibility(spec, self.catalog)
         records = [self._record(spec, new_id(), index, note) for index in range(spec.n)]
         launches = {record.id: self._launch_of(spec, record.id) for record in records}
         context = contextvars.copy_context()  # where the workers' lines are shown (Jupyter)

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import resource
 import time
-from typing import Any
 
 from cmlray import _procfs
+
+TYPE_CHECKING = False  # (the zygote imports this module as it boots: see _procfs.Stat)
+if TYPE_CHECKING:
+    from typing import Any
 
 _MIB = 1 << 20
 RATE_WINDOW_S = 0.5

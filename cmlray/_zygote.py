@@ -49,9 +49,12 @@ import signal
 import sys
 import types
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from cmlray import _proctree
+
+TYPE_CHECKING = False  # (the zygote imports this module as it boots: see _procfs.Stat)
+if TYPE_CHECKING:
+    from typing import Any
 
 FRESH_ENV = "CMLRAY_FRESH_INTERPRETER"
 PAD_ENV = "CMLRAY_ZYGOTE_PAD"
