@@ -154,12 +154,11 @@ class QueueState:
     def _lease_run(self, run: range, held: set[int]) -> list[Leased]:
         """Lease the items of ``run`` still pending (some may have been cancelled)."""
         states, attempts, payloads = self.states, self.attempts, self.payloads
-        first, end = run.start, run.stop
-        if states.count(PENDING, first, end) == len(run) and attempts[first:end].count(0) == len(
-            run
-        ):  # untouched items, as put: slices
-            states[first:end] = bytes([LEASED]) * len(run)
-            attempts[first:end] = array("I", [1]) * len(run)
+        first, end, size = run.start, run.stop, len(run)
+        all_pending = states.count(PENDING, first, end) == size
+        if all_pending and attempts[first:end].count(0) == size:  # never leased: slices, in C
+            states[first:end] = bytes([LEASED]) * size
+            attempts[first:end] = array("I", [1]) * size
             held.update(run)
             return list(zip(run, repeat(1), payloads[first:end], strict=False))
         leased: list[Leased] = []
