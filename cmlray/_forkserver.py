@@ -52,11 +52,17 @@ _WINDOW = 32  # requests sent ahead of their answers (a batch of hundreds is pip
 
 
 def exec_guard(fds: Sequence[int]) -> None:
-    """Start a guard as its own interpreter (the fallback); returns once it detached."""
+    """Start a guard as its own interpreter (the fallback); returns once it detached.
+
+    Raises OSError when it could not start, or ended before it detached.
+    """
     import subprocess
 
     argv = _standalone.command("cmlray._guard", *map(str, fds))
-    subprocess.run(argv, pass_fds=tuple(fds), stdin=subprocess.DEVNULL, check=True)
+    try:
+        subprocess.run(argv, pass_fds=tuple(fds), stdin=subprocess.DEVNULL, check=True)
+    except subprocess.CalledProcessError as exc:
+        raise OSError(str(exc)) from exc
 
 
 class GuardStarter:
@@ -168,8 +174,6 @@ def start_guards(
     Returns, for each, None once the guard has its fds, or the error that kept
     it from starting (a node limit: no more processes, say).
     """
-    import subprocess
-
     forked = 0
     if zygote is not None and _starter is not None:
         forked = _start_from_zygote(zygote, batch)
@@ -180,8 +184,8 @@ def start_guards(
         try:
             exec_guard(fds)
             errors.append(None)
-        except (OSError, subprocess.CalledProcessError) as exc:
-            errors.append(exc if isinstance(exc, OSError) else OSError(str(exc)))
+        except OSError as exc:
+            errors.append(exc)
     return errors
 
 

@@ -23,7 +23,7 @@ The common case runs in C: items wait as runs of ids (a ``put_many`` is one
 by slice assignments, and a batch of successes is recorded with ``map``
 over the flat lists. Per item in Python, the queue's agent spent about as
 long on each no-op item as the two workers that ran them together
-(``benchmarks/queue.py``); anything unusual in a batch (a failure, an item
+(``benchmarks/queue_throughput.py``); anything unusual in a batch (a failure, an item
 finished twice, a retry) takes the item-by-item path, which defines the rules.
 Unit-tested alone (tests/unit/test_queue_state.py); the actor that serves it
 is ``_queue.py``.
