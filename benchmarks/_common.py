@@ -297,6 +297,31 @@ def machine() -> Json:
     return {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
 
 
+def installed_bytecode() -> Json:
+    """Compile cmlray's bytecode once, before any window, as installing it does.
+
+    pip compiles a wheel's modules when it installs them, as it did Ray's,
+    Dask's and joblib's here. A checkout installed editable has none, and
+    where ``PYTHONDONTWRITEBYTECODE`` is set (this machine sets it) Python
+    never writes any: every process of a cmlray session (the session, each
+    agent, zygote and worker) would compile from source each module it
+    imports, measured here as 40-50 ms more from ``launch_workers`` to a
+    program's first line and 4 ms to 10 ms for a worker's ``import
+    cmlray.worker``. Returns where and how many modules were compiled.
+    """
+    import compileall
+    import importlib.util
+
+    spec = importlib.util.find_spec("cmlray")
+    if spec is None or spec.origin is None:
+        return {"package": None, "compiled": False}
+    package = Path(spec.origin).parent
+    with contextlib.redirect_stdout(io.StringIO()):
+        compiled = bool(compileall.compile_dir(package, quiet=1))
+    modules = len(list(package.glob("*.py")))
+    return {"package": str(package), "compiled": compiled, "modules": modules}
+
+
 def write_json(path: Path, payload: Json) -> Path:
     """Write ``payload`` to ``path`` as indented JSON (creating its folder); returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -325,6 +350,7 @@ def run_parent(
     code: 1 on a failure or leftovers, else 0.
     """
     mark = mark_run()
+    bytecode = installed_bytecode()
     began = time.perf_counter()
     failure: str | None = None
     try:
@@ -337,6 +363,7 @@ def run_parent(
     payload: Json = {
         "plan": plan,
         "machine": machine(),
+        "bytecode": bytecode,
         **(extra or {}),
         "wall_s": time.perf_counter() - began,
         "children": children,

@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
-from _common import BENCHMARKS, REPO, RESULTS_DIR, Json, machine, write_json
+from _common import BENCHMARKS, REPO, RESULTS_DIR, Json, installed_bytecode, machine, write_json
 from rich.console import Console
 from rich.table import Table
 
@@ -203,6 +203,7 @@ def main() -> int:
     p.add_argument("--per-host", type=int, default=64)
     p.add_argument("--rounds", type=int, default=1)
     args = p.parse_args()
+    bytecode = installed_bytecode()
     started = time.perf_counter()
     with (
         tempfile.TemporaryDirectory(prefix="crawler-bench-") as tmp,
@@ -217,6 +218,7 @@ def main() -> int:
     report = {
         "plan": vars(args),
         "machine": machine(),
+        "bytecode": bytecode,
         "wall_s": round(time.perf_counter() - started, 1),
         "stored_url_sets_identical": identical,
         "stored_pages": len(sets[0]),

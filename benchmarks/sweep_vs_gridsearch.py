@@ -69,6 +69,7 @@ from _common import (
     Json,
     check_leftovers,
     emit,
+    installed_bytecode,
     machine,
     mark_run,
     progress,
@@ -510,6 +511,7 @@ def main() -> int:
         emit(CHILDREN[mode](*json.loads(arguments)))
         return 0
     mark_run()
+    bytecode = installed_bytecode()
     grid = QUICK_GRID if args.quick else GRID
     tpe_trials = args.tpe_trials
     if tpe_trials is None:
@@ -530,7 +532,8 @@ def main() -> int:
     write_json(path, {
         "grid": grid, "model": MODEL, "folds": FOLDS, "workers": WORKERS,
         "quick": args.quick, "rounds": args.rounds, "tpe_trials": tpe_trials,
-        "machine": machine(), "summary": summary, "agreement": agree, "runs": runs,
+        "machine": machine(), "bytecode": bytecode, "summary": summary, "agreement": agree,
+        "runs": runs,
         "goals": {"speedup_vs_sequential": SPEEDUP_GOAL, "ratio_to_gridsearch": GRIDSEARCH_GOAL,
                   "ratio_to_optuna": OPTUNA_GOAL},
         "leftover_processes": measured["leftovers"],

@@ -7,17 +7,34 @@ same way. The agent on the session's node hosts the session's queues
 (``_queuehost.py``) and runs them on its event loop. Finished items are
 *published* as they finish (``publish``: the host sends them to the session
 through its event stream, ``_queueresults.py``), so nobody polls for results.
+
+Each page is a Ray object on that stream, about a millisecond and a half of
+CPU on each side: while items still wait in the queue, pages go out at most
+every ``PUBLISH_EVERY_S`` (a worker reports each batch, some 0.2 s of work,
+``_exchanges.py``: two workers on 5 ms items made about 12 pages a second,
+which took about 1% of the cores from them; ``docs/architecture.md``). Nothing
+waits where it matters: the first page after a quiet spell, a page once
+nothing is pending (the session may be about to feed the queue, or waits for
+its last results) and the drained page go out at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import pickle
 import time
 from collections.abc import Callable
 from typing import Any
 
-from cmlray._queuestate import REPORT_LIMIT, Leased, Outcome, QueueClosedError, QueueState
+from cmlray._queuestate import (
+    PENDING,
+    REPORT_LIMIT,
+    Leased,
+    Outcome,
+    QueueClosedError,
+    QueueState,
+)
 
 # (start, page of ``QueueState.report``, drained): finished items on their way to the session
 Publish = Callable[[int, dict[str, list[Any]], bool], None]
@@ -27,6 +44,8 @@ Publish = Callable[[int, dict[str, list[Any]], bool], None]
 # one argument of 140 KB, 2.7 ms with two of 70 KB).
 INLINE_CHUNK_BYTES = 64 << 10
 INLINE_TOTAL_BYTES = 8 << 20
+
+PUBLISH_EVERY_S = 0.25  # pages of results at most this often while items are pending
 
 
 def join_payloads(payloads: list[bytes]) -> list[bytes]:
@@ -56,6 +75,7 @@ class QueueServer:
         lease_timeout_s: float,
         publish: Publish | None = None,
         items: bool = True,
+        publish_every_s: float = PUBLISH_EVERY_S,
     ) -> None:
         """A queue's server.
 
@@ -64,6 +84,8 @@ class QueueServer:
             items: publish the items that succeeded along with their results
                 (the Executor knows its calls by id: without, a call's
                 arguments do not travel back).
+            publish_every_s: the shortest time between two pages while
+                items are pending (see the module docstring).
         """
         self.state = QueueState(max_attempts=max_attempts, lease_timeout_s=lease_timeout_s)
         self._changed = asyncio.Condition()
@@ -72,6 +94,9 @@ class QueueServer:
         self._items = items
         self._published = 0  # finished items published so far
         self._published_drained = False
+        self._publish_every_s = publish_every_s
+        self._last_page_s = -math.inf  # (monotonic) when the last page went out
+        self._publish_timer: asyncio.TimerHandle | None = None
 
     async def _notify(self) -> None:
         self._publish()
@@ -79,19 +104,40 @@ class QueueServer:
             self._changed.notify_all()
 
     def _publish(self) -> None:
-        """Publish the items finished since the last time (and being drained, once)."""
-        if self._publish_to is None:
+        """Publish what finished since the last page: now, or once ``publish_every_s`` allows."""
+        if self._publish_to is None or not self._unpublished():
             return
         state = self.state
-        while len(state.finished) > self._published or (
-            state.drained and not self._published_drained
-        ):
+        now = time.monotonic()
+        due = self._last_page_s + self._publish_every_s
+        if now >= due or state.drained or not state.counts_by_state[PENDING]:
+            self._publish_now(now)
+        elif self._publish_timer is None:
+            self._publish_timer = asyncio.get_running_loop().call_later(due - now, self._on_due)
+
+    def _on_due(self) -> None:
+        self._publish_timer = None
+        if self._unpublished():
+            self._publish_now(time.monotonic())
+
+    def _unpublished(self) -> bool:
+        state = self.state
+        finished = len(state.finished) > self._published
+        return finished or (state.drained and not self._published_drained)
+
+    def _publish_now(self, now: float) -> None:
+        """Pages of the items finished since the last one (and being drained, once)."""
+        publish, state = self._publish_to, self.state
+        if publish is None:
+            return
+        self._last_page_s = now
+        while self._unpublished():
             start = self._published
             page = state.report(start, REPORT_LIMIT, items=self._items)
             self._published += len(page["id"])
             drained = state.drained and self._published == len(state.finished)
             self._published_drained = drained
-            self._publish_to(start, page, drained)
+            publish(start, page, drained)
 
     async def _wait_for(self, ready: Callable[[], bool], wait_s: float) -> bool:
         """Wait until ``ready()`` or ``wait_s`` passes, expiring leases as they fall due."""

@@ -3,7 +3,8 @@
 The hosting agent (``_queuehost.py``) sends each queue's finished items to
 the session as they finish, through the event stream it already has with
 the session (``_outbox.py``, events of kind ``"results"``), in completion
-order: ``Queue.results``, ``as_completed`` and the Executor's futures read
+order (in pages, at most every 0.25 s while items wait: ``_queue.py``):
+``Queue.results``, ``as_completed`` and the Executor's futures read
 them here, with no Ray call per result (the session used to long-poll the
 queue for each). A page is the columns of ``QueueState.report``.
 

@@ -101,3 +101,68 @@ def test_a_dropped_queue_tells_a_late_worker_it_is_drained() -> None:
         asyncio.run(host.call("calls", "stats"))
     with pytest.raises(LookupError, match="already has a queue named 'calls'"):
         host.open("calls", 3, 60.0, items=True)
+
+
+def done(answer: bytes) -> bytes:
+    """The outcomes of a worker that ran every item it leased (``answer``)."""
+    leased, _drained = pickle.loads(answer)
+    return pickle.dumps([(item_id, True, b"r", None, None) for item_id, _, _ in leased])
+
+
+def test_pages_wait_while_items_are_pending_but_not_when_it_matters() -> None:
+    async def scenario() -> list[list[tuple[int, list[Any]]]]:
+        published: Published = []
+        publish = published.append
+        # pages 60 s apart at most: a page goes out at once only when it matters
+        server = QueueServer(1, 60.0, lambda *e: publish(e), items=False, publish_every_s=60.0)
+        seen = []
+
+        def pages() -> None:
+            seen.append([(start, page["id"]) for start, page, _ in published])
+
+        await server.put_many([b"i"] * 5)
+        first = await server.exchange_pickled("w1", pickle.dumps([]), 1, 0.0)
+        await server.exchange_pickled("w1", done(first), 0, 0.0)
+        pages()  # the first page after a quiet spell: at once
+        second = await server.exchange_pickled("w1", pickle.dumps([]), 2, 0.0)
+        await server.exchange_pickled("w1", done(second), 0, 0.0)
+        pages()  # 2 items pending: the page waits
+        last = await server.exchange_pickled("w1", pickle.dumps([]), 2, 0.0)
+        pages()  # nothing pending (the session may be about to feed more): at once
+        await server.exchange_pickled("w1", done(last), 0, 0.0)
+        pages()  # still nothing pending: at once
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen == [
+        [(0, [0])],
+        [(0, [0])],
+        [(0, [0]), (1, [1, 2])],
+        [(0, [0]), (1, [1, 2]), (3, [3, 4])],
+    ]
+
+
+def test_a_page_held_back_goes_out_when_its_time_comes() -> None:
+    async def scenario() -> Published:
+        published: Published = []
+        arrived = asyncio.Event()
+
+        def publish(*event: Any) -> None:
+            published.append(event)
+            arrived.set()
+
+        server = QueueServer(1, 60.0, publish, items=False, publish_every_s=0.05)
+        await server.put_many([b"i"] * 4)
+        first = await server.exchange_pickled("w1", pickle.dumps([]), 1, 0.0)
+        await server.exchange_pickled("w1", done(first), 0, 0.0)
+        second = await server.exchange_pickled("w1", pickle.dumps([]), 1, 0.0)
+        arrived.clear()
+        await server.exchange_pickled("w1", done(second), 0, 0.0)
+        await asyncio.wait_for(arrived.wait(), 5.0)  # 2 items still pending: by its timer
+        return published
+
+    published = asyncio.run(scenario())
+    assert [(start, page["id"], drained) for start, page, drained in published] == [
+        (0, [0], False),
+        (1, [1], False),
+    ]
