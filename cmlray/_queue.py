@@ -107,10 +107,9 @@ class QueueServer:
         """Publish what finished since the last page: now, or once ``publish_every_s`` allows."""
         if self._publish_to is None or not self._unpublished():
             return
-        state = self.state
         now = time.monotonic()
         due = self._last_page_s + self._publish_every_s
-        if now >= due or state.drained or not state.counts_by_state[PENDING]:
+        if now >= due or not self.state.counts_by_state[PENDING]:  # (drained: none pending)
             self._publish_now(now)
         elif self._publish_timer is None:
             self._publish_timer = asyncio.get_running_loop().call_later(due - now, self._on_due)

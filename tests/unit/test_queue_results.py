@@ -112,9 +112,10 @@ def done(answer: bytes) -> bytes:
 def test_pages_wait_while_items_are_pending_but_not_when_it_matters() -> None:
     async def scenario() -> list[list[tuple[int, list[Any]]]]:
         published: Published = []
-        publish = published.append
         # pages 60 s apart at most: a page goes out at once only when it matters
-        server = QueueServer(1, 60.0, lambda *e: publish(e), items=False, publish_every_s=60.0)
+        server = QueueServer(
+            1, 60.0, lambda *event: published.append(event), items=False, publish_every_s=60.0
+        )
         seen = []
 
         def pages() -> None:
