@@ -6,7 +6,9 @@ or asks that node's agent (``_services.py``, ``_queuehost.py``). A round
 trip costs a millisecond or more on a busy node, so for short items it never
 waits for one: as soon as a batch arrives, the request for the next one goes
 out (reporting the batch before), and the answer is read once the batch is
-done; items longer than a batch are asked for one batch at a time
+done (near the end of the queue that early ask is answered with nothing,
+and the program asks again when it has run out: ``_queuestate.py``); items
+longer than a batch are asked for one batch at a time
 (``Exchanges._asks_ahead``). Batches are sized to about ``TARGET_BATCH_S`` of
 work, from the items' own times (one item first, then as many as fit).
 

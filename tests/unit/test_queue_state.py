@@ -46,20 +46,48 @@ def test_lease_hands_out_items_in_order_and_counts_attempts() -> None:
     assert queue.holds("w1") and queue.holds("w2") and not queue.holds("w3")
 
 
+def lease_and_finish(queue: QueueState, worker: str, want: int) -> int:
+    """``worker`` leases up to ``want`` items and reports them done; how many it got."""
+    leased = queue.lease(worker, want)
+    queue.complete(worker, [ok(item_id) for item_id, _, _ in leased])
+    return len(leased)
+
+
 def test_the_last_items_are_shared_among_the_workers_asking() -> None:
     queue, _ = state(items=10)
     assert len(queue.lease("w1", 100)) == 10  # alone: it may take everything
     queue, _ = state(items=10)
     queue.lease("w2", 0)  # a second worker is asking too
     # each gets half of what is left, rounded up: the last items spread out
-    assert [len(queue.lease(w, 20)) for w in ("w1", "w2", "w1", "w2")] == [5, 3, 1, 1]
+    assert [lease_and_finish(queue, w, 20) for w in ("w1", "w2", "w1", "w2")] == [5, 3, 1, 1]
 
 
 def test_the_last_items_are_not_split_below_a_twentieth_of_a_batch() -> None:
     queue, _ = state(items=1000)
     queue.lease("w2", 0)
     # shares halve down to 4000 / 20 = 200 (about 10 ms of a 0.2 s batch), not to one item
-    assert [len(queue.lease(w, 4000)) for w in ("w1", "w2", "w1", "w2")] == [500, 250, 200, 50]
+    sizes = [lease_and_finish(queue, w, 4000) for w in ("w1", "w2", "w1", "w2")]
+    assert sizes == [500, 250, 200, 50]
+
+
+def test_asking_ahead_gets_the_next_batch_while_plenty_is_left() -> None:
+    queue, _ = state(items=1000)
+    queue.lease("w2", 0)
+    assert len(queue.lease("w1", 40)) == 40
+    # w1 still holds its 40 and asks for the next batch: 960 left, every worker's next is there
+    assert [item_id for item_id, _, _ in queue.lease("w1", 40)] == list(range(40, 80))
+
+
+def test_asking_ahead_near_the_end_waits_until_the_worker_runs_out() -> None:
+    queue, _ = state(items=100)
+    queue.lease("w2", 0)
+    first = queue.lease("w1", 40)
+    # 60 left, fewer than two workers' next batches: w1 gets nothing while it holds items...
+    assert queue.lease("w1", 40) == []
+    assert queue.counts()["pending"] == 60
+    assert len(queue.lease("w2", 40)) == 30  # ...a worker that has run out gets its share
+    queue.complete("w1", [ok(item_id) for item_id, _, _ in first])
+    assert len(queue.lease("w1", 40)) == 15  # and so does w1 once it has run out
 
 
 def test_done_is_recorded_once_even_when_an_item_ran_twice() -> None:
