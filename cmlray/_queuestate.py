@@ -19,10 +19,10 @@ a twentieth of the batch it asked for), so the last items spread over every
 worker instead of waiting behind one batch. A worker asks for its next batch
 while it works on this one (``_exchanges.py``); once fewer items are left
 than every worker's next batch, such an early ask gets nothing (unless the
-worker is alone) and the worker asks again when it has run out, so the last items are shared out
-between the workers that have actually run out, not on guesses made a batch
-earlier (two workers on 5 ms items had ended 20-55 ms apart, and 0-5 ms
-apart since: ``lease``).
+worker is alone) and the worker asks again when it has run out: the last
+items are shared out between workers that have run out, not on guesses
+made a batch earlier (two workers on 5 ms items had ended 20-55 ms apart,
+and 0-5 ms apart since: ``lease``).
 
 The common case runs in C: items wait as runs of ids (a ``put_many`` is one
 ``range``; a requeued item a run of one), a run of untouched items is leased
