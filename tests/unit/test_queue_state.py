@@ -79,15 +79,16 @@ def test_asking_ahead_gets_the_next_batch_while_plenty_is_left() -> None:
 
 
 def test_asking_ahead_near_the_end_waits_until_the_worker_runs_out() -> None:
-    queue, _ = state(items=100)
+    queue, _ = state(items=70)
     queue.lease("w2", 0)
     first = queue.lease("w1", 40)
-    # 60 left, fewer than two workers' next batches: w1 gets nothing while it holds items...
+    assert len(first) == 35  # its share: half of 70
+    # 35 left, less than the batch w1 asks for: it gets nothing while it holds items...
     assert queue.lease("w1", 40) == []
-    assert queue.counts()["pending"] == 60
-    assert len(queue.lease("w2", 40)) == 30  # ...a worker that has run out gets its share
+    assert queue.counts()["pending"] == 35
+    assert len(queue.lease("w2", 40)) == 18  # ...a worker that has run out gets its share
     queue.complete("w1", [ok(item_id) for item_id, _, _ in first])
-    assert len(queue.lease("w1", 40)) == 15  # and so does w1 once it has run out
+    assert len(queue.lease("w1", 40)) == 9  # and so does w1 once it has run out
 
 
 def test_done_is_recorded_once_even_when_an_item_ran_twice() -> None:
