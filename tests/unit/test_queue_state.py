@@ -46,10 +46,15 @@ def test_lease_hands_out_items_in_order_and_counts_attempts() -> None:
     assert queue.holds("w1") and queue.holds("w2") and not queue.holds("w3")
 
 
+def finish(queue: QueueState, worker: str, leased: list[tuple[int, int, bytes]]) -> None:
+    """``worker`` reports the items it leased done."""
+    queue.complete(worker, [ok(item_id) for item_id, _, _ in leased])
+
+
 def lease_and_finish(queue: QueueState, worker: str, want: int) -> int:
     """``worker`` leases up to ``want`` items and reports them done; how many it got."""
     leased = queue.lease(worker, want)
-    queue.complete(worker, [ok(item_id) for item_id, _, _ in leased])
+    finish(queue, worker, leased)
     return len(leased)
 
 
@@ -74,7 +79,7 @@ def test_asking_ahead_gets_the_next_batch_while_plenty_is_left() -> None:
     queue, _ = state(items=1000)
     queue.lease("w2", 0)
     assert len(queue.lease("w1", 40)) == 40
-    # w1 still holds its 40 and asks for the next batch: 960 left, every worker's next is there
+    # w1 still holds its 40 and asks for the next batch: 960 left, more than the batch it asks for
     assert [item_id for item_id, _, _ in queue.lease("w1", 40)] == list(range(40, 80))
 
 
@@ -87,7 +92,7 @@ def test_asking_ahead_near_the_end_waits_until_the_worker_runs_out() -> None:
     assert queue.lease("w1", 40) == []
     assert queue.counts()["pending"] == 35
     assert len(queue.lease("w2", 40)) == 18  # ...a worker that has run out gets its share
-    queue.complete("w1", [ok(item_id) for item_id, _, _ in first])
+    finish(queue, "w1", first)
     assert len(queue.lease("w1", 40)) == 9  # and so does w1 once it has run out
 
 
