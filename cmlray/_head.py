@@ -3,7 +3,8 @@
 Own head (the default): ``ray.init(address="local")``, never a bare
 ``ray.init()`` that would silently attach to whatever cluster the machine
 has recorded; no dashboard, and only the head services cmlray uses
-(``_headservices``); Ray's log forwarding off (the session streams
+(``_headservices``), ready as soon as its raylet has registered
+(``_rayletwait``); Ray's log forwarding off (the session streams
 workers' output itself); token authentication on, with a fresh token in a
 private temp dir only this user can read. A reaper process tied to the
 session by a pipe removes every process and file of the head once the
@@ -25,7 +26,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cmlray import _headservices, _procfs, _shipping, _standalone
+from cmlray import _headservices, _procfs, _rayletwait, _shipping, _standalone
 from cmlray._hush import hush
 from cmlray._rayerrors import is_upload_too_large, session_error
 from cmlray.errors import SessionError
@@ -164,7 +165,7 @@ def start_own_head(
     temp_dir = tempfile.mkdtemp(prefix="cmlray-")
     saved = _enable_token_auth(_write_token(temp_dir))
     try:
-        with _headservices.only(head_services):
+        with _headservices.only(head_services), _rayletwait.polled():
             context = ray.init(
                 address="local",
                 num_cpus=num_cpus,
