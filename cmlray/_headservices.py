@@ -10,6 +10,13 @@ runtime-env and dashboard agents), three Python processes cmlray does not use:
 - the API server (the dashboard head, even with ``include_dashboard=False``):
   Ray's state API (``ray list ...``, ``ray.util.state``) and job submission.
 
+and the raylet's dashboard agent starts ``--minimal``, as it does where Ray is
+installed without its dashboard's packages: to choose, ``ray.init`` imports
+those packages in the session's process (``aiohttp`` and more: 0.145 s of
+``cmlray.init`` here, cProfile, where the import fails at the first missing
+one; all of them where they are installed), for an API server the session
+does not start.
+
 Measured on this 2-core machine (``benchmarks/launch.py``, and by hand: the
 same ``ray.init`` with and without them): ``ray.init`` 1.67 s instead of
 2.24 s, ``ray.shutdown`` 0.35 s instead of 1.36 s (it waits for those
@@ -17,8 +24,9 @@ processes), 8 head processes instead of 11, about 250 MiB less resident
 memory. ``head_services="all"`` starts them as ``ray.init`` does.
 
 Ray's public ``ray.init`` has no switch for these, so this reaches into
-``ray._private.node.Node`` for the duration of one ``ray.init`` call; if a
-future Ray moves those names, the head simply starts in full.
+``ray._private`` (``node.Node``, ``utils``) for the duration of one
+``ray.init`` call; if a future Ray moves those names, the head simply starts
+in full.
 """
 
 from __future__ import annotations
@@ -35,7 +43,10 @@ def only(head_services: str) -> Iterator[None]:
     if node_class is None:
         yield
         return
+    from ray._private import utils
+
     original_init, original_api_server = node_class.__init__, node_class.start_api_server
+    original_check = utils.get_dashboard_dependency_error
 
     def init(self: Any, ray_params: Any, *args: Any, **kwargs: Any) -> None:
         ray_params.no_monitor = True
@@ -45,18 +56,24 @@ def only(head_services: str) -> Iterator[None]:
     def no_api_server(self: Any, **kwargs: Any) -> None:
         return None
 
+    def left_out() -> ImportError:
+        return ImportError("the dashboard's packages are not imported: head_services='minimal'")
+
     node_class.__init__ = init
     node_class.start_api_server = no_api_server
+    utils.get_dashboard_dependency_error = left_out
     try:
         yield
     finally:
         node_class.__init__ = original_init
         node_class.start_api_server = original_api_server
+        utils.get_dashboard_dependency_error = original_check
 
 
 def _node_class() -> Any:
     """Ray's private ``Node`` class, if it still has what ``only`` changes."""
     try:
+        from ray._private import utils
         from ray._private.node import Node
         from ray._private.parameter import RayParams
     except ImportError:
@@ -64,4 +81,5 @@ def _node_class() -> Any:
     params = RayParams()
     if not all(hasattr(params, name) for name in ("no_monitor", "include_log_monitor")):
         return None
-    return Node if hasattr(Node, "start_api_server") else None
+    needed = hasattr(Node, "start_api_server") and hasattr(utils, "get_dashboard_dependency_error")
+    return Node if needed else None

@@ -9,18 +9,21 @@ moved gets a full head rather than an error.
 from __future__ import annotations
 
 import pytest
-from ray._private import node, parameter
+from ray._private import node, parameter, utils
 
 from cmlray import _headservices
 from cmlray._config import SessionConfig
 
 
 def test_minimal_patches_rays_node_only_inside_the_block() -> None:
-    before = (node.Node.__init__, node.Node.start_api_server)
+    before = (node.Node.__init__, node.Node.start_api_server, utils.get_dashboard_dependency_error)
     with _headservices.only("minimal"):
-        assert (node.Node.__init__, node.Node.start_api_server) != before
+        assert node.Node.__init__ is not before[0]
         assert node.Node.start_api_server(object()) is None
-    assert (node.Node.__init__, node.Node.start_api_server) == before
+        # the dashboard agent starts --minimal, without importing the dashboard's packages
+        assert isinstance(utils.get_dashboard_dependency_error(), ImportError)
+    after = (node.Node.__init__, node.Node.start_api_server, utils.get_dashboard_dependency_error)
+    assert after == before
 
 
 def test_the_patch_is_undone_when_ray_init_raises() -> None:
@@ -31,9 +34,10 @@ def test_the_patch_is_undone_when_ray_init_raises() -> None:
 
 
 def test_all_changes_nothing() -> None:
-    before = (node.Node.__init__, node.Node.start_api_server)
+    before = (node.Node.__init__, node.Node.start_api_server, utils.get_dashboard_dependency_error)
     with _headservices.only("all"):
-        assert (node.Node.__init__, node.Node.start_api_server) == before
+        now = (node.Node.__init__, node.Node.start_api_server, utils.get_dashboard_dependency_error)
+        assert now == before
 
 
 def test_a_ray_whose_private_names_moved_gets_a_full_head(
