@@ -58,7 +58,9 @@ class _CallFuture(futures.Future[Any]):
         if self._executor._withdraw([self._key]):
             self._executor._forget(self._key)
             return super().cancel()
-        self.set_running_or_notify_cancel()  # a worker holds it: it runs
+        # a worker holds it: it runs (unless marked running already, or settled meanwhile)
+        with contextlib.suppress(RuntimeError):
+            self.set_running_or_notify_cancel()
         return False
 
 
