@@ -1,7 +1,8 @@
 """A worker's side of :class:`cmlray.Executor`: calls taken off a queue, outcomes sent back.
 
 Each queue item is a call, ``(key, fn, args, kwargs)``, cloudpickled by the
-session. The item's *result* is an envelope, ``(key, True, value)`` or
+session (``fn`` may be the key of a function shipped once: ``_shipfn.py``).
+The item's *result* is an envelope, ``(key, True, value)`` or
 ``(key, False, exception, traceback text)``: an exception raised by ``fn``
 is the call's outcome, delivered to its future, not a failure of the item,
 so the queue does not retry it (it retries items whose worker died).
@@ -17,7 +18,8 @@ import os
 import sys
 from typing import Any
 
-QUEUE_ENV = "CMLRAY_CALLS_QUEUE"
+from cmlray._shipfn import QUEUE_ENV, resolve
+
 PROGRAM = "from cmlray._calls import main; main()"
 
 Call = tuple[int, Any, tuple[Any, ...], dict[str, Any]]
@@ -27,12 +29,18 @@ def run_call(call: Call) -> tuple[Any, ...]:
     """Run one call; its envelope (the exception, when raised, picklable or described)."""
     key, fn, args, kwargs = call
     try:
-        return (key, True, fn(*args, **kwargs))
+        return (key, True, resolve(fn)(*args, **kwargs))
     except Exception as exc:
         import traceback
 
         text = "".join(traceback.format_exception(exc))
         return (key, False, _portable(exc), text)
+
+
+def apply_chunk(fn: Any, chunk: list[tuple[Any, ...]]) -> list[Any]:
+    """Calls of ``Executor.map`` with a ``chunksize``: one item, ``fn`` over each args tuple."""
+    fn = resolve(fn)
+    return [fn(*args) for args in chunk]
 
 
 def _portable(exc: BaseException) -> BaseException:

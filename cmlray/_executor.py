@@ -35,9 +35,10 @@ from concurrent import futures
 from typing import Any
 
 from cmlray import _api, _lifecycle, _pickling
-from cmlray._calls import PROGRAM, QUEUE_ENV
+from cmlray._calls import PROGRAM, apply_chunk
 from cmlray._checks import check_count, check_text
 from cmlray._record import FINAL
+from cmlray._shipfn import QUEUE_ENV, FunctionShelf
 from cmlray._spec import WorkerSpec
 from cmlray.errors import CmlrayError, WorkerError
 
@@ -79,7 +80,10 @@ class Executor(futures.Executor):
 
     Workers start with the first call and end when the executor shuts down
     (or with the session). Calls, their arguments and results are
-    cloudpickled, so lambdas and closures work.
+    cloudpickled, so lambdas and closures work. A function whose pickle is
+    large (one defined in a notebook that uses a big global) travels to the
+    workers once, at its first call, with its globals as they are then
+    (``_shipfn.py``).
     """
 
     def __init__(
@@ -118,6 +122,7 @@ class Executor(futures.Executor):
         self._wake = threading.Event()
         self._queue: Any = None
         self._workers: list[str] = []
+        self._functions = FunctionShelf(self._attach)
         self._replaced_in_a_row = 0  # workers replaced since a call last finished
         self._names = itertools.count(1)
         self._shutdown = False
@@ -153,26 +158,48 @@ class Executor(futures.Executor):
             pending = self._submit_many([(fn, args, {}) for args in calls])
         else:
             chunks = [calls[i : i + chunksize] for i in range(0, len(calls), chunksize)]
-            pending = self._submit_many([(_apply_chunk, (fn, chunk), {}) for chunk in chunks])
+            form = self._shipped(fn)
+            pending = self._submit_many([(apply_chunk, (form, chunk), {}) for chunk in chunks])
         return _in_order(pending, deadline, chunked=chunksize > 1)
 
     def _submit_many(
         self, calls: list[tuple[Any, tuple[Any, ...], dict[str, Any]]]
     ) -> list[_CallFuture]:
         keys = [next(self._keys) for _ in calls]
-        items = [(key, *call) for key, call in zip(keys, calls, strict=True)]
+        forms: dict[int, Any] = {}  # (a map's calls share one function)
+        for fn, _, _ in calls:
+            if id(fn) not in forms:
+                forms[id(fn)] = self._shipped(fn)
+        items = [(key, forms[id(fn)], args, kwargs)
+                 for key, (fn, args, kwargs) in zip(keys, calls, strict=True)]  # fmt: skip
         payloads = _pickling.dumps_many(items, _unpicklable)  # raises here, not later
         with self._lock:  # (pickled outside it: results settle meanwhile)
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            if self._broken is not None:
-                raise futures.BrokenExecutor(self._broken)
+            self._check_open()
             self._start()
             made = [_CallFuture(self, key) for key in keys]
             self._futures.update(zip(keys, made, strict=True))
             self._outgoing += zip(keys, payloads, strict=True)
         self._wake.set()
         return made
+
+    def _shipped(self, fn: Any) -> Any:
+        """``fn`` as its calls carry it (``FunctionShelf.form``): TypeError here if unpicklable."""
+        return self._functions.form(fn)
+
+    def _attach(self, key: str, data: bytes) -> None:
+        """Attach a function to the queue (started with it if this is the first call)."""
+        with self._lock:
+            self._check_open()
+            self._start()
+            queue = self._queue
+        queue._call("attach", key, data)
+
+    def _check_open(self) -> None:
+        """Raise unless calls may be submitted (under the lock)."""
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if self._broken is not None:
+            raise futures.BrokenExecutor(self._broken)
 
     def _send(self) -> None:
         """Put every call submitted so far on the queue, in one round trip."""
@@ -393,10 +420,6 @@ class Executor(futures.Executor):
 
 def _unpicklable(index: int, exc: Exception) -> TypeError:
     return TypeError(f"the call cannot be pickled ({type(exc).__name__}: {exc})")
-
-
-def _apply_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
-    return [fn(*args) for args in chunk]
 
 
 def _in_order(pending: list[Any], deadline: float | None, *, chunked: bool) -> Iterator[Any]:

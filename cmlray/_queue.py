@@ -97,6 +97,7 @@ class QueueServer:
         self._publish_every_s = publish_every_s
         self._last_page_s = -math.inf  # (monotonic) when the last page went out
         self._publish_timer: asyncio.TimerHandle | None = None
+        self.attachments: dict[str, bytes] = {}
 
     async def _notify(self) -> None:
         self._publish()
@@ -211,6 +212,16 @@ class QueueServer:
         """
         answer = await self.exchange(worker, pickle.loads(outcomes), want, wait_s)
         return pickle.dumps(answer, pickle.HIGHEST_PROTOCOL)
+
+    async def attach(self, key: str, data: bytes) -> None:
+        """Keep ``data`` for the queue's workers under ``key`` (an Executor's function)."""
+        self.attachments[key] = data
+
+    async def attachment(self, key: str) -> bytes:
+        """What was attached under ``key``."""
+        if key not in self.attachments:
+            raise LookupError(f"nothing attached to this queue as {key!r}")
+        return self.attachments[key]
 
     async def heartbeat(self, worker: str) -> None:
         self.state.heartbeat(worker)

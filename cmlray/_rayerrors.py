@@ -121,6 +121,8 @@ def queue_error(exc: BaseException, name: str, method: str) -> QueueError:
 
     if isinstance(exc, QueueClosedError):  # Ray's task error is also an instance of its cause
         return QueueError(f"queue {name!r} is closed: no more items can be put")
+    if isinstance(exc, LookupError):  # (the queue's own words: what it does not have)
+        return QueueError(f"queue {name!r}: {method} failed: {words_for_program(exc)}")
     return QueueError(f"queue {name!r}: {method} failed: {type(exc).__name__}: {_first_line(exc)}")
 
 

@@ -13,6 +13,7 @@ Requests:
     ("result", pickled_value)                   -> None; the worker's ``result``
     ("error", text)                             -> None; why ``fn`` failed
     ("send_file", source, dest)                 -> the path it has on the session's host
+    ("attachment", queue, key)                  -> bytes attached to the queue (``_shipfn.py``)
 
 A failed request is answered ``("error", words)``, which the program raises
 as ``QueueError``; Ray's errors are put in words by ``_rayerrors.py``.
@@ -71,14 +72,19 @@ class ProgramServices:
             return None
         if op == "send_file":
             return await asyncio.to_thread(self.send_file, *args)
+        if op == "attachment":
+            return await self._queue(args[0], "attachment", args[1])
         raise LookupError(f"unknown request {op!r}")
 
     async def exchange(self, name: str, outcomes: bytes, want: int, wait_s: float) -> bytes:
         """A round trip with the queue; the outcomes and the answer stay pickled bytes."""
+        answer = await self._queue(name, "exchange_pickled", self.worker_id, outcomes, want, wait_s)
+        return bytes(answer)
+
+    async def _queue(self, name: str, method: str, *args: Any) -> Any:
         if self.queue_call is None:
             raise LookupError("this worker's agent reaches no queue")
-        call = self.queue_call
-        return bytes(await call(name, "exchange_pickled", self.worker_id, outcomes, want, wait_s))
+        return await self.queue_call(name, method, *args)
 
     def send_file(self, source: str, dest: str) -> str:
         """Put the program's file ``source`` at ``dest`` on the session's host."""

@@ -31,6 +31,13 @@ def refuse(x: int) -> int:
     return x
 
 
+BIG = bytes(range(256)) * 8192  # 2 MiB that uses_big carries along (by value, as in a notebook)
+
+
+def uses_big(i: int) -> int:
+    return BIG[i] + i
+
+
 def wait_for(gate: Path, x: int) -> int:
     """A call that runs until ``gate`` exists (the test opens it when it has looked)."""
     while not gate.exists():
@@ -59,6 +66,20 @@ def test_submit_map_as_completed_and_an_exception_with_its_traceback() -> None:
     assert all(w["status"] == "succeeded" for w in cmlray.list_workers() if w["id"] in
                {w["id"] for w in workers})  # fmt: skip
     assert queue.name not in hosted_queues()  # its calls all in: the queue and its results let go
+
+
+def test_a_big_function_travels_to_the_workers_once() -> None:
+    """Its calls carry a key; each worker fetches the function once (``_shipfn.py``)."""
+    expected = [BIG[i] + i for i in range(40)]
+    with cmlray.Executor(max_workers=2, cpu=0.5, memory=0.3, name="shipped") as pool:
+        assert list(pool.map(uses_big, range(40))) == expected
+        assert list(pool.map(uses_big, range(40), chunksize=6)) == expected
+        assert pool.submit(uses_big, 5).result(timeout=120) == expected[5]
+        assert pool.submit(lambda: 7).result(timeout=120) == 7  # small: with its call
+        queue = pool._queue
+        assert len(queue._call("attachment", "fn-1")) > len(BIG)  # attached once, for all
+        with pytest.raises(cmlray.QueueError, match="nothing attached"):
+            queue._call("attachment", "fn-2")
 
 
 def hosted_queues() -> set[str]:

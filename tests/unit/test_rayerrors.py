@@ -97,6 +97,9 @@ def test_a_closed_queue_is_recognised_through_rays_wrapper() -> None:
     assert str(error) == "queue 'params' is closed: no more items can be put"
     assert _rayerrors.words_for_program(wrapped) == "the queue is closed"
     assert _rayerrors.words_for_program(LookupError("no queue named 'x'")) == "no queue named 'x'"
+    missing = RayTaskError("queue_call", "traceback", LookupError("nothing attached as 'f'"))
+    error = _rayerrors.queue_error(missing.as_instanceof_cause(), "calls", "attachment")
+    assert str(error) == "queue 'calls': attachment failed: nothing attached as 'f'"
 
 
 def test_an_upload_too_large_is_told_by_where_it_was_raised() -> None:

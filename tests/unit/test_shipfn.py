@@ -1,0 +1,72 @@
+"""``_shipfn``: which functions an Executor ships once, without Ray."""
+
+from __future__ import annotations
+
+import functools
+import pickle
+import threading
+from typing import Any
+
+import pytest
+
+from cmlray import _shipfn
+from cmlray._shipfn import SHIP_ONCE_BYTES, FunctionShelf, Shipped
+
+
+def shelf() -> tuple[FunctionShelf, dict[str, bytes]]:
+    attached: dict[str, bytes] = {}
+    return FunctionShelf(attached.__setitem__), attached
+
+
+def test_a_small_function_travels_with_its_calls() -> None:
+    functions, attached = shelf()
+
+    def small(x: int) -> int:
+        return x + 1
+
+    assert functions.form(small) is small
+    assert functions.form(len) is len  # (a builtin: by reference)
+    assert attached == {}
+
+
+def test_a_big_function_is_attached_once_and_loads_as_itself() -> None:
+    functions, attached = shelf()
+    table = bytes(range(256)) * (SHIP_ONCE_BYTES // 128)  # what the function carries along
+
+    def big(i: int) -> int:
+        return table[i]
+
+    first = functions.form(big)
+    assert isinstance(first, Shipped)
+    assert functions.form(big) is first  # pickled and attached once
+    assert list(attached) == [first.key] and len(attached[first.key]) > SHIP_ONCE_BYTES
+    assert pickle.loads(attached[first.key])(300) == table[300]
+    assert pickle.loads(pickle.dumps(first)).key == first.key  # a call carries the key
+
+
+def test_other_callables_travel_with_their_calls() -> None:
+    functions, attached = shelf()
+    payload = bytes(2 * SHIP_ONCE_BYTES)
+    call = functools.partial(bytes.count, payload)
+    assert functions.form(call) is call
+    assert attached == {}
+
+
+def test_an_unpicklable_function_fails_at_submit() -> None:
+    functions, _ = shelf()
+    lock = threading.Lock()
+
+    def locked() -> bool:
+        return lock.locked()
+
+    with pytest.raises(TypeError, match="the call's function cannot be pickled"):
+        functions.form(locked)
+
+
+def test_a_worker_resolves_a_key_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    def answer(x: Any) -> Any:
+        return ("answered", x)
+
+    assert _shipfn.resolve(answer) is answer  # not a key: the function itself
+    monkeypatch.setitem(_shipfn._resolved, "fn-9", answer)  # loaded before
+    assert _shipfn.resolve(Shipped("fn-9")) is answer
