@@ -10,7 +10,8 @@ done (near the end of the queue that early ask is answered with nothing,
 and the program asks again when it has run out: ``_queuestate.py``); items
 longer than a batch are asked for one batch at a time
 (``Exchanges._asks_ahead``). Batches are sized to about ``TARGET_BATCH_S`` of
-work, from the items' own times (one item first, then as many as fit).
+work, from the items' own times (one item first, then as many as fit), and
+to no more than ``TARGET_BATCH_BYTES`` of items and results (``BatchSize``).
 
 Standard library only at import (a program that serves a queue of plain
 data never imports cloudpickle; ``_pickling.py`` does on first need).
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 TARGET_BATCH_S = 0.2
+TARGET_BATCH_BYTES = 8 << 20  # a batch's items and results, pickled: big items come fewer a batch
 MAX_BATCH = 4096
 WAIT_S = 10.0
 
@@ -117,6 +119,46 @@ def failure(item_id: int, error: BaseException) -> tuple[Any, ...]:
     return (item_id, False, None, f"{type(error).__name__}: {error}", text)
 
 
+class BatchSize:
+    """How many items to ask for: ``TARGET_BATCH_S`` of work, ``TARGET_BATCH_BYTES`` at most.
+
+    One item first; then the items' own times (a running mean) decide, and
+    their size, pickled, caps it: 4,096 items of a millisecond are 0.2 s of
+    work, but of 20 MB each they would be 80 GB in one message and in the
+    program's memory (the size of an item and of a result, each a running
+    mean from the batches as they travel: their pickles' lengths, free).
+    """
+
+    def __init__(self) -> None:
+        self.per_item_s: float | None = None
+        self._item_bytes: float | None = None
+        self._result_bytes: float | None = None
+
+    def want(self) -> int:
+        if self.per_item_s is None:
+            return 1
+        by_time = int(TARGET_BATCH_S / max(self.per_item_s, 1e-6))
+        per_item_bytes = (self._item_bytes or 0.0) + (self._result_bytes or 0.0)
+        by_bytes = int(TARGET_BATCH_BYTES / max(per_item_bytes, 1.0))
+        return max(1, min(MAX_BATCH, by_time, by_bytes))
+
+    def observe(self, items: int, elapsed_s: float) -> None:
+        if items:
+            self.per_item_s = _mean(self.per_item_s, elapsed_s / items)
+
+    def observe_items(self, items: int, pickled_bytes: int) -> None:
+        if items:
+            self._item_bytes = _mean(self._item_bytes, pickled_bytes / items)
+
+    def observe_results(self, results: int, pickled_bytes: int) -> None:
+        if results:
+            self._result_bytes = _mean(self._result_bytes, pickled_bytes / results)
+
+
+def _mean(mean: float | None, sample: float) -> float:
+    return sample if mean is None else 0.5 * (mean + sample)
+
+
 class Exchanges:
     """A program's round trips with one queue, one batch ahead of the work.
 
@@ -128,28 +170,25 @@ class Exchanges:
         self.name = name
         self.channel = client()
         self.outcomes: list[tuple[Any, ...]] = []
-        self._per_item_s: float | None = None
+        self.size = BatchSize()
         self._asked = False
 
-    def want(self) -> int:
-        if self._per_item_s is None:
-            return 1
-        return max(1, min(MAX_BATCH, int(TARGET_BATCH_S / max(self._per_item_s, 1e-6))))
-
     def observe(self, items: int, elapsed_s: float) -> None:
-        if items:
-            sample = elapsed_s / items
-            per_item = self._per_item_s
-            self._per_item_s = sample if per_item is None else 0.5 * (per_item + sample)
+        """A batch of ``items`` took ``elapsed_s`` to work."""
+        self.size.observe(items, elapsed_s)
 
     def _ask(self) -> None:
         outcomes, self.outcomes = self.outcomes, []
-        self.channel.post("exchange", self.name, _pickled(outcomes), self.want(), WAIT_S)
+        pickled = _pickled(outcomes)
+        self.size.observe_results(len(outcomes), len(pickled))
+        self.channel.post("exchange", self.name, pickled, self.size.want(), WAIT_S)
         self._asked = True
 
     def _answer(self) -> tuple[list[Leased], bool]:
         self._asked = False
-        leased, drained = pickle.loads(self.channel.collect())
+        answer = self.channel.collect()
+        leased, drained = pickle.loads(answer)
+        self.size.observe_items(len(leased), len(answer))
         return leased, drained
 
     def batches(self) -> Iterator[list[Leased]]:
@@ -178,7 +217,8 @@ class Exchanges:
         a worker that starts first would take the second of two long items
         before the other worker has asked.
         """
-        return self._per_item_s is not None and self._per_item_s < TARGET_BATCH_S
+        per_item_s = self.size.per_item_s
+        return per_item_s is not None and per_item_s < TARGET_BATCH_S
 
     def close(self) -> None:
         """Read the answer still on its way; report the outcomes not reported yet."""
