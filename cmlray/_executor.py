@@ -158,7 +158,7 @@ class Executor(futures.Executor):
             pending = self._submit_many([(fn, args, {}) for args in calls])
         else:
             chunks = [calls[i : i + chunksize] for i in range(0, len(calls), chunksize)]
-            form = self._shipped(fn)
+            form = self._functions.form(fn)  # (TypeError here if it cannot be pickled)
             pending = self._submit_many([(apply_chunk, (form, chunk), {}) for chunk in chunks])
         return _in_order(pending, deadline, chunked=chunksize > 1)
 
@@ -169,7 +169,7 @@ class Executor(futures.Executor):
         forms: dict[int, Any] = {}  # (a map's calls share one function)
         for fn, _, _ in calls:
             if id(fn) not in forms:
-                forms[id(fn)] = self._shipped(fn)
+                forms[id(fn)] = self._functions.form(fn)
         items = [(key, forms[id(fn)], args, kwargs)
                  for key, (fn, args, kwargs) in zip(keys, calls, strict=True)]  # fmt: skip
         payloads = _pickling.dumps_many(items, _unpicklable)  # raises here, not later
@@ -181,10 +181,6 @@ class Executor(futures.Executor):
             self._outgoing += zip(keys, payloads, strict=True)
         self._wake.set()
         return made
-
-    def _shipped(self, fn: Any) -> Any:
-        """``fn`` as its calls carry it (``FunctionShelf.form``): TypeError here if unpicklable."""
-        return self._functions.form(fn)
 
     def _attach(self, key: str, data: bytes) -> None:
         """Attach a function to the queue (started with it if this is the first call)."""

@@ -25,6 +25,7 @@ Standard library only at import: the worker's side runs in every program
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import types
@@ -54,14 +55,14 @@ class Shipped:
 class FunctionShelf:
     """The session's side: each function pickled once, the big ones attached.
 
-    Two threads submitting the same new function at once may both ship it
-    (under two keys): harmless, and rarer than a lock's cost on every call.
+    Two threads submitting the same new function at once may both ship it,
+    under two keys: harmless, and rarer than a lock's cost on every call.
     """
 
     def __init__(self, attach: Callable[[str, bytes], None]) -> None:
         self._attach = attach
         self._forms: weakref.WeakKeyDictionary[Any, Shipped | None] = weakref.WeakKeyDictionary()
-        self._count = 0
+        self._numbers = itertools.count(1)  # (next() is atomic: keys stay unique across threads)
 
     def form(self, fn: Any) -> Any:
         """``fn`` as calls carry it: itself, or its ``Shipped`` key once attached.
@@ -85,8 +86,7 @@ class FunctionShelf:
             raise TypeError(f"the call's function cannot be pickled ({why})") from exc
         shipped = None
         if len(data) > SHIP_ONCE_BYTES:
-            self._count += 1
-            shipped = Shipped(f"fn-{self._count}")
+            shipped = Shipped(f"fn-{next(self._numbers)}")
             self._attach(shipped.key, data)
         self._forms[fn] = shipped
         return shipped

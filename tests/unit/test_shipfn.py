@@ -70,3 +70,19 @@ def test_a_worker_resolves_a_key_once(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _shipfn.resolve(answer) is answer  # not a key: the function itself
     monkeypatch.setitem(_shipfn._resolved, "fn-9", answer)  # loaded before
     assert _shipfn.resolve(Shipped("fn-9")) is answer
+
+
+def test_two_big_functions_are_two_attachments() -> None:
+    functions, attached = shelf()
+    table = bytes(2 * SHIP_ONCE_BYTES)
+
+    def first(i: int) -> str:
+        return f"first {len(table) + i}"
+
+    def second(i: int) -> str:
+        return f"second {len(table) + i}"
+
+    one, two = functions.form(first), functions.form(second)
+    assert isinstance(one, Shipped) and isinstance(two, Shipped) and one.key != two.key
+    assert pickle.loads(attached[one.key])(1) == first(1)
+    assert pickle.loads(attached[two.key])(1) == second(1)
