@@ -175,6 +175,7 @@ def start_own_head(
                 log_to_driver=False,
                 logging_level=logging.WARNING,
                 _temp_dir=temp_dir,
+                _system_config=_headservices.system_config(head_services),
                 runtime_env=runtime_env,
             )
     except Exception as exc:

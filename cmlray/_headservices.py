@@ -10,18 +10,22 @@ runtime-env and dashboard agents), three Python processes cmlray does not use:
 - the API server (the dashboard head, even with ``include_dashboard=False``):
   Ray's state API (``ray list ...``, ``ray.util.state``) and job submission.
 
-and the raylet's dashboard agent starts ``--minimal``, as it does where Ray is
-installed without its dashboard's packages: to choose, ``ray.init`` imports
-those packages in the session's process (``aiohttp`` and more: 0.145 s of
-``cmlray.init`` here, cProfile, where the import fails at the first missing
-one; all of them where they are installed), for an API server the session
-does not start.
-
 Measured on this 2-core machine (``benchmarks/launch.py``, and by hand: the
 same ``ray.init`` with and without them): ``ray.init`` 1.67 s instead of
 2.24 s, ``ray.shutdown`` 0.35 s instead of 1.36 s (it waits for those
 processes), 8 head processes instead of 11, about 250 MiB less resident
 memory. ``head_services="all"`` starts them as ``ray.init`` does.
+
+Nor does a minimal head record Ray's task events (every task's states,
+reported to the GCS each second by every Ray process, for the state API and
+the dashboard; ``system_config``): ``ray.shutdown`` waited for their last
+report, 0.35-0.40 s instead of 0.10-0.16 s (``cmlray.shutdown``, 5 sessions
+each way). And the raylet's dashboard agent starts ``--minimal``, as it does
+where Ray is installed without its dashboard's packages: to choose,
+``ray.init`` imports those packages in the session's process (``aiohttp``
+and more: 0.145 s of ``cmlray.init`` here, cProfile, where the import fails
+at the first missing one; all of them where they are installed), for an API
+server the session does not start.
 
 Ray's public ``ray.init`` has no switch for these, so this reaches into
 ``ray._private`` (``node.Node``, ``utils``) for the duration of one
@@ -68,6 +72,11 @@ def only(head_services: str) -> Iterator[None]:
         node_class.__init__ = original_init
         node_class.start_api_server = original_api_server
         utils.get_dashboard_dependency_error = original_check
+
+
+def system_config(head_services: str) -> dict[str, Any]:
+    """Ray's settings for an own head with these services: no task events when minimal."""
+    return {"task_events_report_interval_ms": 0} if head_services == "minimal" else {}
 
 
 def _node_class() -> Any:

@@ -37,6 +37,10 @@ def test_no_dashboard_and_no_unused_head_service_runs() -> None:
     commands = [cmdline for _, cmdline in head_commands(temp_dir)]
     assert any("gcs_server" in c for c in commands) and any("raylet" in c for c in commands)
     assert [c for c in commands if any(extra in c for extra in HEAD_EXTRAS)] == []
+    # nor Ray's task events, which only the state API and the dashboard read
+    from ray._private.state import state
+
+    assert state.get_system_config()["task_events_report_interval_ms"] == 0
 
 
 def _cmlray_helpers() -> list[psutil.Process]:
