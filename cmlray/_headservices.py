@@ -75,7 +75,11 @@ def only(head_services: str) -> Iterator[None]:
 
 
 def system_config(head_services: str) -> dict[str, Any]:
-    """Ray's settings for an own head with these services: no task events when minimal."""
+    """Ray's settings for an own head with these services: no task events when minimal.
+
+    Ray refuses a setting it does not know (its head would not start): the
+    key is Ray 2.60's, the version ``pyproject.toml`` pins.
+    """
     return {"task_events_report_interval_ms": 0} if head_services == "minimal" else {}
 
 
