@@ -14,6 +14,8 @@ second ``map`` on the same workers. The array exists before either window
   (``cmlray/_shipfn.py``); before that it went with every call.
 - **ProcessPoolExecutor(2).map** with fork: the workers inherit the global
   and the function is pickled by reference (the floor).
+- **joblib Parallel(n_jobs=2) on cmlray's backend** (``cmlray/joblib.py``):
+  a batch's big functions travel once too.
 - **joblib Parallel(n_jobs=2)** (loky): cloudpickles its batches.
 
 A table is printed; everything goes to ``benchmarks/results/executor_big_function.json``.
@@ -35,10 +37,11 @@ import _common as common
 from _common import Json
 
 CALLS, WORKERS, BIG_BYTES = 200, 2, 20 << 20
-SIDES = ("executor", "ppe", "loky")
+SIDES = ("executor", "joblib_cmlray", "ppe", "loky")
 RESULTS_PATH = common.RESULTS_DIR / "executor_big_function.json"
 LABELS = {
     "executor": "cmlray.Executor(2).map",
+    "joblib_cmlray": "joblib Parallel(n_jobs=2) on cmlray's backend",
     "ppe": "ProcessPoolExecutor(2).map (fork)",
     "loky": "joblib Parallel(n_jobs=2) (loky)",
 }
@@ -79,6 +82,23 @@ def _cmlray() -> tuple[float, float]:
         cmlray.shutdown()
 
 
+def _joblib_cmlray() -> tuple[float, float]:
+    import joblib
+
+    import cmlray
+    import cmlray.joblib  # (registers the backend)
+
+    cmlray.init(num_cpus=WORKERS, console=common.quiet_console())
+    backend = joblib.parallel_backend("cmlray", n_jobs=WORKERS, cpu=1, memory=1)
+    try:
+        began = time.perf_counter()
+        with backend, joblib.Parallel(n_jobs=WORKERS) as parallel:
+            calls = lambda: (joblib.delayed(read_big)(i) for i in range(CALLS))  # noqa: E731
+            return _windows(lambda: list(parallel(calls())), began)
+    finally:
+        cmlray.shutdown()
+
+
 def _process_pool() -> tuple[float, float]:
     import concurrent.futures as cf
     import multiprocessing
@@ -103,7 +123,8 @@ def child(side: str) -> Json:
     global BIG
     BIG = np.random.default_rng(0).random(BIG_BYTES // 8)
     _by_value()
-    runs = {"executor": _cmlray, "ppe": _process_pool, "loky": _loky}
+    runs = {"executor": _cmlray, "joblib_cmlray": _joblib_cmlray, "ppe": _process_pool,
+            "loky": _loky}  # fmt: skip
     first_s, second_s = runs[side]()
     return {"side": side, "first_s": first_s, "second_s": second_s}
 

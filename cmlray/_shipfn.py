@@ -48,6 +48,10 @@ class Shipped:
     def __reduce__(self) -> tuple[Any, ...]:
         return (Shipped, (self.key,))
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the function (in a worker): a joblib batch calls the key as the function."""
+        return resolve(self)(*args, **kwargs)
+
     def __repr__(self) -> str:
         return f"Shipped({self.key!r})"
 

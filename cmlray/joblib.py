@@ -24,6 +24,7 @@ runs on loky with that many processes.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -114,10 +115,28 @@ class CmlrayBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
 
     def submit(self, func: Any, callback: Any = None) -> Any:
         assert self._executor is not None, "configure() first"
-        future = self._executor.submit(func)
+        future = self._executor.submit(self._shipped(func))
         if callback is not None:
             future.add_done_callback(callback)
         return future
+
+    def _shipped(self, batch: Any) -> Any:
+        """joblib's batch with its big functions as keys, shipped once (``cmlray/_shipfn.py``).
+
+        A batch (``BatchedCalls``) holds ``(function, args, kwargs)`` items and
+        is pickled whole for each call: a notebook's function with a big
+        global went with every batch. Anything else is left as it is.
+        """
+        items = getattr(batch, "items", None)
+        if not isinstance(items, list) or not all(len(item) == 3 for item in items):
+            return batch
+        functions = self._executor._functions  # type: ignore[union-attr]
+        shipped = [(functions.form(fn), args, kwargs) for fn, args, kwargs in items]
+        if all(new[0] is old[0] for new, old in zip(shipped, items, strict=True)):
+            return batch
+        batch = copy.copy(batch)  # (joblib keeps its own)
+        batch.items = shipped
+        return batch
 
     def retrieve_result_callback(self, future: Any) -> Any:
         return future.result()

@@ -27,6 +27,32 @@ class RefusedError(Exception):
     pass
 
 
+BIG = bytes(range(256)) * 8192  # 2 MiB that uses_big carries along (by value, as in a notebook)
+
+
+def uses_big(i: int) -> int:
+    return BIG[i] + i
+
+
+def test_a_big_function_travels_once_not_with_every_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cmlray._executor import Executor
+
+    attached: list[int] = []
+    attach = Executor._attach
+
+    def recording(self: Executor, key: str, data: bytes) -> None:
+        attached.append(len(data))
+        attach(self, key, data)
+
+    monkeypatch.setattr(Executor, "_attach", recording)
+    with joblib.parallel_backend("cmlray", n_jobs=2, cpu=0.5, memory=0.3, name="big"):
+        out = joblib.Parallel(batch_size=4)(joblib.delayed(uses_big)(i) for i in range(40))
+    assert out == [BIG[i] + i for i in range(40)]
+    assert len(attached) == 1 and attached[0] > len(BIG)  # once, for its 10 batches
+
+
 def test_import_cmlray_alone_never_imports_joblib() -> None:
     probe = "import sys, cmlray; cmlray.Executor; print('joblib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
