@@ -305,7 +305,7 @@ class Queue:
             batch, drained = self._decoded_since(seen)
             seen += len(batch)
             yield from batch
-            if drained and not batch:
+            if drained:  # that was all: done, however long the caller took over it
                 return
             if not batch and not expect_more_workers:
                 self._check_served()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import textwrap
+import time
 
 import pytest
 
@@ -157,6 +158,19 @@ def test_as_completed_yields_every_result_then_ends() -> None:
     q.close()
     serve("stream", "lambda x: x + 1")
     assert sorted(r.result for r in q.as_completed(timeout=120)) == list(range(1, 51))
+
+
+def test_as_completed_ends_when_drained_though_its_deadline_passed() -> None:
+    q = cmlray.Queue("slow-reader")
+    q.put_many(range(3))
+    q.close()
+    serve("slow-reader", "lambda x: x")
+    assert len(list(q.as_completed(timeout=120))) == 3  # now every result is here, drained
+    taken = []
+    for result in q.as_completed(timeout=0.05):
+        time.sleep(0.1)  # the caller's own work outlasts the deadline
+        taken.append(result.result)
+    assert sorted(taken) == [0, 1, 2]
 
 
 def test_join_with_progress_draws_a_bar(captured: Captured) -> None:
