@@ -41,6 +41,9 @@ def test_no_dashboard_and_no_unused_head_service_runs() -> None:
     from ray._private.state import state
 
     assert state.get_system_config()["task_events_report_interval_ms"] == 0
+    # and one Python worker prestarted (the node agent's), not one per CPU
+    raylet = next(c for c in commands if "raylet/raylet" in c)
+    assert "--num_prestart_python_workers=1 " in raylet + " "
 
 
 def _cmlray_helpers() -> list[psutil.Process]:

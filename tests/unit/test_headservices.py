@@ -9,21 +9,48 @@ moved gets a full head rather than an error.
 from __future__ import annotations
 
 import pytest
-from ray._private import node, parameter, utils
+from ray._private import node, parameter, services, utils
 
 from cmlray import _headservices
 from cmlray._config import SessionConfig
 
 
+def patched() -> tuple[object, ...]:
+    return (
+        node.Node.__init__,
+        node.Node.start_api_server,
+        utils.get_dashboard_dependency_error,
+        services.start_ray_process,
+    )
+
+
 def test_minimal_patches_rays_node_only_inside_the_block() -> None:
-    before = (node.Node.__init__, node.Node.start_api_server, utils.get_dashboard_dependency_error)
+    before = patched()
     with _headservices.only("minimal"):
         assert node.Node.__init__ is not before[0]
         assert node.Node.start_api_server(object()) is None
         # the dashboard agent starts --minimal, without importing the dashboard's packages
         assert isinstance(utils.get_dashboard_dependency_error(), ImportError)
-    after = (node.Node.__init__, node.Node.start_api_server, utils.get_dashboard_dependency_error)
-    assert after == before
+        assert services.start_ray_process is not before[3]
+    assert patched() == before
+
+
+def test_the_raylet_prestarts_one_worker_and_other_processes_start_unchanged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started: list[tuple[list[str], str]] = []
+    monkeypatch.setattr(services, "start_ray_process", lambda c, t, *a, **k: started.append((c, t)))
+    raylet = ["raylet", "--num_prestart_python_workers=8", "--maximum_startup_concurrency=8"]
+    with _headservices.only("minimal"):
+        services.start_ray_process(list(raylet), "raylet", fate_share=False)
+        services.start_ray_process(["gcs_server", "--num_prestart_python_workers=8"], "gcs_server")
+    assert started == [
+        (
+            ["raylet", "--num_prestart_python_workers=1", "--maximum_startup_concurrency=8"],
+            "raylet",
+        ),
+        (["gcs_server", "--num_prestart_python_workers=8"], "gcs_server"),
+    ]
 
 
 def test_the_patch_is_undone_when_ray_init_raises() -> None:
@@ -34,10 +61,9 @@ def test_the_patch_is_undone_when_ray_init_raises() -> None:
 
 
 def test_all_changes_nothing() -> None:
-    before = (node.Node.__init__, node.Node.start_api_server, utils.get_dashboard_dependency_error)
+    before = patched()
     with _headservices.only("all"):
-        now = (node.Node.__init__, node.Node.start_api_server, utils.get_dashboard_dependency_error)
-        assert now == before
+        assert patched() == before
 
 
 def test_a_ray_whose_private_names_moved_gets_a_full_head(
