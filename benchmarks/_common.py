@@ -55,6 +55,7 @@ SIDES = ("cmlray", "ray")
 RESULT_PREFIX = "BENCH_RESULT "
 RUN_MARK = "CMLRAY_BENCH_RUN"
 CHILD_TIMEOUT_S = 240.0
+ROUNDS = 3  # rounds of a script run in rounds, unless told (``rounds_of``)
 SETTLE_S = 10.0
 LEAK_WAIT_S = 15.0
 
@@ -284,7 +285,13 @@ def spawn_child(
 
 def alternating(index: int, pair: tuple[T, T]) -> tuple[T, T]:
     """Which of ``pair`` goes first in round ``index``: they take turns."""
-    return pair if index % 2 == 0 else (pair[1], pair[0])
+    first, second = in_turns(index, pair)
+    return first, second
+
+
+def in_turns(index: int, sides: Sequence[T]) -> list[T]:
+    """``sides`` in round ``index``'s order: as given in even rounds, reversed in odd ones."""
+    return list(sides) if index % 2 == 0 else list(reversed(sides))
 
 
 def progress(message: str) -> None:
@@ -394,6 +401,24 @@ def child_or_parent(
         return parent()
     emit(modes[child]())
     return 0
+
+
+def rounds_parser(doc: str, quick: str) -> argparse.ArgumentParser:
+    """The parser of a script run in rounds of children, from its docstring's first line.
+
+    ``--rounds N`` (default: ``rounds_of``), ``--quick`` (one round; ``quick``
+    says what else it cuts, as its help) and the children's hidden ``--child``.
+    """
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=None, help=f"rounds (default {ROUNDS})")
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def rounds_of(args: argparse.Namespace) -> int:
+    """``--rounds``, else one round with ``--quick``, else ``ROUNDS``."""
+    return int(args.rounds or (1 if args.quick else ROUNDS))
 
 
 def checked_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

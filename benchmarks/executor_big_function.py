@@ -26,7 +26,6 @@ Usage: ``python benchmarks/executor_big_function.py [--rounds N] [--quick]``
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -131,8 +130,7 @@ def child(side: str) -> Json:
 
 def measure(rounds: int, children: list[Json]) -> None:
     for index in range(rounds):
-        order = list(SIDES) if index % 2 == 0 else list(reversed(SIDES))
-        for side in order:
+        for side in common.in_turns(index, SIDES):
             result = common.spawn_child(__file__, side)
             children.append(result)
             first, second = result["first_s"], result["second_s"]
@@ -171,15 +169,12 @@ def print_table(summary: Json) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3)")
-    parser.add_argument("--quick", action="store_true", help="1 round")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser = common.rounds_parser(__doc__, "1 round")
     args = common.checked_args(parser, argv)
     if args.child:
         common.emit(child(args.child))
         return 0
-    rounds = args.rounds or (1 if args.quick else 3)
+    rounds = common.rounds_of(args)
     children: list[Json] = []
 
     def report() -> Json:

@@ -23,7 +23,6 @@ Usage: ``python benchmarks/executor_calls.py [--rounds N] [--quick]``
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import functools
 import statistics
@@ -114,8 +113,7 @@ def child(side: str, n: int) -> Json:
 
 def measure(rounds: int, n: int, children: list[Json]) -> None:
     for index in range(rounds):
-        order = list(SIDES) if index % 2 == 0 else list(reversed(SIDES))
-        for side in order:
+        for side in common.in_turns(index, SIDES):
             result = common.spawn_child(__file__, f"{side}:{n}")
             children.append(result)
             common.progress(f"round {index + 1} {side}: {result['elapsed_s']:.3f} s")
@@ -153,16 +151,13 @@ def print_table(summary: Json, n: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3)")
-    parser.add_argument("--quick", action="store_true", help="1 round, a tenth of the calls")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser = common.rounds_parser(__doc__, "1 round, a tenth of the calls")
     args = common.checked_args(parser, argv)
     if args.child:
         side, n = args.child.split(":")
         common.emit(child(side, int(n)))
         return 0
-    rounds = args.rounds or (1 if args.quick else 3)
+    rounds = common.rounds_of(args)
     n = CALLS // 10 if args.quick else CALLS
     children: list[Json] = []
 

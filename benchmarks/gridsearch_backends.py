@@ -29,7 +29,6 @@ for a subset.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
 import sys
@@ -105,8 +104,7 @@ def child(name: str, quick: bool) -> Json:
 
 def measure(rounds: int, quick: bool, backends: Sequence[str], children: list[Json]) -> None:
     for index in range(rounds):
-        order = list(backends) if index % 2 == 0 else list(reversed(backends))
-        for name in order:
+        for name in common.in_turns(index, backends):
             result = common.spawn_child(__file__, f"{name}:{int(quick)}", timeout_s=1200)
             children.append(result)
             common.progress(
@@ -159,13 +157,10 @@ def print_table(summary: Json, backends: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3)")
-    parser.add_argument("--quick", action="store_true", help="1 round, a small grid")
+    parser = common.rounds_parser(__doc__, "1 round, a small grid")
     parser.add_argument(
         "--backends", default=",".join(BACKENDS), help="comma-separated, loky and cmlray among them"
     )
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = common.checked_args(parser, argv)
     if args.child:
         name, quick = args.child.split(":")
@@ -175,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     backends = [name for name in BACKENDS if name in asked]
     if not {"loky", "cmlray"} <= set(backends) or len(backends) != len(asked):
         parser.error(f"--backends: expected some of {', '.join(BACKENDS)}, with loky and cmlray")
-    rounds = args.rounds or (1 if args.quick else 3)
+    rounds = common.rounds_of(args)
     children: list[Json] = []
 
     def report() -> Json:

@@ -40,7 +40,6 @@ Usage: ``python benchmarks/queue_throughput.py [--rounds N] [--quick]``
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import statistics
@@ -241,8 +240,7 @@ def measure(rounds: int, scale: float, children: list[Json]) -> None:
     for index in range(rounds):
         for workload, full in WORKLOADS.items():
             n = max(10, int(full * scale))
-            order = list(SIDES) if index % 2 == 0 else list(reversed(SIDES))
-            for side in order:
+            for side in common.in_turns(index, SIDES):
                 result = common.spawn_child(__file__, f"{side}:{workload}:{n}")
                 children.append(result)
                 common.progress(
@@ -341,16 +339,13 @@ def print_table(summary: Json) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3)")
-    parser.add_argument("--quick", action="store_true", help="1 round, a tenth of the items")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser = common.rounds_parser(__doc__, "1 round, a tenth of the items")
     args = common.checked_args(parser, argv)
     if args.child:
         side, workload, n = args.child.split(":")
         common.emit(child(side, workload, int(n)))
         return 0
-    rounds = args.rounds or (1 if args.quick else 3)
+    rounds = common.rounds_of(args)
     scale = 0.1 if args.quick else 1.0
     children: list[Json] = []
 
