@@ -14,6 +14,7 @@ import cloudpickle
 import pytest
 
 import cmlray
+from tests.support.notebook import BIG, uses_big
 
 pytestmark = pytest.mark.usefixtures("session")
 # The workers' working dir is the session's project dir, where this package is not
@@ -29,13 +30,6 @@ def refuse(x: int) -> int:
     if x == 3:
         raise RefusedError(f"no {x}")
     return x
-
-
-BIG = bytes(range(256)) * 8192  # 2 MiB that uses_big carries along (by value, as in a notebook)
-
-
-def uses_big(i: int) -> int:
-    return BIG[i] + i
 
 
 def wait_for(gate: Path, x: int) -> int:

@@ -16,6 +16,7 @@ import pytest
 import cmlray
 import cmlray.joblib  # registers the backend
 from tests.support.console import Captured
+from tests.support.notebook import BIG, uses_big
 
 pytestmark = pytest.mark.usefixtures("session")
 # The workers' working dir is the session's project dir, where this package is not
@@ -25,13 +26,6 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 class RefusedError(Exception):
     pass
-
-
-BIG = bytes(range(256)) * 8192  # 2 MiB that uses_big carries along (by value, as in a notebook)
-
-
-def uses_big(i: int) -> int:
-    return BIG[i] + i
 
 
 def test_a_big_function_travels_once_not_with_every_batch(
