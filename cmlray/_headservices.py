@@ -33,11 +33,12 @@ connects, for tasks; cmlray runs no Ray tasks (its workers' programs are
 forked by the node agent, ``_zygote.py``), and uses the first of them for
 the node agent itself. The others stay idle for the whole session: 43 MiB
 of unique memory and 0.4 s of CPU each, started while the session starts.
-Measured on this 2-core machine (``cmlray.init`` then one worker, 2 runs
-each way; 8 CPUs shown to Ray by patching ``multiprocessing.cpu_count``):
-``init`` 1.44-1.46 s instead of 1.64-1.97 s with 2 CPUs, 1.22-1.55 s instead
-of 2.72-2.82 s with 8, and no idle Ray worker instead of 341 MiB of them;
-the first worker's program as quick either way (0.09-0.16 s).
+Measured on this 2-core machine: ``benchmarks/launch.py``'s start children
+(8 a side, alternating), ``init`` 1.24 s instead of 1.36 s and a head of 364
+MiB instead of 444; with 8 CPUs shown to Ray (``multiprocessing.cpu_count``
+patched, ``cmlray.init`` then one worker, 2 runs each way), ``init`` 1.22-1.55
+s instead of 2.72-2.82 s and no idle worker instead of 341 MiB of them. The
+first worker's program starts as quickly either way (0.09-0.16 s).
 
 Ray's public ``ray.init`` has no switch for these, so this reaches into
 ``ray._private`` (``node.Node``, ``utils``, ``services``) for the duration

@@ -62,7 +62,7 @@ EXAMPLE_DIR = Path(__file__).resolve().parent
 TRAINER = EXAMPLE_DIR / "trainer.py"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_TRIALS = 30
-WATCH_S = 5.0  # how often to check that workers are still there while no result comes
+WATCH_S = 5.0  # how often to check that workers are still there (each as_completed's deadline)
 FINAL = {"succeeded", "failed", "stopped", "timedout"}
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -289,7 +289,7 @@ def _tasks(plan: Plan, proposals: list[Proposal]) -> list[dict[str, Any]]:
 
 
 def _results(queue: Any, worker_ids: list[str]) -> Iterator[Any]:
-    """``queue.as_completed()``, checking every ``WATCH_S`` without news that workers remain."""
+    """``queue.as_completed()``, checking every ``WATCH_S`` that workers remain."""
     seen = 0
     while True:
         try:
