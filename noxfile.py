@@ -44,7 +44,7 @@ def bench(session: nox.Session) -> None:
     """The benchmarks, cmlray side by side with raw Ray; tables on stdout, JSON in results/."""
     session.install("-e", ".[test,examples,bench]")
     names = (
-        "launch", "scale", "launch_designs", "relay_end_to_end", "relay_formatting",
+        "launch", "scale", "launch_designs", "relay_end_to_end", "relay_cpu", "relay_formatting",
         "queue_throughput", "executor_big_function", "sweep_vs_gridsearch", "crawl_vs_scrapy",
     )  # fmt: skip
     for name in names:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from cmlray._outbox import Outbox
 
 
@@ -63,3 +65,16 @@ def test_a_batch_stops_at_its_size_and_the_rest_waits_in_order() -> None:
     first, second = asyncio.run(run())
     assert first == [["first"]]  # the budget runs out after the first line
     assert second == [["second"], {"status": "succeeded"}]
+
+
+def test_output_alone_waits_for_the_busy_pace_other_events_do_not() -> None:
+    def delay_s(since_last_s: float, *events: tuple[str, int]) -> float:
+        outbox = Outbox(window_s=0.002, busy_interval_s=0.01, batch_max_bytes=100)
+        for kind, size in events:
+            outbox.put("w", kind, ["line"], size=size)
+        return outbox._delay_s(since_last_s)
+
+    assert delay_s(1.0, ("out", 5)) == 0.002  # the first output after a quiet spell
+    assert delay_s(0.003, ("out", 5), ("usage", 0)) == pytest.approx(0.007)  # output flowing
+    assert delay_s(0.003, ("out", 5), ("exited", 0)) == 0.002  # a worker ended: no waiting
+    assert delay_s(0.003, ("err", 60), ("out", 60)) == 0.002  # a full batch waits for nothing
