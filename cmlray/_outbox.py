@@ -32,6 +32,7 @@ hold the rest back in the programs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -60,7 +61,7 @@ class Outbox:
     ) -> None:
         self._window_s = window_s
         self._busy_interval_s = busy_interval_s
-        self._urgent = False  # an event waits that is not paced (PACED_KINDS)
+        self._urgent = asyncio.Event()  # an event waits that is not paced (PACED_KINDS)
         self._batch_max_bytes = batch_max_bytes
         self._worker_cap_bytes = worker_cap_bytes
         self._total_cap_bytes = total_cap_bytes
@@ -74,7 +75,7 @@ class Outbox:
         """Queue one event; ``size`` counts its output bytes (0 for control events)."""
         self._pending.setdefault(worker_id, []).append((kind, payload, size))
         if kind not in PACED_KINDS:
-            self._urgent = True
+            self._urgent.set()
         if size:
             self._bytes[worker_id] = self._bytes.get(worker_id, 0) + size
             self._total_bytes += size
@@ -99,19 +100,27 @@ class Outbox:
         last_s = -math.inf
         while True:
             await self._arrived.wait()
-            await asyncio.sleep(self._delay_s(loop.time() - last_s))
+            await self._pause(loop.time() - last_s)
             batch = self._take()
             if not self._pending:
                 self._arrived.clear()
-                self._urgent = False
+                self._urgent.clear()
             self._resume()
             if batch:
                 last_s = loop.time()
                 yield batch
 
+    async def _pause(self, since_last_s: float) -> None:
+        """Wait ``_delay_s``; an event that is not paced cuts it to ``window_s`` from then."""
+        paced_s = self._delay_s(since_last_s) - self._window_s
+        if paced_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._urgent.wait(), paced_s)
+        await asyncio.sleep(self._window_s)
+
     def _delay_s(self, since_last_s: float) -> float:
         """How long the next batch waits: ``window_s``, or the busy pace for output alone."""
-        if self._urgent or self._total_bytes >= self._batch_max_bytes:
+        if self._urgent.is_set() or self._total_bytes >= self._batch_max_bytes:
             return self._window_s
         return max(self._window_s, self._busy_interval_s - since_last_s)
 

@@ -78,3 +78,19 @@ def test_output_alone_waits_for_the_busy_pace_other_events_do_not() -> None:
     assert delay_s(0.003, ("out", 5), ("usage", 0)) == pytest.approx(0.007)  # output flowing
     assert delay_s(0.003, ("out", 5), ("exited", 0)) == 0.002  # a worker ended: no waiting
     assert delay_s(0.003, ("err", 60), ("out", 60)) == 0.002  # a full batch waits for nothing
+
+
+def test_a_worker_ending_cuts_the_paced_wait_short() -> None:
+    async def run() -> list[str]:
+        outbox = Outbox(window_s=0.0, busy_interval_s=3600.0)
+        batches = outbox.batches()
+        outbox.put("w", "out", ["first"], size=6)
+        await anext(batches)  # the first output after a quiet spell goes at once
+        outbox.put("w", "out", ["second"], size=7)  # now paced: an hour, unless...
+        waiting = asyncio.ensure_future(anext(batches))
+        await asyncio.sleep(0)  # (the outbox is in its paced wait)
+        outbox.put("w", "exited", {"status": "succeeded"})
+        batch = await asyncio.wait_for(waiting, timeout=60)
+        return [kind for _, kind, _ in batch]
+
+    assert asyncio.run(run()) == ["out", "exited"]
