@@ -12,11 +12,11 @@ arrives, so a program's many small writes go out together at the cost of
 a few milliseconds of latency. While output flows, batches of lines and
 usage reports go at most every ``busy_interval_s`` instead: each batch
 costs a fraction of a millisecond of CPU on each side whatever it carries.
-A hundred workers printing ten lines a second each took 52-66% of a core
+A hundred workers printing ten lines a second each took 54-72% of a core
 (every process of the session but the workers) with a batch every 2 ms,
-28-37% at this pace (``benchmarks/relay_cpu.py``, 3 runs each way); the
-latency of a line at 1,000 lines a second stayed as it was (p99 12.5 ms
-before, 11.8 ms after, ``benchmarks/relay_end_to_end.py``). Any other event
+31-39% at this pace (``benchmarks/relay_cpu.py``, 3 runs each way); the
+latency of a line at 1,000 lines a second stayed about as it was (p99 12.5 ms
+before, 13.1 ms after, ``benchmarks/relay_end_to_end.py``). Any other event
 (a worker placed, started or ended, a queue's results) still leaves within
 ``window_s``, carrying whatever output waits with it.
 
