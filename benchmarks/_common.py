@@ -421,6 +421,40 @@ def rounds_of(args: argparse.Namespace) -> int:
     return int(args.rounds or (1 if args.quick else ROUNDS))
 
 
+def rounds_main(
+    argv: Sequence[str] | None,
+    doc: str,
+    quick: str,
+    *,
+    child: Callable[[str], Json],
+    measure: Callable[[argparse.Namespace, int, list[Json]], None],
+    report: Callable[[argparse.Namespace, list[Json]], Json],
+    plan: Callable[[argparse.Namespace, int], Json],
+    results_path: Path,
+) -> int:
+    """The entry of a script run in rounds of children (``rounds_parser``'s arguments).
+
+    With ``--child MODE``: ``child(MODE)``'s result, emitted. Else the parent's
+    run (``run_parent``): ``measure(args, rounds, children)`` runs the children
+    and keeps their results, ``report(args, children)`` prints and returns the
+    summary, ``plan(args, rounds)`` describes the run in its JSON at
+    ``results_path``. Returns the exit code.
+    """
+    args = checked_args(rounds_parser(doc, quick), argv)
+    if args.child:
+        emit(child(args.child))
+        return 0
+    rounds = rounds_of(args)
+    children: list[Json] = []
+    return run_parent(
+        lambda: measure(args, rounds, children),
+        lambda: report(args, children),
+        plan=plan(args, rounds),
+        children=children,
+        results_path=results_path,
+    )
+
+
 def checked_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """``parser.parse_args(argv)``; ``--rounds``, when given, must be >= 1."""
     args = parser.parse_args(argv)

@@ -168,27 +168,23 @@ def print_table(summary: Json) -> None:
     common.table_console(120).print(table)
 
 
+def report(children: list[Json]) -> Json:
+    summary = summarize(children)
+    print_table(summary)
+    return summary
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = common.rounds_parser(__doc__, "1 round")
-    args = common.checked_args(parser, argv)
-    if args.child:
-        common.emit(child(args.child))
-        return 0
-    rounds = common.rounds_of(args)
-    children: list[Json] = []
-
-    def report() -> Json:
-        summary = summarize(children)
-        print_table(summary)
-        return summary
-
-    return common.run_parent(
-        lambda: measure(rounds, children),
-        report,
-        plan={"rounds": rounds, "calls": CALLS, "big_bytes": BIG_BYTES, "sides": SIDES},
-        children=children,
+    return common.rounds_main(
+        argv, __doc__, "1 round",
+        child=child,
+        measure=lambda _, rounds, children: measure(rounds, children),
+        report=lambda _, children: report(children),
+        plan=lambda _, rounds: {
+            "rounds": rounds, "calls": CALLS, "big_bytes": BIG_BYTES, "sides": SIDES
+        },
         results_path=RESULTS_PATH,
-    )
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

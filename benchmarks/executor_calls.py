@@ -23,6 +23,7 @@ Usage: ``python benchmarks/executor_calls.py [--rounds N] [--quick]``
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures as cf
 import functools
 import statistics
@@ -150,29 +151,33 @@ def print_table(summary: Json, n: int) -> None:
     common.table_console(120).print(table)
 
 
+def calls(args: argparse.Namespace) -> int:
+    """The calls of a run: a tenth with ``--quick``."""
+    return CALLS // 10 if args.quick else CALLS
+
+
+def child_mode(mode: str) -> Json:
+    side, n = mode.split(":")
+    return child(side, int(n))
+
+
+def report(args: argparse.Namespace, children: list[Json]) -> Json:
+    summary = summarize(children, calls(args))
+    print_table(summary, calls(args))
+    return summary
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = common.rounds_parser(__doc__, "1 round, a tenth of the calls")
-    args = common.checked_args(parser, argv)
-    if args.child:
-        side, n = args.child.split(":")
-        common.emit(child(side, int(n)))
-        return 0
-    rounds = common.rounds_of(args)
-    n = CALLS // 10 if args.quick else CALLS
-    children: list[Json] = []
-
-    def report() -> Json:
-        summary = summarize(children, n)
-        print_table(summary, n)
-        return summary
-
-    return common.run_parent(
-        lambda: measure(rounds, n, children),
-        report,
-        plan={"rounds": rounds, "calls": n, "item_s": ITEM_S, "sides": SIDES},
-        children=children,
+    return common.rounds_main(
+        argv, __doc__, "1 round, a tenth of the calls",
+        child=child_mode,
+        measure=lambda args, rounds, children: measure(rounds, calls(args), children),
+        report=report,
+        plan=lambda args, rounds: {
+            "rounds": rounds, "calls": calls(args), "item_s": ITEM_S, "sides": SIDES
+        },
         results_path=RESULTS_PATH,
-    )
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ Usage: ``python benchmarks/queue_throughput.py [--rounds N] [--quick]``
 
 from __future__ import annotations
 
+import argparse
 import functools
 import math
 import statistics
@@ -338,29 +339,33 @@ def print_table(summary: Json) -> None:
     )
 
 
+def scale(args: argparse.Namespace) -> float:
+    """The share of each workload's items a run puts: a tenth with ``--quick``."""
+    return 0.1 if args.quick else 1.0
+
+
+def child_mode(mode: str) -> Json:
+    side, workload, n = mode.split(":")
+    return child(side, workload, int(n))
+
+
+def report(children: list[Json]) -> Json:
+    summary = summarize(children)
+    print_table(summary)
+    return summary
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = common.rounds_parser(__doc__, "1 round, a tenth of the items")
-    args = common.checked_args(parser, argv)
-    if args.child:
-        side, workload, n = args.child.split(":")
-        common.emit(child(side, workload, int(n)))
-        return 0
-    rounds = common.rounds_of(args)
-    scale = 0.1 if args.quick else 1.0
-    children: list[Json] = []
-
-    def report() -> Json:
-        summary = summarize(children)
-        print_table(summary)
-        return summary
-
-    return common.run_parent(
-        lambda: measure(rounds, scale, children),
-        report,
-        plan={"rounds": rounds, "scale": scale, "workloads": WORKLOADS, "sides": SIDES},
-        children=children,
+    return common.rounds_main(
+        argv, __doc__, "1 round, a tenth of the items",
+        child=child_mode,
+        measure=lambda args, rounds, children: measure(rounds, scale(args), children),
+        report=lambda _, children: report(children),
+        plan=lambda args, rounds: {
+            "rounds": rounds, "scale": scale(args), "workloads": WORKLOADS, "sides": SIDES
+        },
         results_path=RESULTS_PATH,
-    )
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
