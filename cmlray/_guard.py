@@ -20,6 +20,13 @@ Protocol on the control socket (JSON, one object a line):
   ``{"exit_code", "reason", "status", "usage", "time"}`` when the program
   ended; ``{"done"}`` once every descendant is gone.
 
+The program gets a private ``TMPDIR`` (a fresh directory below the one it
+would have had), removed with everything in it once the program and all it
+started have ended: as a CML engine's ``/tmp`` is its own and goes with it.
+A program stopped or killed cleans up nothing itself: R, stopped, left its
+``Rtmp*`` session directory in ``/tmp``, and so did each run of the test
+suite's R workers that were stopped or over their memory.
+
 The program gets the channel fd (its link to the agent, ``_channel.py``)
 under the number named by ``CMLRAY_CHANNEL_FD``. When the control socket
 closes (the agent died, whatever the cause), the guard stops the whole tree
@@ -287,12 +294,48 @@ def main(argv: list[str], *, forked: bool = False) -> int:
     if spec is None:
         return 0
     guard.spec = spec
+    private_tmp = _private_tmp(spec["env"])
     try:
         return _run(guard, spec, out_fd, err_fd, extra_fds, wake_r)
     finally:
         for path in spec.get("cleanup_paths", ()):
             with contextlib.suppress(OSError):
                 os.unlink(path)
+        if private_tmp is not None:
+            remove_tree(private_tmp)
+
+
+def _private_tmp(env: dict[str, str]) -> str | None:
+    """Make the program's own ``TMPDIR`` below the one it would have had; set it in ``env``.
+
+    None (``TMPDIR`` left as it was) when it cannot be made: the program
+    still runs, as it would have.
+    """
+    base = env.get("TMPDIR") or "/tmp"
+    path = os.path.join(base, f"cmlray-worker-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        os.mkdir(path, 0o700)
+    except OSError:
+        return None
+    env["TMPDIR"] = path
+    return path
+
+
+def remove_tree(path: str) -> None:
+    """Remove ``path`` and everything below it, as far as possible; links are not followed."""
+    for root, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(root, name))
+        for name in dirs:
+            full = os.path.join(root, name)
+            with contextlib.suppress(OSError):
+                if os.path.islink(full):
+                    os.unlink(full)
+                else:
+                    os.rmdir(full)
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
 
 
 def _run(

@@ -255,6 +255,7 @@ def test_output_arrives_while_r_is_blocked(r_library: str, sessions: list[Sessio
 def test_a_sigkilled_r_session_leaves_nothing(r_library: str, sessions: list[Session]) -> None:
     session = Session(r_library, "killed.R", mark=uuid.uuid4().hex)
     sessions.append(session)
+    r_tempdir = (session.next_line() or "").split()[-1]
     session.wait_for("ready")
     assert session.mark is not None
     deadline = time.monotonic() + DEADLINE_S
@@ -272,6 +273,9 @@ def test_a_sigkilled_r_session_leaves_nothing(r_library: str, sessions: list[Ses
     left = wait_no_marked_processes(GONE_WITHIN_S, session.mark)
     assert not left, "left behind:\n" + "\n".join(left)
     assert not claimed(ports)
+    # R, SIGKILLed, removes nothing of its own: the test removes the session's temp dir
+    assert os.path.isdir(r_tempdir) and os.path.basename(r_tempdir).startswith("Rtmp")
+    shutil.rmtree(r_tempdir)
 
 
 def test_bad_arguments_are_r_errors_naming_them(r_library: str) -> None:

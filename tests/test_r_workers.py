@@ -99,17 +99,21 @@ def test_r_output_arrives_line_by_line(session: str, tmp_path: os.PathLike[str])
 def test_stopping_an_r_worker_ends_its_whole_tree(session: str) -> None:
     code = (
         'child <- system("sleep 307 >/dev/null 2>&1 & echo $!", intern = TRUE)\n'
-        'cat("child", child, "\\n")\n'
+        'cat("child", child, tempdir(), "\\n")\n'
         "repeat Sys.sleep(1)"
     )
     (worker,) = cdsw.launch_workers(1, cpu=0.25, memory=0.5, kernel="r", code=code)
     _wait(lambda: any(line.startswith("child") for line in _tail(worker)), "the R tree")
-    child = psutil.Process(int(_tail(worker)[0].split()[1]))
+    _, pid, r_tempdir = _tail(worker)[0].split()
+    child = psutil.Process(int(pid))
     assert child.cmdline()[:2] == ["sleep", "307"]
+    assert os.path.isdir(r_tempdir)
     (result,) = cdsw.stop_workers(worker, grace_period_s=2)
     assert (result.status_code, result.status) == (200, "stopped")
     assert result.worker is not None and result.worker["reason"] == "stopped by user"
     _wait(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, "the child")
+    # R, stopped, removes nothing: its session dir went with the worker's own TMPDIR
+    _wait(lambda: not os.path.exists(r_tempdir), "R's temp dir removed")
 
 
 def test_an_r_worker_over_its_memory_fails(session: str) -> None:

@@ -55,6 +55,19 @@ def test_the_program_sees_its_node_variables_and_gpus() -> None:
     assert placed["gpus"] == ["1", "3"]
 
 
+def test_the_program_has_a_private_tmpdir_removed_with_it() -> None:
+    code = (
+        "import os, tempfile\nopen(os.path.join(tempfile.gettempdir(), 'left'), 'w').close()\n"
+        "os.mkdir(os.path.join(tempfile.gettempdir(), 'sub'))\nprint(tempfile.gettempdir())"
+    )
+    events = supervise(launch(code))
+    assert final(events)["status"] == "succeeded"
+    (tmp,) = out_lines(events)
+    base = os.environ.get("TMPDIR") or "/tmp"
+    assert os.path.dirname(tmp) == base and os.path.basename(tmp).startswith("cmlray-worker-")
+    assert not os.path.exists(tmp)  # gone, with what the program left in it
+
+
 def test_a_missing_executable_fails_with_its_reason() -> None:
     item = WorkerLaunch("w" * 16, ["/no/such/program"], dict(os.environ), os.getcwd())
     ended = final(supervise(item))
