@@ -312,7 +312,10 @@ def _private_tmp(env: dict[str, str]) -> str | None:
     still runs, as it would have.
     """
     base = env.get("TMPDIR") or "/tmp"
-    path = os.path.join(base, f"cmlray-worker-{os.getpid()}-{time.monotonic_ns()}")
+    # Short: a socket below it must stay within AF_UNIX's 107 bytes (a Ray started
+    # there puts one 67 characters deep). Random too: a /tmp may be shared by
+    # processes whose pids come from different namespaces.
+    path = os.path.join(base, f"cmlray-w{os.getpid()}-{os.urandom(3).hex()}")
     try:
         os.mkdir(path, 0o700)
     except OSError:

@@ -64,7 +64,7 @@ def test_the_program_has_a_private_tmpdir_removed_with_it() -> None:
     assert final(events)["status"] == "succeeded"
     (tmp,) = out_lines(events)
     base = os.environ.get("TMPDIR") or "/tmp"
-    assert os.path.dirname(tmp) == base and os.path.basename(tmp).startswith("cmlray-worker-")
+    assert os.path.dirname(tmp) == base and os.path.basename(tmp).startswith("cmlray-w")
     assert not os.path.exists(tmp)  # gone, with what the program left in it
 
 
