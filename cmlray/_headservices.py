@@ -64,9 +64,7 @@ def only(head_services: str) -> Iterator[None]:
         return
     from ray._private import ray_constants, services, utils
 
-    original_init, original_api_server = node_class.__init__, node_class.start_api_server
-    original_check = utils.get_dashboard_dependency_error
-    original_start = services.start_ray_process
+    original_init, original_start = node_class.__init__, services.start_ray_process
 
     def init(self: Any, ray_params: Any, *args: Any, **kwargs: Any) -> None:
         ray_params.no_monitor = True
@@ -84,17 +82,30 @@ def only(head_services: str) -> Iterator[None]:
             command = one_prestarted_worker(command)
         return original_start(command, process_type, *args, **kwargs)
 
-    node_class.__init__ = init
-    node_class.start_api_server = no_api_server
-    utils.get_dashboard_dependency_error = left_out
-    services.start_ray_process = start_process
+    with swapped(
+        (node_class, "__init__", init),
+        (node_class, "start_api_server", no_api_server),
+        (utils, "get_dashboard_dependency_error", left_out),
+        (services, "start_ray_process", start_process),
+    ):
+        yield
+
+
+@contextlib.contextmanager
+def swapped(*replacements: tuple[Any, str, Any]) -> Iterator[None]:
+    """Each ``(owner, name, value)`` set for the block; the originals back after it, always.
+
+    How cmlray changes Ray's private names for one ``ray.init`` call (here and
+    in ``_rayletwait.py``).
+    """
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in replacements]
+    for owner, name, value in replacements:
+        setattr(owner, name, value)
     try:
         yield
     finally:
-        node_class.__init__ = original_init
-        node_class.start_api_server = original_api_server
-        utils.get_dashboard_dependency_error = original_check
-        services.start_ray_process = original_start
+        for owner, name, value in originals:
+            setattr(owner, name, value)
 
 
 def one_prestarted_worker(raylet_command: Sequence[str]) -> list[str]:

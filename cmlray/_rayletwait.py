@@ -24,6 +24,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from cmlray import _headservices
+
 POLL_S = 0.01  # one GetAllNodeInfo call, about 0.5 ms
 POLL_LIMIT_S = 10.0  # then Ray's own wait (up to its raylet_start_wait_time_s) decides
 
@@ -41,11 +43,8 @@ def polled() -> Iterator[None]:
         wait_registered(gcs_address, node_id)
         return original(gcs_address, node_id)
 
-    services.get_node = get_node
-    try:
+    with _headservices.swapped((services, "get_node", get_node)):
         yield
-    finally:
-        services.get_node = original
 
 
 def wait_registered(gcs_address: str, node_id: str) -> bool:
