@@ -325,7 +325,11 @@ def _private_tmp(env: dict[str, str]) -> str | None:
 
 
 def remove_tree(path: str) -> None:
-    """Remove ``path`` and everything below it, as far as possible; links are not followed."""
+    """Remove ``path`` and everything below it, as far as possible; links are not followed.
+
+    ``shutil.rmtree(path, ignore_errors=True)``, as the head's reaper uses,
+    without importing ``shutil`` in every guard (2.9 ms with what it imports).
+    """
     for root, dirs, files in os.walk(path, topdown=False):
         for name in files:
             with contextlib.suppress(OSError):
