@@ -166,12 +166,11 @@ class Executor(futures.Executor):
         self, calls: list[tuple[Any, tuple[Any, ...], dict[str, Any]]]
     ) -> list[_CallFuture]:
         keys = [next(self._keys) for _ in calls]
-        forms: dict[int, Any] = {}  # (a map's calls share one function)
-        for fn, _, _ in calls:
-            if id(fn) not in forms:
-                forms[id(fn)] = self._functions.form(fn)
-        items = [(key, forms[id(fn)], args, kwargs)
-                 for key, (fn, args, kwargs) in zip(keys, calls, strict=True)]  # fmt: skip
+        forms = self._functions.forms([fn for fn, _, _ in calls])
+        items = [
+            (key, form, args, kwargs)
+            for key, form, (_, args, kwargs) in zip(keys, forms, calls, strict=True)
+        ]
         payloads = _pickling.dumps_many(items, _unpicklable)  # raises here, not later
         with self._lock:  # (pickled outside it: results settle meanwhile)
             self._check_open()

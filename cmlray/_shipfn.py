@@ -80,6 +80,14 @@ class FunctionShelf:
             known = self._ship(fn)
         return fn if known is None else known
 
+    def forms(self, fns: list[Any]) -> list[Any]:
+        """``form`` of each (a map's or a batch's calls share a function: asked once)."""
+        known: dict[int, Any] = {}
+        for fn in fns:
+            if id(fn) not in known:
+                known[id(fn)] = self.form(fn)
+        return [known[id(fn)] for fn in fns]
+
     def _ship(self, fn: Any) -> Shipped | None:
         from cmlray import _pickling
 

@@ -131,11 +131,11 @@ class CmlrayBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
         if not isinstance(items, list) or not all(len(item) == 3 for item in items):
             return batch
         functions = self._executor._functions  # type: ignore[union-attr]
-        shipped = [(functions.form(fn), args, kwargs) for fn, args, kwargs in items]
-        if all(new[0] is old[0] for new, old in zip(shipped, items, strict=True)):
+        forms = functions.forms([fn for fn, _, _ in items])
+        if all(form is item[0] for form, item in zip(forms, items, strict=True)):
             return batch
         batch = copy.copy(batch)  # (joblib keeps its own)
-        batch.items = shipped
+        batch.items = [(form, *item[1:]) for form, item in zip(forms, items, strict=True)]
         return batch
 
     def retrieve_result_callback(self, future: Any) -> Any:
