@@ -221,21 +221,21 @@ def test_tpe_search_keeps_one_trial_per_worker_in_flight() -> None:
     assert search.exhausted and search.total == 5
 
 
-def test_watch_stops_the_sweep_only_when_work_is_left(session: str) -> None:
-    """Workers all ended: an error while items wait, none once every item was served."""
+def test_sweep_results_end_with_the_queue_or_name_why_not(session: str) -> None:
+    """Workers all ended: every result once served; a SweepError naming them while items wait."""
     served = cmlray.Queue("watch-served")
     served.put(1)
     served.close()
     code = "import cmlray.worker\ncmlray.worker.serve('watch-served', lambda x: x)"
     ids = [w["id"] for w in cmlray.launch_workers(1, cpu=0.5, memory=0.1, code=code)]
     cmlray.await_workers(ids, timeout_seconds=120)
-    sweep._check_workers(served, ids)  # the result may still travel: no error
+    assert [r.result for r in sweep._results(served, ids)] == [1]  # though its worker ended
     left = cmlray.Queue("watch-left")
     left.put_many([1, 2])
-    ids = [w["id"] for w in cmlray.launch_workers(1, cpu=0.5, memory=0.1, code="pass")]
+    ids = [w["id"] for w in cmlray.launch_workers(1, cpu=0.5, memory=0.1, code="exit(3)")]
     cmlray.await_workers(ids, timeout_seconds=120)
-    with pytest.raises(sweep.SweepError, match=r"ended with work left .*'pending': 2"):
-        sweep._check_workers(left, ids)
+    with pytest.raises(sweep.SweepError, match=r"ended with work left: worker-\w+: exit code 3"):
+        list(sweep._results(left, ids))
 
 
 def test_random_sample_is_seeded_distinct_and_bounded() -> None:

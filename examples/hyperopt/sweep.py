@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
 import re
 import shlex
@@ -37,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cmlray.errors import InfeasibleRequestError
+from cmlray.errors import InfeasibleRequestError, QueueError
 from rich.console import Console
 from rich.text import Text
 
@@ -62,7 +61,6 @@ EXAMPLE_DIR = Path(__file__).resolve().parent
 TRAINER = EXAMPLE_DIR / "trainer.py"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_TRIALS = 30
-WATCH_S = 5.0  # how often to check that workers are still there (each as_completed's deadline)
 FINAL = {"succeeded", "failed", "stopped", "timedout"}
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -289,29 +287,23 @@ def _tasks(plan: Plan, proposals: list[Proposal]) -> list[dict[str, Any]]:
 
 
 def _results(queue: Any, worker_ids: list[str]) -> Iterator[Any]:
-    """``queue.as_completed()``, checking every ``WATCH_S`` that workers remain."""
-    seen = 0
-    while True:
-        try:
-            for result in itertools.islice(queue.as_completed(timeout=WATCH_S), seen, None):
-                seen += 1
-                yield result
-            return
-        except TimeoutError:
-            _check_workers(queue, worker_ids)
+    """``queue.as_completed()``; a SweepError naming the workers' ends if it cannot go on.
+
+    The queue itself notices when items are left that no live worker can
+    serve (``QueueError``); the sweep names why its own workers ended.
+    """
+    try:
+        yield from queue.as_completed()
+    except QueueError as exc:
+        raise SweepError(f"every worker ended with work left: {_ends(worker_ids)}") from exc
 
 
-def _check_workers(queue: Any, worker_ids: list[str]) -> None:
+def _ends(worker_ids: list[str]) -> str:
+    """How each of these workers ended: ``name: reason``, joined."""
     import cmlray
 
     ours = [w for w in cmlray.list_workers() if w["id"] in worker_ids]
-    if not ours or not all(w["status"] in FINAL for w in ours):
-        return
-    stats = queue.stats()
-    if stats["pending"] + stats["leased"] == 0:
-        return  # all served: the last results are on their way
-    reasons = "; ".join(f"{w['name']}: {w['reason']}" for w in ours)
-    raise SweepError(f"every worker ended with work left ({stats}): {reasons}")
+    return "; ".join(f"{w['name']}: {w['reason']}" for w in ours)
 
 
 @contextlib.contextmanager
