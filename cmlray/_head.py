@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class Head:
     reaper: subprocess.Popen[bytes] | None = None
     saved_env: dict[str, str | None] = field(default_factory=dict)
     disconnect: bool = True
+    held_ports: list[socket.socket] = field(default_factory=list)  # (_rayletcommand.py)
 
     def close(self) -> None:
         """Disconnect from Ray; for an own head, end it and let the reaper sweep."""
@@ -59,7 +61,13 @@ class Head:
             self.reaper.stdin.close()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.reaper.wait(timeout=10)
+        _release(self.held_ports)
         _restore_env(self.saved_env)
+
+
+def _release(held: list[socket.socket]) -> None:
+    for holder in held:
+        holder.close()
 
 
 def _restore_env(saved: dict[str, str | None]) -> None:
@@ -164,8 +172,9 @@ def start_own_head(
 
     temp_dir = tempfile.mkdtemp(prefix="cmlray-")
     saved = _enable_token_auth(_write_token(temp_dir))
+    held: list[socket.socket] = []
     try:
-        with _headservices.only(head_services), _rayletwait.polled():
+        with _headservices.only(head_services) as held, _rayletwait.polled():
             context = ray.init(
                 address="local",
                 num_cpus=num_cpus,
@@ -179,9 +188,11 @@ def start_own_head(
                 runtime_env=runtime_env,
             )
     except Exception as exc:
+        _release(held)
         _restore_env(saved)
         raise session_error(exc, "starting a Ray head") from exc
     head = Head(address=_address_of(context), owns_head=True, temp_dir=temp_dir)
+    head.held_ports = held
     head.saved_env = saved
     head.reaper = _start_reaper(temp_dir)
     return head

@@ -27,18 +27,8 @@ and more: 0.145 s of ``cmlray.init`` here, cProfile, where the import fails
 at the first missing one; all of them where they are installed), for an API
 server the session does not start.
 
-The raylet of a minimal head also prestarts one Python worker instead of one
-per CPU. Ray starts ``num_cpus`` idle workers when the first driver
-connects, for tasks; cmlray runs no Ray tasks (its workers' programs are
-forked by the node agent, ``_zygote.py``), and uses the first of them for
-the node agent itself. The others stay idle for the whole session: 43 MiB
-of unique memory and 0.4 s of CPU each, started while the session starts.
-Measured on this 2-core machine: ``benchmarks/launch.py``'s start children
-(8 a side, alternating), ``init`` 1.24 s instead of 1.36 s and a head of 364
-MiB instead of 444; with 8 CPUs shown to Ray (``multiprocessing.cpu_count``
-patched, ``cmlray.init`` then one worker, 2 runs each way), ``init`` 1.22-1.55
-s instead of 2.72-2.82 s and no idle worker instead of 341 MiB of them. The
-first worker's program starts as quickly either way (0.09-0.16 s).
+The raylet of a minimal head prestarts one Python worker instead of one per
+CPU, and waits for none of its agents' ports (``_rayletcommand.py``).
 
 Ray's public ``ray.init`` has no switch for these, so this reaches into
 ``ray._private`` (``node.Node``, ``utils``, ``services``) for the duration
@@ -49,18 +39,24 @@ starts in full.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import socket
+from collections.abc import Iterator
 from typing import Any
 
-PRESTART_FLAG = "--num_prestart_python_workers="  # the raylet's, set to num_cpus by ray.init
+from cmlray._rayletcommand import minimal_raylet
 
 
 @contextlib.contextmanager
-def only(head_services: str) -> Iterator[None]:
-    """Within this block, a head Ray starts has only the services asked for."""
+def only(head_services: str) -> Iterator[list[socket.socket]]:
+    """Within this block, a head Ray starts has only the services asked for.
+
+    Yields the sockets holding ports the head's processes bind after it
+    (``_rayletcommand.py``): close them once the head has ended.
+    """
+    held: list[socket.socket] = []
     node_class = _node_class() if head_services == "minimal" else None
     if node_class is None:
-        yield
+        yield held
         return
     from ray._private import ray_constants, services, utils
 
@@ -79,7 +75,7 @@ def only(head_services: str) -> Iterator[None]:
 
     def start_process(command: list[str], process_type: str, *args: Any, **kwargs: Any) -> Any:
         if process_type == ray_constants.PROCESS_TYPE_RAYLET:
-            command = one_prestarted_worker(command)
+            command = minimal_raylet(command, held)
         return original_start(command, process_type, *args, **kwargs)
 
     with swapped(
@@ -88,7 +84,7 @@ def only(head_services: str) -> Iterator[None]:
         (utils, "get_dashboard_dependency_error", left_out),
         (services, "start_ray_process", start_process),
     ):
-        yield
+        yield held
 
 
 @contextlib.contextmanager
@@ -106,11 +102,6 @@ def swapped(*replacements: tuple[Any, str, Any]) -> Iterator[None]:
     finally:
         for owner, name, value in originals:
             setattr(owner, name, value)
-
-
-def one_prestarted_worker(raylet_command: Sequence[str]) -> list[str]:
-    """The raylet's command with one prestarted Python worker (the node agent's)."""
-    return [f"{PRESTART_FLAG}1" if arg.startswith(PRESTART_FLAG) else arg for arg in raylet_command]
 
 
 def system_config(head_services: str) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 
 import psutil
 import pytest
@@ -44,6 +45,31 @@ def test_no_dashboard_and_no_unused_head_service_runs() -> None:
     # and one Python worker prestarted (the node agent's), not one per CPU
     raylet = next(c for c in commands if "raylet/raylet" in c)
     assert "--num_prestart_python_workers=1 " in raylet + " "
+
+
+def test_the_raylet_waits_for_no_agent_and_the_agents_start_behind() -> None:
+    """Every agent port given (``_rayletcommand``): the runtime env agent's held, then served."""
+    head = _lifecycle.require().head
+    assert head.temp_dir is not None and len(head.held_ports) == 1
+    port = head.held_ports[0].getsockname()[1]
+    raylet = next(p for p, c in head_commands(head.temp_dir) if "raylet/raylet" in c)
+    flags = set(raylet.cmdline())
+    assert {"--metrics-agent-port=-1", "--metrics_export_port=-1"} <= flags
+    assert {"--dashboard_agent_listen_port=-1", f"--runtime_env_agent_port={port}"} <= flags
+    agents = {}
+    deadline = time.monotonic() + 60
+    while len(agents) < 2 or not _listens(agents["ray::RuntimeEnvAgent"], port):
+        assert time.monotonic() < deadline, f"agents {agents}; none listens on {port}"
+        time.sleep(0.1)
+        agents = {" ".join(p.cmdline()).strip(): p for p in raylet.children()}
+        agents = {
+            t: p for t, p in agents.items() if t in ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+        }
+    assert [agent.nice() for agent in agents.values()] == [19, 19]
+
+
+def _listens(proc: psutil.Process, port: int) -> bool:
+    return any(c.status == "LISTEN" and c.laddr.port == port for c in proc.net_connections("tcp"))
 
 
 def _cmlray_helpers() -> list[psutil.Process]:
