@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -73,11 +74,13 @@ def _listens(proc: psutil.Process, port: int) -> bool:
 
 
 def _cmlray_helpers() -> list[psutil.Process]:
+    """This session's own helper processes (not another test process's, which may end meanwhile)."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if any(f"cmlray.{name}" in cmdline for name in ("_guard", "_forkserver", "_reaper")):
-            found.append(proc)
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            cmdline = " ".join(proc.cmdline())
+            if any(f"cmlray.{name}" in cmdline for name in ("_guard", "_forkserver", "_reaper")):
+                found.append(proc)
     return found
 
 
