@@ -42,7 +42,10 @@ def test_no_dashboard_and_no_unused_head_service_runs() -> None:
     # nor Ray's task events, which only the state API and the dashboard read
     from ray._private.state import state
 
-    assert state.get_system_config()["task_events_report_interval_ms"] == 0
+    config = state.get_system_config()
+    assert config["task_events_report_interval_ms"] == 0
+    # and a raylet socket not ready yet is tried again soon, not a second later
+    assert config["raylet_client_connect_timeout_milliseconds"] == 20
     # and one Python worker prestarted (the node agent's), not one per CPU
     raylet = next(c for c in commands if "raylet/raylet" in c)
     assert "--num_prestart_python_workers=1 " in raylet + " "
