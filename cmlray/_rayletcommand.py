@@ -28,9 +28,15 @@ taking turns):
   minimal dashboard agent nothing at all.
 
 ``init`` with the last two, 7 runs each way (medians, ranges): 0.89 s
-(0.75-1.02) instead of 1.51 s (1.29-2.31); the ports alone 1.11 s. A
-session ended at once after its start ends a little later (0.17 s instead
-of 0.10: the agents may be still starting).
+(0.75-1.02) instead of 1.51 s (1.29-2.31); the ports alone 1.11 s. With
+a raylet socket retried soon as well (``_headservices.system_config``), 8
+runs each way on a quieter machine: 0.81 s (0.76-0.89) instead of 1.19 s
+(1.16-1.49). What moved: a first wave of 8 workers launched right after
+``init`` takes a little longer (0.21-0.30 s instead of 0.18-0.20, 3 runs
+each way: the agents still booting behind it), ``init`` and that wave
+together 0.91-1.23 s instead of 1.36-1.67; a session ended at once after
+its start ends a little later (0.14 s instead of 0.09: the agents may be
+still starting), one ended after a few seconds as before.
 
 The runtime env agent's port is chosen between Ray's worker ports (the
 raylet's ``--max_worker_port``, 19999 by default) and the kernel's ephemeral
