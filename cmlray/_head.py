@@ -191,8 +191,7 @@ def start_own_head(
         _release(held)
         _restore_env(saved)
         raise session_error(exc, "starting a Ray head") from exc
-    head = Head(address=_address_of(context), owns_head=True, temp_dir=temp_dir)
-    head.held_ports = held
+    head = Head(_address_of(context), owns_head=True, temp_dir=temp_dir, held_ports=held)
     head.saved_env = saved
     head.reaper = _start_reaper(temp_dir)
     return head

@@ -53,8 +53,8 @@ CONNECT_BUDGET_MS = 10_000  # Ray's: 10 attempts a second apart
 def only(head_services: str) -> Iterator[list[socket.socket]]:
     """Within this block, a head Ray starts has only the services asked for.
 
-    Yields the sockets holding ports the head's processes bind after it
-    (``_rayletcommand.py``): close them once the head has ended.
+    Yields the sockets that hold ports free for the head's agents until they
+    bind them (``_rayletcommand.py``): close them once the head has ended.
     """
     held: list[socket.socket] = []
     node_class = _node_class() if head_services == "minimal" else None
