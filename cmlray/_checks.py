@@ -194,6 +194,12 @@ def check_runtime_env(runtime_env: object) -> dict[str, Any] | None:
                 f"runtime_env['working_dir'] must be an existing directory, got {working_dir!r}"
             )
         env["working_dir"] = os.path.abspath(working_dir)
+    env_vars = env.get("env_vars")
+    if env_vars is not None and not (
+        isinstance(env_vars, Mapping)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items())
+    ):
+        raise TypeError(f"runtime_env['env_vars'] must map names to strings, got {env_vars!r}")
     return env
 
 

@@ -62,6 +62,11 @@ class SessionConfig:
         return self.address is not None
 
     @property
+    def env_vars(self) -> dict[str, str]:
+        """The ``env_vars`` of the session's ``runtime_env``: every worker's program gets them."""
+        return dict((self.runtime_env or {}).get("env_vars") or {})
+
+    @property
     def ships_project(self) -> bool:
         """Ray ships the project dir to each node; workers run in their node's copy."""
         return "working_dir" in (self.runtime_env or {})

@@ -68,6 +68,8 @@ def init(
             to every node (512 MiB at most; ``excludes`` trims it) and workers
             run in their node's copy: the way to use files on a remote cluster.
             An attached session does this by default (see ``ship_project``).
+            Its ``env_vars`` reach every worker's program (a worker's own
+            ``env`` wins).
         ship_project: attached to a cluster, ship the project dir to every
             node (as CML mounts the project in every engine), without
             ``.git``, virtualenvs, caches and what ``.gitignore`` or

@@ -167,7 +167,7 @@ class Session:
         return WorkerLaunch(
             worker_id,
             argv,
-            spec.worker_env(base, self.identity(worker_id)),
+            spec.worker_env(base, self.identity(worker_id), self.config.env_vars),
             cwd,
             spec.grace_period_s,
             spec.payload,

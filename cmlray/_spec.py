@@ -125,14 +125,21 @@ class WorkerSpec:
             return "fn"
         return self.script or self.code.strip().splitlines()[0][:120]
 
-    def worker_env(self, base: Mapping[str, str], identity: Mapping[str, str]) -> dict[str, str]:
+    def worker_env(
+        self,
+        base: Mapping[str, str],
+        identity: Mapping[str, str],
+        session_env: Mapping[str, str] | None = None,
+    ) -> dict[str, str]:
         """The environment of one worker's program, less its node's variables.
 
         Precedence, lowest first: ``base`` (the session's environment on an
         own head; nothing when attached, where the node's is used), cmlray's defaults
         (thread counts from ``cpu``, unbuffered Python, the session's
-        interpreter first on PATH), the user's ``env``, then the worker's
-        identity (``CDSW_ENGINE_ID``, ``CML_MASTER_IP``, ...).
+        interpreter first on PATH), ``session_env`` (the ``env_vars`` of the
+        session's ``runtime_env``, which Ray gives every worker of the job),
+        the user's ``env``, then the worker's identity (``CDSW_ENGINE_ID``,
+        ``CML_MASTER_IP``, ...).
         """
         threads = str(max(1, math.floor(self.cpu)))
         env = dict(base)
@@ -140,6 +147,7 @@ class WorkerSpec:
         env["PYTHONUNBUFFERED"] = "1"
         if "PATH" in env:  # attached sessions leave the PATH to each node
             env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env["PATH"]])
+        env.update(session_env or {})
         env.update(self.env)
         env.update(identity)
         return env

@@ -28,7 +28,11 @@ def shipped(
     (project / "job.py").write_text(
         "import os\nprint(open('data.txt').read().strip())\nprint(os.getcwd())\n"
     )
-    cmlray.init(num_cpus=2, runtime_env={"working_dir": str(project)}, console=captured.console)
+    runtime_env = {
+        "working_dir": str(project),
+        "env_vars": {"SHIPPED_A": "job", "SHIPPED_B": "job"},
+    }
+    cmlray.init(num_cpus=2, runtime_env=runtime_env, console=captured.console)
     try:
         yield project
     finally:
@@ -44,6 +48,15 @@ def test_workers_run_in_their_nodes_copy_of_the_project(shipped: Path) -> None:
     assert cwd != str(shipped) and os.path.basename(cwd) != ""  # a copy Ray unpacked
 
 
+def test_the_runtime_envs_env_vars_reach_every_worker_its_own_env_first(shipped: Path) -> None:
+    code = "import os; print(os.environ['SHIPPED_A'], os.environ['SHIPPED_B'])"
+    workers = cmlray.launch_workers(
+        2, cpu=0.25, memory=0.1, code=code, env={"SHIPPED_B": "worker"}
+    ) + cmlray.launch_workers(1, cpu=0.25, memory=0.1, code=code)
+    tails = [w["tail"] for w in cmlray.await_workers(workers)["workers"]]
+    assert tails == [["job worker"], ["job worker"], ["job job"]]
+
+
 def test_bad_runtime_env_is_refused_before_anything_starts() -> None:
     with pytest.raises(
         ValueError, match=r"runtime_env\['working_dir'\] must be an existing directory"
@@ -51,3 +64,5 @@ def test_bad_runtime_env_is_refused_before_anything_starts() -> None:
         cmlray.init(runtime_env={"working_dir": "/no/such/dir"})
     with pytest.raises(TypeError, match=r"runtime_env must be a dict"):
         cmlray.init(runtime_env=["working_dir"])
+    with pytest.raises(TypeError, match=r"runtime_env\['env_vars'\] must map names to strings"):
+        cmlray.init(runtime_env={"env_vars": {"N": 1}})
