@@ -50,6 +50,11 @@ refused (a port taken in between would end the agent and, with it, the
 raylet: seen when forced). If that range is empty or full, the raylet
 waits for the runtime env agent's file as Ray does, and that agent starts
 at its usual priority.
+
+The flags are Ray 2.60's raylet's (``pyproject.toml`` pins that version;
+``tests/unit/test_rayletcommand.py`` holds the command's shape and
+``tests/test_security.py`` a real head's): a raylet that did not know one
+would not start.
 """
 
 from __future__ import annotations

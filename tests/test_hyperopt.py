@@ -35,6 +35,7 @@ from estimators import get_model, load_dataset, make_cv  # noqa: E402
 from studydb import StudyStore  # noqa: E402
 
 import cmlray  # noqa: E402
+from cmlray._record import FINAL  # noqa: E402
 from tests.support.console import Captured  # noqa: E402
 
 # Ties on purpose: C=10 and C=100 score the same at gamma=0.001 (and at 'scale').
@@ -169,7 +170,7 @@ def test_interrupted_sweep_keeps_results_and_resumes(
     monkeypatch.undo()
     assert first.interrupted and first.exit_code == 130
     ours = [w for w in cmlray.list_workers() if w["name"].startswith("trainer")]
-    assert all(w["status"] in sweep.FINAL for w in ours)
+    assert all(w["status"] in FINAL for w in ours)
     kept = rows(plan.study_dir)
     assert 2 <= len(kept) <= 12 and {r[1] for r in kept} == {"done"}
     for config, _, _ in kept:

@@ -61,7 +61,6 @@ EXAMPLE_DIR = Path(__file__).resolve().parent
 TRAINER = EXAMPLE_DIR / "trainer.py"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_TRIALS = 30
-FINAL = {"succeeded", "failed", "stopped", "timedout"}
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
