@@ -45,7 +45,8 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[test,examples,bench]")
     names = (
         "launch", "scale", "launch_designs", "relay_end_to_end", "relay_cpu", "relay_formatting",
-        "queue_throughput", "executor_big_function", "sweep_vs_gridsearch", "crawl_vs_scrapy",
+        "queue_throughput", "executor_big_function", "runtime_floor", "sweep_vs_gridsearch",
+        "crawl_vs_scrapy",
     )  # fmt: skip
     for name in names:
         session.run("python", f"benchmarks/{name}.py", *session.posargs)

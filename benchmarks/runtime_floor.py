@@ -1,0 +1,281 @@
+"""Benchmark: what each runtime takes from the cores while its two workers compute.
+
+A sweep's trainers, a queue's workers: two processes compute on a 2-core
+machine and whatever else runs beside them slows them. Each side runs in a
+fresh child process (``--child SIDE``), sides taking turns round after
+round, medians reported:
+
+- **cmlray**: ``launch_workers(2, cpu=1, code=...)``, each program spinning.
+- **raw Ray**: two actors (``num_cpus=1``) spinning in a method; token
+  auth, no dashboard, as ``benchmarks/_common.py: ray_init`` starts it.
+- **loky**: ``joblib.Parallel(n_jobs=2)`` of two spinning calls (GridSearchCV's
+  way).
+- **multiprocessing.Pool(2)** (fork): the floor.
+
+Measured once both workers spin: over ``WINDOW_S``, the CPU time (user +
+system) of every thread of the child process and of every process below it,
+from ``/proc``. A worker is a process whose busiest thread computed most of
+the window; that thread's time is *work*, everything else (the session or
+driver, the head's services, agents, the workers' other threads) is what the
+runtime takes beside it: reported in milliseconds of CPU a second, and as the
+share of the two cores left to the work. No issue sets a goal here: it
+measures the floor a CPU-bound sweep pays (``benchmarks/sweep_vs_gridsearch.py``).
+
+Usage: ``python benchmarks/runtime_floor.py [--rounds N] [--quick]`` (default
+3 rounds; ``--quick``: 1 round); JSON in ``benchmarks/results/runtime_floor.json``.
+"""
+
+from __future__ import annotations
+
+import glob
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import _common as common
+from _common import Json
+
+NUM_CPUS = 2
+SETTLE_S = 2.0  # from the start until both workers spin (untimed)
+WINDOW_S = 8.0
+SPIN_S = SETTLE_S + WINDOW_S + 2.0  # each worker's wall time spinning
+SIDES = ("cmlray", "ray", "loky", "pool")
+RESULTS_PATH = common.RESULTS_DIR / "runtime_floor.json"
+LABELS = {
+    "cmlray": "cmlray, 2 workers of 1 CPU",
+    "ray": "raw Ray, 2 actors of 1 CPU",
+    "loky": "joblib loky, n_jobs=2",
+    "pool": "multiprocessing.Pool(2), fork",
+}
+
+
+def spin(seconds: float) -> int:
+    """Compute for ``seconds`` of wall time; the loop count (a worker's work)."""
+    end, count = time.monotonic() + seconds, 0
+    while time.monotonic() < end:
+        count += 1
+    return count
+
+
+SPIN_CODE = """
+import time
+end = time.monotonic() + {spin_s!r}
+while time.monotonic() < end:
+    pass
+"""  # a cmlray worker's program: ``spin`` without importing this module
+
+
+def _thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread of ``pid``, by ``/proc/PID/task/TID`` path.
+
+    From ``schedstat`` (nanoseconds on the CPU): ``stat``'s clock ticks are
+    10 ms here, too coarse for a few milliseconds a second.
+    """
+    threads: dict[str, float] = {}
+    for task in glob.glob(f"/proc/{pid}/task/*"):
+        try:
+            with open(f"{task}/schedstat") as f:
+                threads[task] = int(f.read().split()[0]) / 1e9
+        except OSError:  # ended meanwhile
+            continue
+    return threads
+
+
+def _named(task: str) -> str:
+    """``process name/thread name`` of a ``/proc/PID/task/TID`` path ("?" once ended)."""
+    try:
+        with open(f"{task.rsplit('/task/', 1)[0]}/comm") as f, open(f"{task}/comm") as g:
+            return f"{f.read().strip()}/{g.read().strip()}"
+    except OSError:
+        return "?"
+
+
+def _tree_pids() -> list[int]:
+    import psutil
+
+    me = psutil.Process()
+    return [me.pid, *(p.pid for p in me.children(recursive=True))]
+
+
+def _snapshot() -> dict[int, dict[str, float]]:
+    return {pid: _thread_cpu_s(pid) for pid in _tree_pids()}
+
+
+def _window() -> Json:
+    """Work and runtime CPU over ``WINDOW_S`` in this process's tree."""
+    before = _snapshot()
+    time.sleep(WINDOW_S)
+    after = _snapshot()
+    work = runtime = 0.0
+    workers = 0
+    beside: dict[str, float] = {}  # the runtime's CPU by process/thread name
+    for pid, threads in after.items():
+        deltas = {task: cpu - before.get(pid, {}).get(task, 0.0) for task, cpu in threads.items()}
+        busiest = max(deltas, key=deltas.__getitem__, default=None)
+        if busiest is not None and deltas[busiest] > 0.5 * WINDOW_S:  # a worker's computing
+            workers += 1  # thread: work
+            work += deltas.pop(busiest)
+        for task, cpu in deltas.items():
+            runtime += cpu
+            if cpu > 0:
+                name = _named(task)
+                beside[name] = beside.get(name, 0.0) + cpu
+    if workers != NUM_CPUS:
+        raise RuntimeError(f"{workers} processes computed through the window, expected 2")
+    return {
+        "work_s": work,
+        "runtime_s": runtime,
+        "runtime_ms_per_s": 1000 * runtime / WINDOW_S,
+        "work_share": work / (NUM_CPUS * WINDOW_S),
+        "beside_ms_per_s": {
+            name: round(1000 * cpu / WINDOW_S, 2)
+            for name, cpu in sorted(beside.items(), key=lambda kv: -kv[1])[:12]
+        },
+    }
+
+
+@contextmanager
+def _in_background(run: Callable[[], object]) -> Iterator[None]:
+    """``run`` on a thread while the block measures; joined after."""
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join(SPIN_S + 60)
+
+
+def child_cmlray() -> Json:
+    import cmlray
+
+    cmlray.init(num_cpus=NUM_CPUS, console=common.quiet_console())
+    try:
+        code = SPIN_CODE.format(spin_s=SPIN_S)
+        launched = cmlray.launch_workers(NUM_CPUS, cpu=1, memory=0.2, code=code)
+        time.sleep(SETTLE_S)
+        result = _window()
+        done = cmlray.await_workers(launched, timeout_seconds=SPIN_S + 60)
+        if done["failures"]:
+            raise RuntimeError(f"cmlray workers failed: {done['failures']}")
+    finally:
+        cmlray.shutdown()
+    return result
+
+
+class Spinner:
+    def spin(self, seconds: float) -> int:
+        return spin(seconds)
+
+
+def child_ray() -> Json:
+    temp_dir = common.enable_token_auth()  # before Ray is imported: it caches its config
+    import ray
+
+    timings: Json = {}
+    common.ray_init(temp_dir, NUM_CPUS)
+    try:
+        actor = ray.remote(num_cpus=1)(Spinner)
+        spinners = [actor.remote() for _ in range(NUM_CPUS)]
+        calls = [s.spin.remote(SPIN_S) for s in spinners]
+        time.sleep(SETTLE_S)
+        result = _window()
+        ray.get(calls, timeout=SPIN_S + 60)
+        for spinner in spinners:
+            ray.kill(spinner)
+    finally:
+        common.ray_shutdown(timings, "shutdown_s", temp_dir)
+    return result
+
+
+def child_loky() -> Json:
+    from joblib import Parallel, delayed
+
+    def run() -> None:
+        Parallel(n_jobs=NUM_CPUS)(delayed(spin)(SPIN_S) for _ in range(NUM_CPUS))
+
+    with _in_background(run):
+        time.sleep(SETTLE_S)
+        result = _window()
+    from joblib.externals.loky import get_reusable_executor
+
+    get_reusable_executor().shutdown(wait=True)
+    return result
+
+
+def child_pool() -> Json:
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(NUM_CPUS) as pool:
+        pending = pool.map_async(spin, [SPIN_S] * NUM_CPUS)
+        time.sleep(SETTLE_S)
+        result = _window()
+        pending.get(SPIN_S + 60)
+    return result
+
+
+CHILDREN = {"cmlray": child_cmlray, "ray": child_ray, "loky": child_loky, "pool": child_pool}
+
+
+def child(side: str) -> Json:
+    return {"side": side, **CHILDREN[side]()}
+
+
+def measure(rounds: int, children: list[Json]) -> None:
+    for index in range(rounds):
+        for side in common.in_turns(index, SIDES):
+            result = common.spawn_child(__file__, side)
+            children.append(result)
+            common.progress(
+                f"round {index + 1} {side}: {result['runtime_ms_per_s']:.1f} ms of CPU a second"
+                f" beside the work, {100 * result['work_share']:.2f}% of the cores to the work"
+            )
+
+
+def summarize(children: Sequence[Json]) -> Json:
+    table: Json = {}
+    for side in SIDES:
+        mine = [c for c in children if c["side"] == side]
+        table[side] = {
+            "runtime_ms_per_s": statistics.median(c["runtime_ms_per_s"] for c in mine),
+            "work_share": statistics.median(c["work_share"] for c in mine),
+            "runs": [c["runtime_ms_per_s"] for c in mine],
+        }
+    return {"table": table}
+
+
+def print_table(summary: Json) -> None:
+    from rich.table import Table
+
+    table = Table(title="Two workers computing: the CPU beside them (median of rounds)")
+    for column in ("side", "CPU a second beside the work", "cores to the work", "runs"):
+        table.add_column(column, justify="left" if column == "side" else "right")
+    for side in SIDES:
+        row = summary["table"][side]
+        runs = ", ".join(f"{value:.1f}" for value in row["runs"])
+        share = f"{100 * row['work_share']:.2f}%"
+        table.add_row(LABELS[side], f"{row['runtime_ms_per_s']:.1f} ms", share, runs)
+    common.table_console(120).print(table)
+
+
+def report(children: list[Json]) -> Json:
+    summary = summarize(children)
+    print_table(summary)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return common.rounds_main(
+        argv, __doc__, "1 round",
+        child=child,
+        measure=lambda _, rounds, children: measure(rounds, children),
+        report=lambda _, children: report(children),
+        plan=lambda _, rounds: {"rounds": rounds, "window_s": WINDOW_S, "spin_s": SPIN_S},
+        results_path=RESULTS_PATH,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())
