@@ -42,10 +42,13 @@ NUM_CPUS = 2
 SETTLE_S = 2.0  # from the start until both workers spin (untimed)
 WINDOW_S = 8.0
 SPIN_S = SETTLE_S + WINDOW_S + 2.0  # each worker's wall time spinning
-SIDES = ("cmlray", "ray", "loky", "pool")
+ITEM_S = 0.05  # the items side: each item's compute
+ITEMS = int(SPIN_S / ITEM_S) * NUM_CPUS  # enough to keep both workers busy past the window
+SIDES = ("cmlray", "cmlray_items", "ray", "loky", "pool")
 RESULTS_PATH = common.RESULTS_DIR / "runtime_floor.json"
 LABELS = {
     "cmlray": "cmlray, 2 workers of 1 CPU",
+    "cmlray_items": "cmlray, 2 workers serving items of 50 ms",
     "ray": "raw Ray, 2 actors of 1 CPU",
     "loky": "joblib loky, n_jobs=2",
     "pool": "multiprocessing.Pool(2), fork",
@@ -66,6 +69,25 @@ end = time.monotonic() + {spin_s!r}
 while time.monotonic() < end:
     pass
 """  # a cmlray worker's program: ``spin`` without importing this module
+
+
+ITEM_CODE = """
+import os, tempfile, time
+import cmlray.worker
+BLOB = os.urandom(75_000)
+def item(i):
+    end = time.monotonic() + {item_s!r}
+    while time.monotonic() < end:
+        pass
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "fold.bin")
+        with open(path, "wb") as f:
+            f.write(BLOB)
+        cmlray.worker.send_file(path, os.path.join({home!r}, str(i) + ".bin"))
+    print("item", i, "done")
+    return {{"item": i, "score": 0.97}}
+cmlray.worker.serve({queue!r}, item)
+"""  # a sweep's item in small: compute, a 75 KB file sent home, a line, a small result
 
 
 def _thread_cpu_s(pid: int) -> dict[str, float]:
@@ -106,9 +128,9 @@ def _snapshot() -> dict[int, dict[str, float]]:
 
 def _window() -> Json:
     """Work and runtime CPU over ``WINDOW_S`` in this process's tree."""
-    before = _snapshot()
+    before, started = _snapshot(), time.monotonic()
     time.sleep(WINDOW_S)
-    after = _snapshot()
+    after, ended = _snapshot(), time.monotonic()
     work = runtime = 0.0
     workers = 0
     beside: dict[str, float] = {}  # the runtime's CPU by process/thread name
@@ -126,6 +148,7 @@ def _window() -> Json:
     if workers != NUM_CPUS:
         raise RuntimeError(f"{workers} processes computed through the window, expected 2")
     return {
+        "window": (started, ended),
         "work_s": work,
         "runtime_s": runtime,
         "runtime_ms_per_s": 1000 * runtime / WINDOW_S,
@@ -162,6 +185,41 @@ def child_cmlray() -> Json:
             raise RuntimeError(f"cmlray workers failed: {done['failures']}")
     finally:
         cmlray.shutdown()
+    return result
+
+
+def child_cmlray_items() -> Json:
+    """Two workers serving a queue of items like a sweep's; results in the window counted."""
+    import tempfile
+
+    import cmlray
+
+    arrived: list[float] = []
+    cmlray.init(num_cpus=NUM_CPUS, console=common.quiet_console())
+    try:
+        with tempfile.TemporaryDirectory(prefix="runtime-floor-") as home:
+            queue = cmlray.Queue("runtime-floor-items")
+            queue.put_many(list(range(ITEMS)))
+            queue.close()
+            code = ITEM_CODE.format(item_s=ITEM_S, home=home, queue=queue.name)
+            launched = cmlray.launch_workers(NUM_CPUS, cpu=1, memory=0.2, code=code)
+
+            def collect() -> None:
+                for result in queue.as_completed():
+                    if not result.ok:
+                        raise RuntimeError(f"an item failed: {result.error}")
+                    arrived.append(time.monotonic())
+
+            with _in_background(collect):
+                time.sleep(SETTLE_S)
+                result = _window()
+            cmlray.await_workers(launched, timeout_seconds=SPIN_S + 60)
+    finally:
+        cmlray.shutdown()
+    if len(arrived) != ITEMS:
+        raise RuntimeError(f"{len(arrived)} results of {ITEMS} items")
+    started, ended = result["window"]
+    result["items_in_window"] = sum(1 for at in arrived if started <= at <= ended)
     return result
 
 
@@ -216,7 +274,13 @@ def child_pool() -> Json:
     return result
 
 
-CHILDREN = {"cmlray": child_cmlray, "ray": child_ray, "loky": child_loky, "pool": child_pool}
+CHILDREN = {
+    "cmlray": child_cmlray,
+    "cmlray_items": child_cmlray_items,
+    "ray": child_ray,
+    "loky": child_loky,
+    "pool": child_pool,
+}
 
 
 def child(side: str) -> Json:
@@ -243,7 +307,10 @@ def summarize(children: Sequence[Json]) -> Json:
             "work_share": statistics.median(c["work_share"] for c in mine),
             "runs": [c["runtime_ms_per_s"] for c in mine],
         }
-    return {"table": table}
+    items = [c for c in children if c["side"] == "cmlray_items"]
+    per_s = statistics.median(c["items_in_window"] / WINDOW_S for c in items)
+    extra_ms_per_s = table["cmlray_items"]["runtime_ms_per_s"] - table["cmlray"]["runtime_ms_per_s"]
+    return {"table": table, "items_per_s": per_s, "runtime_ms_per_item": extra_ms_per_s / per_s}
 
 
 def print_table(summary: Json) -> None:
@@ -258,6 +325,11 @@ def print_table(summary: Json) -> None:
         share = f"{100 * row['work_share']:.2f}%"
         table.add_row(LABELS[side], f"{row['runtime_ms_per_s']:.1f} ms", share, runs)
     common.table_console(120).print(table)
+    print(
+        f"each item (50 ms of compute, a 75 KB file sent home, a line, a result) adds"
+        f" {summary['runtime_ms_per_item']:.2f} ms of the runtime's CPU"
+        f" ({summary['items_per_s']:.1f} items a second)"
+    )
 
 
 def report(children: list[Json]) -> Json:
