@@ -455,6 +455,79 @@ def rounds_main(
     )
 
 
+def medians_by_side(
+    children: Sequence[Json], sides: Sequence[str], keys: Sequence[str], runs_of: str | None = None
+) -> Json:
+    """Each side's median of each of ``keys`` over its children (``runs``: their ``runs_of``)."""
+    table: Json = {}
+    for side in sides:
+        mine = [c for c in children if c["side"] == side]
+        table[side] = {key: statistics.median(c[key] for c in mine) for key in keys}
+        if runs_of is not None:
+            table[side]["runs"] = [c[runs_of] for c in mine]
+    return table
+
+
+def sides_in_turns(
+    script: str,
+    rounds: int,
+    sides: Sequence[str],
+    children: list[Json],
+    said: Callable[[Json], str],
+) -> None:
+    """Each side once a round in a fresh child of ``script``, the order rotating (``in_turns``).
+
+    Results go to ``children`` as they finish; ``said(result)`` is the
+    progress line's text after ``round N SIDE:``.
+    """
+    for index in range(rounds):
+        for side in in_turns(index, sides):
+            result = spawn_child(script, side)
+            children.append(result)
+            progress(f"round {index + 1} {side}: {said(result)}")
+
+
+def summarized(
+    summarize: Callable[[Sequence[Json]], Json], show: Callable[[Json], None]
+) -> Callable[[argparse.Namespace, list[Json]], Json]:
+    """A ``report`` for ``rounds_main``: the children summarised, the summary shown and returned."""
+
+    def report(_: argparse.Namespace, children: list[Json]) -> Json:
+        summary = summarize(children)
+        show(summary)
+        return summary
+
+    return report
+
+
+def sides_main(
+    argv: Sequence[str] | None,
+    doc: str,
+    *,
+    script: str,
+    sides: Sequence[str],
+    said: Callable[[Json], str],
+    child: Callable[[str], Json],
+    summarize: Callable[[Sequence[Json]], Json],
+    show: Callable[[Json], None],
+    plan: Callable[[int], Json],
+    results_path: Path,
+) -> int:
+    """``rounds_main`` for a script whose children are its sides, each once a round.
+
+    ``--quick`` is one round; ``sides_in_turns`` runs them, ``summarized``
+    reports, ``plan(rounds)`` describes the run.
+    """
+    return rounds_main(
+        argv, doc, "1 round",
+        child=child,
+        measure=lambda _, rounds, children: sides_in_turns(script, rounds, sides, children, said),
+        report=summarized(summarize, show),
+        plan=lambda _, rounds: plan(rounds),
+        results_path=results_path,
+    )  # fmt: skip
+
+
 def checked_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """``parser.parse_args(argv)``; ``--rounds``, when given, must be >= 1."""
     args = parser.parse_args(argv)

@@ -26,7 +26,6 @@ Usage: ``python benchmarks/executor_big_function.py [--rounds N] [--quick]``
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -128,22 +127,13 @@ def child(side: str) -> Json:
     return {"side": side, "first_s": first_s, "second_s": second_s}
 
 
-def measure(rounds: int, children: list[Json]) -> None:
-    for index in range(rounds):
-        for side in common.in_turns(index, SIDES):
-            result = common.spawn_child(__file__, side)
-            children.append(result)
-            first, second = result["first_s"], result["second_s"]
-            common.progress(f"round {index + 1} {side}: {first:.3f} s, then {second:.3f} s")
+def said(result: Json) -> str:
+    """A child's result in a progress line."""
+    return f"{result['first_s']:.3f} s, then {result['second_s']:.3f} s"
 
 
 def summarize(children: Sequence[Json]) -> Json:
-    table = {}
-    for side in SIDES:
-        mine = [c for c in children if c["side"] == side]
-        table[side] = {
-            window: statistics.median(c[window] for c in mine) for window in ("first_s", "second_s")
-        }
+    table = common.medians_by_side(children, SIDES, ("first_s", "second_s"))
     ours = table["executor"]
     return {
         "table": table,
@@ -168,19 +158,12 @@ def print_table(summary: Json) -> None:
     common.table_console(120).print(table)
 
 
-def report(children: list[Json]) -> Json:
-    summary = summarize(children)
-    print_table(summary)
-    return summary
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return common.rounds_main(
-        argv, __doc__, "1 round",
-        child=child,
-        measure=lambda _, rounds, children: measure(rounds, children),
-        report=lambda _, children: report(children),
-        plan=lambda _, rounds: {
+    return common.sides_main(
+        argv, __doc__,
+        script=__file__, sides=SIDES, said=said, child=child,
+        summarize=summarize, show=print_table,
+        plan=lambda rounds: {
             "rounds": rounds, "calls": CALLS, "big_bytes": BIG_BYTES, "sides": SIDES
         },
         results_path=RESULTS_PATH,

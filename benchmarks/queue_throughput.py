@@ -349,18 +349,12 @@ def child_mode(mode: str) -> Json:
     return child(side, workload, int(n))
 
 
-def report(children: list[Json]) -> Json:
-    summary = summarize(children)
-    print_table(summary)
-    return summary
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     return common.rounds_main(
         argv, __doc__, "1 round, a tenth of the items",
         child=child_mode,
         measure=lambda args, rounds, children: measure(rounds, scale(args), children),
-        report=lambda _, children: report(children),
+        report=common.summarized(summarize, print_table),
         plan=lambda args, rounds: {
             "rounds": rounds, "scale": scale(args), "workloads": WORKLOADS, "sides": SIDES
         },

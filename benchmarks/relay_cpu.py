@@ -36,7 +36,6 @@ from the repository imports the repository's copy.
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -181,26 +180,15 @@ def child(side: str) -> Json:
     return child_cmlray(WRITERS[side])
 
 
-def measure(rounds: int, children: list[Json]) -> None:
-    for index in range(rounds):
-        for side in common.in_turns(index, SIDES):
-            result = common.spawn_child(__file__, side)
-            children.append(result)
-            common.progress(
-                f"round {index + 1} {side}: {100 * result['core_share']:.1f}% of a core,"
-                f" {result['ms_per_line']:.3f} ms a line, {result['lines_shown']} lines"
-            )
+def said(result: Json) -> str:
+    """A child's result in a progress line."""
+    share, per_line = 100 * result["core_share"], result["ms_per_line"]
+    return f"{share:.1f}% of a core, {per_line:.3f} ms a line, {result['lines_shown']} lines"
 
 
 def summarize(children: Sequence[Json]) -> Json:
-    table = {}
-    for side in SIDES:
-        mine = [c for c in children if c["side"] == side]
-        table[side] = {
-            "core_share": statistics.median(c["core_share"] for c in mine),
-            "ms_per_line": statistics.median(c["ms_per_line"] for c in mine),
-            "runs": [c["core_share"] for c in mine],
-        }
+    keys = ("core_share", "ms_per_line")
+    table = common.medians_by_side(children, SIDES, keys, runs_of="core_share")
     return {
         "table": table,
         "ray_vs_cmlray": table["ray"]["core_share"] / table["cmlray"]["core_share"],
@@ -230,19 +218,12 @@ def print_table(summary: Json) -> None:
     common.table_console(120).print(table)
 
 
-def report(children: list[Json]) -> Json:
-    summary = summarize(children)
-    print_table(summary)
-    return summary
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return common.rounds_main(
-        argv, __doc__, "1 round",
-        child=child,
-        measure=lambda _, rounds, children: measure(rounds, children),
-        report=lambda _, children: report(children),
-        plan=lambda _, rounds: {
+    return common.sides_main(
+        argv, __doc__,
+        script=__file__, sides=SIDES, said=said, child=child,
+        summarize=summarize, show=print_table,
+        plan=lambda rounds: {
             "rounds": rounds, "rate": RATE, "writers": WRITERS, "window_s": WINDOW_S
         },
         results_path=RESULTS_PATH,

@@ -287,26 +287,15 @@ def child(side: str) -> Json:
     return {"side": side, **CHILDREN[side]()}
 
 
-def measure(rounds: int, children: list[Json]) -> None:
-    for index in range(rounds):
-        for side in common.in_turns(index, SIDES):
-            result = common.spawn_child(__file__, side)
-            children.append(result)
-            common.progress(
-                f"round {index + 1} {side}: {result['runtime_ms_per_s']:.1f} ms of CPU a second"
-                f" beside the work, {100 * result['work_share']:.2f}% of the cores to the work"
-            )
+def said(result: Json) -> str:
+    """A child's result in a progress line."""
+    beside, share = result["runtime_ms_per_s"], 100 * result["work_share"]
+    return f"{beside:.1f} ms of CPU a second beside the work, {share:.2f}% of the cores to it"
 
 
 def summarize(children: Sequence[Json]) -> Json:
-    table: Json = {}
-    for side in SIDES:
-        mine = [c for c in children if c["side"] == side]
-        table[side] = {
-            "runtime_ms_per_s": statistics.median(c["runtime_ms_per_s"] for c in mine),
-            "work_share": statistics.median(c["work_share"] for c in mine),
-            "runs": [c["runtime_ms_per_s"] for c in mine],
-        }
+    keys = ("runtime_ms_per_s", "work_share")
+    table = common.medians_by_side(children, SIDES, keys, runs_of="runtime_ms_per_s")
     items = [c for c in children if c["side"] == "cmlray_items"]
     per_s = statistics.median(c["items_in_window"] / WINDOW_S for c in items)
     extra_ms_per_s = table["cmlray_items"]["runtime_ms_per_s"] - table["cmlray"]["runtime_ms_per_s"]
@@ -332,19 +321,12 @@ def print_table(summary: Json) -> None:
     )
 
 
-def report(children: list[Json]) -> Json:
-    summary = summarize(children)
-    print_table(summary)
-    return summary
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return common.rounds_main(
-        argv, __doc__, "1 round",
-        child=child,
-        measure=lambda _, rounds, children: measure(rounds, children),
-        report=lambda _, children: report(children),
-        plan=lambda _, rounds: {"rounds": rounds, "window_s": WINDOW_S, "spin_s": SPIN_S},
+    return common.sides_main(
+        argv, __doc__,
+        script=__file__, sides=SIDES, said=said, child=child,
+        summarize=summarize, show=print_table,
+        plan=lambda rounds: {"rounds": rounds, "window_s": WINDOW_S, "spin_s": SPIN_S},
         results_path=RESULTS_PATH,
     )  # fmt: skip
 
