@@ -12,12 +12,16 @@ aside): Ray counts a node holding any leased worker process as busy, so an
 idle agent would keep an autoscaler from removing its node. The next worker
 placed there starts a new one.
 
+The agent on the session's own node sends its events on a local socket
+instead of its Ray stream (``_eventsocket.py``); its stream still tells
+when it ends.
+
 An agent that dies (its node lost, killed, out of memory) is classified
 once, not once per worker (``_rayerrors.agent_death``, on a thread of its
 own), and its workers are reported ended with that reason; the next worker
 placed on its node gets a new agent.
 
-Every method but ``start_home`` and ``close`` runs on the pump's loop.
+Every method but ``start_home`` runs on the pump's loop.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cmlray import _rayerrors
+from cmlray import _eventsocket, _rayerrors
 from cmlray._launch import WorkerLaunch
 from cmlray._nodeagent import NodeAgent
 from cmlray._outbox import Event
@@ -37,6 +41,7 @@ from cmlray._rayerrors import Death
 AGENT_CONCURRENCY = 100_000  # calls in flight: starts, stops, pings, file chunks
 STREAM_WINDOW_BATCHES = 32  # batches an agent may stream ahead of the session
 AGENT_IDLE_S = 5.0
+SOCKET_DRAIN_S = 5.0  # a dead agent's socket: its last batches are read before its death is
 
 Deaths = Callable[[str, list[str], Death], None]  # (node id, its workers, why)
 
@@ -50,6 +55,9 @@ class _Agent:
     flushing: bool = False
     retired: bool = False
     idle_timer: asyncio.TimerHandle | None = None
+    local: _eventsocket.Address | None = None  # its events' socket, when it has one
+    local_ended: asyncio.Future[None] | None = None
+    ray_batches: int = 0  # batches that came on its Ray stream (none while its socket holds)
 
     @property
     def actor_id(self) -> str:
@@ -64,6 +72,7 @@ class AgentPool:
         idle_s: retire an agent that has had no worker this long (None: never).
         on_events: a batch of an agent's events (on the loop).
         on_death: an agent died; its workers and why (on the loop).
+        socket_dir: where the home agent's event socket goes (None: the system's temp dir).
     """
 
     def __init__(
@@ -76,6 +85,7 @@ class AgentPool:
         on_events: Callable[[list[Event]], None],
         on_death: Deaths,
         loop: asyncio.AbstractEventLoop,
+        socket_dir: str | None = None,
     ) -> None:
         import ray
 
@@ -91,6 +101,9 @@ class AgentPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._home: Any = None
         self._home_node: str | None = None
+        self._listener: _eventsocket.EventListener | None = None
+        with contextlib.suppress(OSError):  # no socket: the home agent streams through Ray
+            self._listener = _eventsocket.EventListener(loop, socket_dir)
 
     def start_home(self) -> Any:
         """Start the agent of the session's own node now (from any thread), without waiting.
@@ -179,19 +192,23 @@ class AgentPool:
         ).remote(self._home, self._lease_s or 0.0, *self._startup)
         agent = _Agent(handle, node_id)
         self._agents[node_id] = agent
+        if node_id == self._home_node and self._listener is not None:
+            agent.local, agent.local_ended = self._listener.expect(self._on_events)
         stream = handle.events.options(
             num_returns="streaming", _generator_backpressure_num_objects=STREAM_WINDOW_BATCHES
-        ).remote()
+        ).remote(agent.local)
         asyncio.run_coroutine_threadsafe(self._follow(agent, stream), self._loop)
         return agent
 
     async def _follow(self, agent: _Agent, stream: Any) -> None:
         try:
             async for ref in stream:
+                agent.ray_batches += 1
                 self._on_events(await ref)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the agent is gone: say why, once for all its workers
+            await self._socket_drained(agent)
             if agent.retired:
                 return
             death = await asyncio.to_thread(
@@ -204,6 +221,14 @@ class AgentPool:
             agent.workers.clear()
             self._on_death(agent.node_id, workers, death)
 
+    async def _socket_drained(self, agent: _Agent) -> None:
+        """Wait until the batches the agent wrote on its socket before it died are in."""
+        if agent.local is None or agent.local_ended is None or self._listener is None:
+            return
+        self._listener.forget(agent.local)  # it never connected: nothing to wait for
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(agent.local_ended), SOCKET_DRAIN_S)
+
     def _forget(self, agent: _Agent) -> None:
         agent.retired = True
         if self._agents.get(agent.node_id) is agent:
@@ -215,12 +240,14 @@ class AgentPool:
         task.add_done_callback(self._tasks.discard)
 
     def close(self) -> None:
-        """Kill every agent (from any thread): their guards end whatever program is left."""
+        """Kill every agent (on the loop): their guards end whatever program is left."""
         agents = list(self._agents.values())
         self._agents.clear()
         for agent in agents:
             agent.retired = True
             _kill(agent.handle)
+        if self._listener is not None:
+            self._listener.close()
 
 
 def _kill(handle: Any) -> None:

@@ -7,7 +7,8 @@ one agent per node it uses, an async actor holding no resources of its own
 session (``_reservations.py``), so Ray still accounts them and nobody
 oversubscribes the node; the agent starts workers as the session sends them
 (``start``, in batches) and streams every worker's events back through one
-streaming generator (``events``, see ``_outbox.py``).
+streaming generator (``events``, see ``_outbox.py``), or on the session's
+node through a local socket (``_eventsocket.py``).
 
 All of it runs on the actor's one event loop: a :class:`WorkerSupervisor`
 per worker, asyncio transports on the guards' sockets and the programs'
@@ -39,7 +40,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from cmlray import _files, _forkserver, _ports, _zygote
+from cmlray import _eventsocket, _files, _forkserver, _ports, _zygote
 from cmlray._launch import Where, WorkerLaunch
 from cmlray._outbox import Event, Outbox
 from cmlray._queuehost import QueueHost
@@ -124,14 +125,24 @@ class NodeAgent:
         """Answers while the agent is reachable (other agents' lease checks)."""
         return True
 
-    async def events(self) -> AsyncIterator[list[Event]]:
-        """Every worker's events, in batches, for as long as the agent lives."""
+    async def events(self, local: _eventsocket.Address | None = None) -> AsyncIterator[list[Event]]:
+        """Every worker's events, in batches, for as long as the agent lives.
+
+        With ``local`` (the agent on the session's node), the batches go on
+        the session's socket instead, while it takes them: this stream then
+        carries nothing but the agent's end (``_eventsocket.py``).
+        """
         self._loop = asyncio.get_running_loop()
         if self._lease is not None:
             self._lease.start(self._loop)
         # warm for the first worker, and the zygote of its Python workers
         self._loop.run_in_executor(None, _forkserver.prestart, self._default_zygote())
+        writer = None if local is None else await _eventsocket.connect(local)
         async for batch in self._outbox.batches():
+            if writer is not None:
+                if await _eventsocket.send(writer, batch):
+                    continue
+                writer = None  # the socket broke: Ray carries this batch and the rest
             yield batch
 
     async def start(self, launches: list[WorkerLaunch]) -> None:

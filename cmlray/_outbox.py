@@ -1,10 +1,11 @@
 """What a node agent has yet to send the session: every worker's events, in batches.
 
-A node agent streams the events of all its workers through one Ray
-streaming generator (``NodeAgent.events``), not one per worker: at a
-thousand workers a node, one stream carries a batch of many workers' lines
-as one Ray object, where streams per worker would make a thousand objects
-and a thousand waiting tasks on each side.
+A node agent streams the events of all its workers in one stream
+(``NodeAgent.events``), not one per worker: at a thousand workers a node,
+one stream carries a batch of many workers' lines at once, where streams
+per worker would make a thousand objects and a thousand waiting tasks on
+each side. The stream is a Ray streaming generator, or, for the agent on
+the session's own node, a local socket (``_eventsocket.py``).
 
 Within a worker, events keep their order (placed, started, its lines,
 usage, exited). A batch is taken about ``window_s`` after the first event
@@ -24,9 +25,9 @@ Back-pressure reaches each program's pipes: a worker whose output waits
 here beyond ``worker_cap_bytes`` (or while everything waiting passes
 ``total_cap_bytes``) is paused (its agent stops reading its pipes, so the
 program blocks on its writes) until a batch has taken its output. The
-stream itself is bounded by Ray (``_generator_backpressure_num_objects``):
-when the session does not keep up, ``batches`` does not run, and the caps
-hold the rest back in the programs.
+stream itself is bounded (Ray's ``_generator_backpressure_num_objects``, the
+socket's write buffer): when the session does not keep up, ``batches`` does
+not run, and the caps hold the rest back in the programs.
 """
 
 from __future__ import annotations

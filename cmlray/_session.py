@@ -82,6 +82,7 @@ class Session:
             on_events=self.pump.handle,
             on_death=self._agent_died,
             loop=self.pump.loop,
+            socket_dir=head.temp_dir,
         )
         self.reservations = ReservationPool(self._placed, self._not_placed)
         self.catalog = Catalog(declared=dict(config.node_types), reported=_nodetypes.reported())
