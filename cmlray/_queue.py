@@ -8,14 +8,20 @@ same way. The agent on the session's node hosts the session's queues
 *published* as they finish (``publish``: the host sends them to the session
 through its event stream, ``_queueresults.py``), so nobody polls for results.
 
-Each page is a Ray object on that stream, about a millisecond and a half of
-CPU on each side: while items still wait in the queue, pages go out at most
-every ``PUBLISH_EVERY_S`` (a worker reports each batch, some 0.2 s of work,
-``_exchanges.py``: two workers on 5 ms items made about 12 pages a second,
-which took about 1% of the cores from them; ``docs/architecture.md``). Nothing
-waits where it matters: the first page after a quiet spell, a page once
-nothing is pending (the session may be about to feed the queue, or waits for
-its last results) and the drained page go out at once.
+Each page costs CPU on both sides whatever it holds (a Ray object on a
+stream through Ray, about a millisecond and a half on each side; less on the
+home agent's socket, ``_eventsocket.py``): while items still wait in the
+queue, pages go out at most every ``PUBLISH_EVERY_S`` (a worker reports each
+batch, some 0.2 s of work, ``_exchanges.py``: two workers on 5 ms items made
+about 12 pages a second, which took about 1% of the cores from them;
+``docs/architecture.md``). Nothing waits where it matters: the first page
+after a quiet spell, a page once nothing is pending (the session may be
+about to feed the queue, or waits for its last results) and the drained page
+go out at once, and so does a page of ``PAGE_FULL_RESULTS``: quick items
+finishing thousands at a time would otherwise come home in one page at the
+end, which the session decodes after the work instead of during it (20,000
+no-op items: one page of 11-16 ms to decode after ``join``; in pages of
+2,000, 2 ms).
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ INLINE_CHUNK_BYTES = 64 << 10
 INLINE_TOTAL_BYTES = 8 << 20
 
 PUBLISH_EVERY_S = 0.25  # pages of results at most this often while items are pending
+PAGE_FULL_RESULTS = 2_000  # ... unless this many wait: then a page goes at once
 
 
 def join_payloads(payloads: list[bytes]) -> list[bytes]:
@@ -76,6 +83,7 @@ class QueueServer:
         publish: Publish | None = None,
         items: bool = True,
         publish_every_s: float = PUBLISH_EVERY_S,
+        page_full_results: int = PAGE_FULL_RESULTS,
     ) -> None:
         """A queue's server.
 
@@ -86,6 +94,8 @@ class QueueServer:
                 arguments do not travel back).
             publish_every_s: the shortest time between two pages while
                 items are pending (see the module docstring).
+            page_full_results: a page goes at once when this many finished
+                items wait for one.
         """
         self.state = QueueState(max_attempts=max_attempts, lease_timeout_s=lease_timeout_s)
         self._changed = asyncio.Condition()
@@ -95,6 +105,7 @@ class QueueServer:
         self._published = 0  # finished items published so far
         self._published_drained = False
         self._publish_every_s = publish_every_s
+        self._page_full_results = page_full_results
         self._last_page_s = -math.inf  # (monotonic) when the last page went out
         self._publish_timer: asyncio.TimerHandle | None = None
         self.attachments: dict[str, bytes] = {}
@@ -110,8 +121,10 @@ class QueueServer:
             return
         now = time.monotonic()
         due = self._last_page_s + self._publish_every_s
-        if now >= due or not self.state.counts_by_state[PENDING]:  # (drained: none pending)
-            self._publish_now(now)
+        waiting = len(self.state.finished) - self._published
+        full = waiting >= self._page_full_results
+        if now >= due or full or not self.state.counts_by_state[PENDING]:
+            self._publish_now(now)  # (none pending: drained, or the session may feed it)
         elif self._publish_timer is None:
             self._publish_timer = asyncio.get_running_loop().call_later(due - now, self._on_due)
 

@@ -167,3 +167,24 @@ def test_a_page_held_back_goes_out_when_its_time_comes() -> None:
         (0, [0], False),
         (1, [1], False),
     ]
+
+
+def test_a_full_page_goes_out_at_once_though_items_are_pending() -> None:
+    async def scenario() -> list[tuple[int, list[Any]]]:
+        published: Published = []
+        server = QueueServer(
+            1, 60.0, lambda *event: published.append(event), items=False,
+            publish_every_s=60.0, page_full_results=3,
+        )  # fmt: skip
+        await server.put_many([b"i"] * 10)
+        first = await server.exchange_pickled("w1", pickle.dumps([]), 1, 0.0)
+        await server.exchange_pickled("w1", done(first), 0, 0.0)  # after a quiet spell
+        two = await server.exchange_pickled("w1", pickle.dumps([]), 2, 0.0)
+        await server.exchange_pickled("w1", done(two), 0, 0.0)  # 2 wait: held back
+        held = [(start, page["id"]) for start, page, _ in published]
+        three = await server.exchange_pickled("w1", pickle.dumps([]), 1, 0.0)
+        await server.exchange_pickled("w1", done(three), 0, 0.0)  # 3 wait: a full page
+        assert held == [(0, [0])]
+        return [(start, page["id"]) for start, page, _ in published]
+
+    assert asyncio.run(scenario()) == [(0, [0]), (1, [1, 2, 3])]
