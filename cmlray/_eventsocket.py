@@ -67,10 +67,14 @@ class EventListener:
         self._expected: dict[str, tuple[OnBatch, asyncio.Future[None]]] = {}
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
-        self._serving = asyncio.run_coroutine_threadsafe(self._serve(), loop)
+        asyncio.run_coroutine_threadsafe(self._serve(), loop)
 
     async def _serve(self) -> None:
-        self._server = await asyncio.start_unix_server(self._accept, sock=self._socket)
+        try:
+            self._server = await asyncio.start_unix_server(self._accept, sock=self._socket)
+        except Exception:  # refused from now on: the agent's events go through Ray
+            self._socket.close()
+            raise
 
     def expect(self, on_batch: OnBatch) -> tuple[Address, asyncio.Future[None]]:
         """A new agent's address, and a future done once its stream has ended (on the loop).
