@@ -8,6 +8,8 @@ moved gets a full head rather than an error.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from ray._private import node, parameter, services, utils
 
@@ -21,6 +23,7 @@ def patched() -> tuple[object, ...]:
         node.Node.start_api_server,
         utils.get_dashboard_dependency_error,
         services.start_ray_process,
+        node.wait_for_persisted_port,
     )
 
 
@@ -83,3 +86,27 @@ def test_a_ray_whose_private_names_moved_gets_a_full_head(
 def test_check_names_the_argument(value: object) -> None:
     with pytest.raises(ValueError, match=r"head_services must be 'minimal' or 'all', got"):
         SessionConfig.build(head_services=value)
+
+
+def test_the_gcs_port_file_is_polled_often_inside_the_block(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    calls: list[dict[str, object]] = []
+    real = node.wait_for_persisted_port
+
+    def recorded(*args: object, **kwargs: object) -> object:
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(node, "wait_for_persisted_port", recorded)
+    node_id = "ab" * 28
+    (tmp_path / node.get_port_filename(node_id, "gcs_server_port")).write_text("6379")
+    with _headservices.only("minimal") as held:
+        port = node.wait_for_persisted_port(
+            str(tmp_path), node_id, "gcs_server_port", timeout_ms=1000
+        )
+    for socket in held:
+        socket.close()
+    assert port == 6379  # Ray's own function read it
+    assert calls == [{"timeout_ms": 1000, "poll_interval_ms": _headservices.PORT_POLL_MS}]
+    assert node.wait_for_persisted_port is recorded  # as it was before the block
