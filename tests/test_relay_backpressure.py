@@ -4,7 +4,7 @@ The session here has a slow console: its file's ``write`` sleeps. A worker
 that prints far faster than that console can show must be slowed down (its
 writes block on its pipe) while the session's memory stays bounded: between
 the program's pipe and the console there are only the agent's event socket
-(its write buffer of 8 MB and the kernel's, ``cmlray/_eventsocket.py``; on
+(its write buffer of 2 MB and the kernel's, ``cmlray/_eventsocket.py``; on
 another node Ray's streaming-generator window,
 ``_generator_backpressure_num_objects`` batches of at most about 1 MB) and
 one batch being shown. Also: one 1 MB line without a newline
