@@ -71,15 +71,20 @@ class EventListener:
             raise
         self._expected: dict[str, tuple[OnBatch, asyncio.Future[None]]] = {}
         self._server: asyncio.AbstractServer | None = None
+        self._closed = False
         self._writers: set[asyncio.StreamWriter] = set()
         asyncio.run_coroutine_threadsafe(self._serve(), loop)
 
     async def _serve(self) -> None:
         try:
-            self._server = await asyncio.start_unix_server(self._accept, sock=self._socket)
+            server = await asyncio.start_unix_server(self._accept, sock=self._socket)
         except Exception:  # refused from now on: the agent's events go through Ray
             self._socket.close()
             raise
+        if self._closed:  # closed while it started (the server took over the socket)
+            server.close()
+        else:
+            self._server = server
 
     def expect(self, on_batch: OnBatch) -> tuple[Address, asyncio.Future[None]]:
         """A new agent's address, and a future done once its stream has ended (on the loop).
@@ -124,10 +129,12 @@ class EventListener:
                 ended.set_result(None)
 
     def close(self) -> None:
-        """Stop listening, end every stream, remove the directory (on the loop)."""
+        """Stop listening, end every stream, remove the directory (on the loop; again: nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         if self._server is not None:
-            self._server.close()
-        self._socket.close()
+            self._server.close()  # (it closes the socket; if still starting, ``_serve`` does)
         for writer in list(self._writers):  # its reader sees the end of the stream
             writer.close()
         for _, ended in self._expected.values():

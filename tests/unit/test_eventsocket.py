@@ -29,6 +29,16 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop.close()
 
 
+@pytest.fixture
+def listener(
+    loop: asyncio.AbstractEventLoop, tmp_path: Path
+) -> Iterator[_eventsocket.EventListener]:
+    """The session's end, in a directory of the test's; closed after it (again is harmless)."""
+    listener = _eventsocket.EventListener(loop, str(tmp_path))
+    yield listener
+    _on(loop, _close_soon(listener))
+
+
 def _on(loop: asyncio.AbstractEventLoop, coroutine: Any) -> Any:
     return asyncio.run_coroutine_threadsafe(coroutine, loop).result(10)
 
@@ -44,9 +54,8 @@ async def _agent(address: _eventsocket.Address, batches: list[list[Event]]) -> b
 
 
 def test_batches_arrive_in_order_and_the_stream_ends(
-    loop: asyncio.AbstractEventLoop, tmp_path: Path
+    loop: asyncio.AbstractEventLoop, listener: _eventsocket.EventListener
 ) -> None:
-    listener = _eventsocket.EventListener(loop, str(tmp_path))
     got: list[list[Event]] = []
     address, ended = listener.expect(got.append)
     batches = [[("w1", "out", [f"line {i}"]), ("w2", "usage", {"rss": i})] for i in range(50)]
@@ -54,13 +63,11 @@ def test_batches_arrive_in_order_and_the_stream_ends(
     assert _on(loop, _agent(address, batches))
     _on(loop, asyncio.wait_for(asyncio.shield(ended), 10))  # done once the agent closed
     assert got == batches
-    _on(loop, _close_soon(listener))
 
 
 def test_a_stranger_is_dropped_and_the_agent_still_connects(
-    loop: asyncio.AbstractEventLoop, tmp_path: Path
+    loop: asyncio.AbstractEventLoop, listener: _eventsocket.EventListener
 ) -> None:
-    listener = _eventsocket.EventListener(loop, str(tmp_path))
     got: list[list[Event]] = []
     address, ended = listener.expect(got.append)
     path, token = address
@@ -80,13 +87,11 @@ def test_a_stranger_is_dropped_and_the_agent_still_connects(
     assert got == [[("w1", "started", {})]]
     # A token is good once: the same address again is a stranger.
     assert _on(loop, stranger()) == b""
-    _on(loop, _close_soon(listener))
 
 
 def test_the_socket_is_private_and_removed_with_the_listener(
-    loop: asyncio.AbstractEventLoop, tmp_path: Path
+    loop: asyncio.AbstractEventLoop, listener: _eventsocket.EventListener
 ) -> None:
-    listener = _eventsocket.EventListener(loop, str(tmp_path))
     directory = os.path.dirname(listener.path)
     assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
     assert stat.S_ISSOCK(os.stat(listener.path).st_mode)
@@ -102,9 +107,8 @@ async def _close_soon(listener: _eventsocket.EventListener) -> None:
 
 
 def test_a_closed_session_makes_send_fail_for_the_ray_fallback(
-    loop: asyncio.AbstractEventLoop, tmp_path: Path
+    loop: asyncio.AbstractEventLoop, listener: _eventsocket.EventListener
 ) -> None:
-    listener = _eventsocket.EventListener(loop, str(tmp_path))
     got: list[list[Event]] = []
     address, _ = listener.expect(got.append)
 
@@ -128,14 +132,12 @@ def test_a_closed_session_makes_send_fail_for_the_ray_fallback(
 
 
 def test_forget_ends_the_wait_for_an_agent_that_never_connected(
-    loop: asyncio.AbstractEventLoop, tmp_path: Path
+    loop: asyncio.AbstractEventLoop, listener: _eventsocket.EventListener
 ) -> None:
-    listener = _eventsocket.EventListener(loop, str(tmp_path))
     address, ended = listener.expect(lambda batch: None)
     loop.call_soon_threadsafe(listener.forget, address)
     _on(loop, asyncio.wait_for(asyncio.shield(ended), 10))
     assert _on(loop, stranger_with(address)) == b""  # its token is void
-    _on(loop, _close_soon(listener))
 
 
 async def stranger_with(address: _eventsocket.Address) -> bytes:
