@@ -102,7 +102,7 @@ class AgentPool:
         self._home: Any = None
         self._home_node: str | None = None
         self._listener: _eventsocket.EventListener | None = None
-        with contextlib.suppress(OSError):  # no socket: the home agent streams through Ray
+        with contextlib.suppress(OSError):  # no sockets: the home agent streams through Ray
             self._listener = _eventsocket.EventListener(loop, socket_dir)
 
     def start_home(self) -> Any:
@@ -193,7 +193,8 @@ class AgentPool:
         agent = _Agent(handle, node_id)
         self._agents[node_id] = agent
         if node_id == self._home_node and self._listener is not None:
-            agent.local, agent.local_ended = self._listener.expect(self._on_events)
+            with contextlib.suppress(OSError):  # no socket: its events go through Ray
+                agent.local, agent.local_ended = self._listener.expect(self._on_events)
         stream = handle.events.options(
             num_returns="streaming", _generator_backpressure_num_objects=STREAM_WINDOW_BATCHES
         ).remote(agent.local)

@@ -9,26 +9,30 @@ workers usually run, that is most of what each item costs beside its work
 (``benchmarks/runtime_floor.py``, the items side).
 
 The agent on the session's node reaches the session directly instead: the
-session listens on a Unix socket in a directory of its own (mode 0700), the
-agent connects, proves itself with a token the session gave it through Ray,
-and writes its batches as length-prefixed pickles (``_channel.encode``),
-``drain`` after each so that a session that does not keep up stops the
-agent's outbox and, through its caps, the programs' pipes. The agent waits
-once two full batches are unread: with 8 MiB allowed, a flood's last line
-reached the console about 0.1 s after its program ended instead of 0.03 s
-through Ray, and the floods ran slower; with 2 MiB, 0.014-0.029 s, and 4-6%
-faster than through Ray (``benchmarks/relay_end_to_end.py``, 4 rounds each
-way, alternating). The agent's Ray
-stream stays open and carries nothing: it still ends with the agent and
-says why (``_agentpool.py``), after the socket's last batch has been read.
-An agent that cannot connect (another user's cluster, another mount
-namespace) or whose socket breaks streams through Ray as the others do.
+session listens on a Unix socket in a directory of its own (mode 0700),
+the agent connects, proves itself with a token the session gave it through
+Ray (the socket then stops listening and its directory goes: a session
+killed later leaves nothing in the temp dir), and writes its batches as
+length-prefixed pickles (``_channel.encode``), ``drain`` after each so
+that a session that does not keep up stops the agent's outbox and, through
+its caps, the programs' pipes. The agent waits once two full batches are
+unread: with 8 MiB allowed, a flood's last line reached the console about
+0.1 s after its program ended instead of 0.03 s through Ray, and the
+floods ran slower; with 2 MiB, 0.014-0.029 s, and 4-6% faster than through
+Ray (``benchmarks/relay_end_to_end.py``, 4 rounds each way, alternating).
+The agent's Ray stream stays open and carries nothing: it still ends with
+the agent and says why (``_agentpool.py``), after the socket's last batch
+has been read. An agent that cannot connect (another user's cluster,
+another mount namespace) or whose socket breaks streams through Ray as the
+others do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hmac
 import os
 import pickle
 import secrets
@@ -36,6 +40,7 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from cmlray._channel import HEADER, encode
 from cmlray._outbox import Event
@@ -50,98 +55,125 @@ Address = tuple[str, str]  # (the socket's path, the token the agent sends)
 OnBatch = Callable[[list[Event]], None]
 
 
-class EventListener:
-    """The session's end: one listening socket, one stream per agent it expects.
+@dataclass(eq=False)
+class _Door:
+    """One expected agent's way in: a socket listening in a directory of its own."""
 
-    Made on any thread (the socket is bound at once, so an agent that
-    connects early waits in the backlog); served and closed on ``loop``.
+    directory: str
+    path: str
+    sock: socket.socket
+    token: str
+    on_batch: OnBatch
+    ended: asyncio.Future[None]
+    server: asyncio.AbstractServer | None = None
+    shut: bool = False  # the agent came, will not come, or the session ends
+
+
+class EventListener:
+    """The session's end: a socket per agent it expects, listening until that agent is in.
+
+    ``expect`` binds at once (an agent that connects early waits in the
+    backlog), on any thread; everything else runs on ``loop``. Once its
+    agent is in (or will not come) a socket stops listening and its
+    directory is removed, so a session killed later leaves nothing behind
+    in the temp dir (an attached session has no reaper to sweep it).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, parent_dir: str | None = None) -> None:
         self._loop = loop
-        self._dir = tempfile.mkdtemp(prefix="cmlray-events-", dir=parent_dir)
-        self.path = os.path.join(self._dir, SOCKET_NAME)
-        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self._socket.bind(self.path)
-            self._socket.listen(16)
-        except OSError:
-            self._socket.close()
-            shutil.rmtree(self._dir, ignore_errors=True)
-            raise
-        self._expected: dict[str, tuple[OnBatch, asyncio.Future[None]]] = {}
-        self._server: asyncio.AbstractServer | None = None
-        self._closed = False
+        self._parent_dir = parent_dir
+        self._doors: dict[str, _Door] = {}  # by token
         self._writers: set[asyncio.StreamWriter] = set()
-        asyncio.run_coroutine_threadsafe(self._serve(), loop)
-
-    async def _serve(self) -> None:
-        try:
-            server = await asyncio.start_unix_server(self._accept, sock=self._socket)
-        except Exception:  # refused from now on: the agent's events go through Ray
-            self._socket.close()
-            raise
-        if self._closed:  # closed while it started (the server took over the socket)
-            server.close()
-        else:
-            self._server = server
 
     def expect(self, on_batch: OnBatch) -> tuple[Address, asyncio.Future[None]]:
-        """A new agent's address, and a future done once its stream has ended (on the loop).
+        """A new agent's address, and a future done once its stream has ended.
 
-        ``on_batch`` gets each batch the agent sends. The future is done
-        when the agent's socket closed (every batch it wrote has been
-        handed over) or never connected and ``forget`` was called.
+        ``on_batch`` gets each batch the agent sends (on the loop). The
+        future is done when the agent's socket closed (every batch it wrote
+        has been handed over), or it never connected and ``forget`` or
+        ``close`` was called. Raises OSError when no socket can be made.
         """
+        directory = tempfile.mkdtemp(prefix="cmlray-events-", dir=self._parent_dir)
+        path = os.path.join(directory, SOCKET_NAME)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            sock.listen(4)
+        except OSError:
+            sock.close()
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
         token = secrets.token_hex(TOKEN_BYTES // 2)
-        ended: asyncio.Future[None] = self._loop.create_future()
-        self._expected[token] = (on_batch, ended)
-        return (self.path, token), ended
+        door = _Door(directory, path, sock, token, on_batch, self._loop.create_future())
+        self._doors[token] = door
+        asyncio.run_coroutine_threadsafe(self._serve(door), self._loop)
+        return (path, token), door.ended
+
+    async def _serve(self, door: _Door) -> None:
+        try:
+            server = await asyncio.start_unix_server(
+                functools.partial(self._accept, door), sock=door.sock
+            )
+        except Exception:  # refused: the agent's events go through Ray
+            door.sock.close()
+            raise
+        door.server = server
+        if door.shut:  # shut while it started (the server took over the socket)
+            server.close()
+
+    def _shut(self, door: _Door) -> None:
+        """Stop listening for ``door``'s agent and remove its directory (once)."""
+        if door.shut:
+            return
+        door.shut = True
+        self._doors.pop(door.token, None)
+        if door.server is not None:
+            door.server.close()  # (it closes the socket; still starting: ``_serve`` does)
+        shutil.rmtree(door.directory, ignore_errors=True)
 
     def forget(self, address: Address) -> None:
         """The agent of ``address`` will not connect (it is gone): its future is done."""
-        expected = self._expected.pop(address[1], None)
-        if expected is not None and not expected[1].done():
-            expected[1].set_result(None)
+        door = self._doors.get(address[1])
+        if door is not None:
+            self._shut(door)
+            if not door.ended.done():
+                door.ended.set_result(None)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(
+        self, door: _Door, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         with contextlib.suppress(asyncio.CancelledError):  # the loop's end: the stream ends
-            await self._stream(reader, writer)
+            await self._stream(door, reader, writer)
 
-    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _stream(
+        self, door: _Door, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         self._writers.add(writer)
         try:
             token = await asyncio.wait_for(reader.readexactly(TOKEN_BYTES), HELLO_TIMEOUT_S)
-            expected = self._expected.pop(token.decode("ascii", "replace"), None)
         except (TimeoutError, asyncio.IncompleteReadError, OSError):
-            expected = None
-        if expected is None:  # not an agent of this session
-            writer.close()
+            token = b""
+        if door.shut or not hmac.compare_digest(token, door.token.encode("ascii")):
+            writer.close()  # not this door's agent (or it came already)
             self._writers.discard(writer)
             return
-        on_batch, ended = expected
+        self._shut(door)  # in: nobody else may come this way
         try:
-            await _read_batches(reader, on_batch)
+            await _read_batches(reader, door.on_batch)
         finally:
             writer.close()
             self._writers.discard(writer)
-            if not ended.done():
-                ended.set_result(None)
+            if not door.ended.done():
+                door.ended.set_result(None)
 
     def close(self) -> None:
-        """Stop listening, end every stream, remove the directory (on the loop; again: nothing)."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._server is not None:
-            self._server.close()  # (it closes the socket; if still starting, ``_serve`` does)
+        """Stop listening, end every stream, remove the directories (again: nothing more)."""
+        for door in list(self._doors.values()):
+            self._shut(door)
+            if not door.ended.done():
+                door.ended.set_result(None)
         for writer in list(self._writers):  # its reader sees the end of the stream
             writer.close()
-        for _, ended in self._expected.values():
-            if not ended.done():
-                ended.set_result(None)
-        self._expected.clear()
-        shutil.rmtree(self._dir, ignore_errors=True)
 
 
 async def _read_batches(reader: asyncio.StreamReader, on_batch: OnBatch) -> None:

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -190,6 +191,7 @@ def start_own_head(
     except Exception as exc:
         _release(held)
         _restore_env(saved)
+        shutil.rmtree(temp_dir, ignore_errors=True)  # (its token, Ray's session files)
         raise session_error(exc, "starting a Ray head") from exc
     head = Head(_address_of(context), owns_head=True, temp_dir=temp_dir, held_ports=held)
     head.saved_env = saved

@@ -6,7 +6,11 @@ raises there, and leaves no session behind.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
+from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -79,6 +83,32 @@ def test_a_failed_background_start_raises_at_the_first_call(
     with pytest.raises(cmlray.SessionError, match="no room"):
         cmlray.list_workers()
     assert _lifecycle.current(create=False) is None  # gone: a new init may follow
+
+
+def test_a_failed_head_start_leaves_no_temp_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import ray
+
+    made: list[str] = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp(*args: Any, **kwargs: Any) -> str:
+        path = real_mkdtemp(*args, **{**kwargs, "dir": str(tmp_path)})
+        made.append(path)
+        return path
+
+    def refused(**kwargs: Any) -> None:
+        assert os.path.exists(kwargs["_temp_dir"])  # the token is written before Ray starts
+        raise RuntimeError("no room")
+
+    monkeypatch.setattr(_head.tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setattr(ray, "init", refused)
+    auth_before = os.environ.get("RAY_AUTH_MODE")
+    with pytest.raises(cmlray.SessionError, match=r"starting a Ray head failed.*no room"):
+        _head.start_own_head(num_cpus=1, num_gpus=None, resources=None)
+    assert len(made) == 1 and not os.path.exists(made[0])
+    assert os.environ.get("RAY_AUTH_MODE") == auth_before  # as it was
 
 
 def test_boot_hands_its_result_or_error_to_the_caller_and_waits_for_release() -> None:

@@ -63,6 +63,7 @@ def test_batches_arrive_in_order_and_the_stream_ends(
     assert _on(loop, _agent(address, batches))
     _on(loop, asyncio.wait_for(asyncio.shield(ended), 10))  # done once the agent closed
     assert got == batches
+    assert not os.path.exists(os.path.dirname(address[0]))  # gone once the agent was in
 
 
 def test_a_stranger_is_dropped_and_the_agent_still_connects(
@@ -85,17 +86,18 @@ def test_a_stranger_is_dropped_and_the_agent_still_connects(
     assert _on(loop, _agent(address, [[("w1", "started", {})]]))
     _on(loop, asyncio.wait_for(asyncio.shield(ended), 10))
     assert got == [[("w1", "started", {})]]
-    # A token is good once: the same address again is a stranger.
-    assert _on(loop, stranger()) == b""
+    # Once the agent is in, nobody else comes that way: the socket is gone.
+    with pytest.raises(OSError):
+        _on(loop, stranger())
 
 
 def test_the_socket_is_private_and_removed_with_the_listener(
     loop: asyncio.AbstractEventLoop, listener: _eventsocket.EventListener
 ) -> None:
-    directory = os.path.dirname(listener.path)
-    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
-    assert stat.S_ISSOCK(os.stat(listener.path).st_mode)
     address, ended = listener.expect(lambda batch: None)
+    directory = os.path.dirname(address[0])
+    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+    assert stat.S_ISSOCK(os.stat(address[0]).st_mode)
     _on(loop, _close_soon(listener))
     assert not os.path.exists(directory)
     assert ended.done()  # an agent that never came is not waited for
@@ -137,12 +139,31 @@ def test_forget_ends_the_wait_for_an_agent_that_never_connected(
     address, ended = listener.expect(lambda batch: None)
     loop.call_soon_threadsafe(listener.forget, address)
     _on(loop, asyncio.wait_for(asyncio.shield(ended), 10))
-    assert _on(loop, stranger_with(address)) == b""  # its token is void
+    assert not os.path.exists(os.path.dirname(address[0]))  # nobody may come that way
+    assert _on(loop, _eventsocket.connect(address)) is None
 
 
-async def stranger_with(address: _eventsocket.Address) -> bytes:
+def test_each_agent_has_a_way_in_of_its_own(
+    loop: asyncio.AbstractEventLoop, listener: _eventsocket.EventListener
+) -> None:
+    first: list[list[Event]] = []
+    second: list[list[Event]] = []
+    address_1, ended_1 = listener.expect(first.append)
+    address_2, ended_2 = listener.expect(second.append)
+    assert address_1[0] != address_2[0] and address_1[1] != address_2[1]
+    swapped = (address_1[0], address_2[1])  # one's token at the other's door
+    assert _on(loop, _agent_refused(swapped))
+    assert _on(loop, _agent(address_2, [[("w2", "started", {})]]))
+    assert _on(loop, _agent(address_1, [[("w1", "started", {})]]))
+    for ended in (ended_1, ended_2):
+        _on(loop, asyncio.wait_for(asyncio.shield(ended), 10))
+    assert first == [[("w1", "started", {})]] and second == [[("w2", "started", {})]]
+
+
+async def _agent_refused(address: _eventsocket.Address) -> bool:
+    """Whether the session closed a connection that sent ``address``'s token."""
     reader, writer = await asyncio.open_unix_connection(address[0])
     writer.write(address[1].encode())
     data = await asyncio.wait_for(reader.read(), 10)
     writer.close()
-    return data
+    return data == b""
