@@ -17,9 +17,8 @@ import cmlray.worker
 pytestmark = pytest.mark.usefixtures("session")
 
 SEND = """
-import os, cmlray.worker
-os.makedirs('/tmp/cmlray-send-test', exist_ok=True)
-local = '/tmp/cmlray-send-test/' + os.environ['CDSW_ENGINE_ID']
+import os, tempfile, cmlray.worker
+local = os.path.join(tempfile.gettempdir(), os.environ['CDSW_ENGINE_ID'])  # (its own TMPDIR)
 with open(local, 'wb') as f:
     f.write(os.environ['CDSW_ENGINE_ID'].encode() * 1000)
 print(cmlray.worker.send_file(local, 'out/' + os.environ['CDSW_ENGINE_ID'] + '.bin'))
