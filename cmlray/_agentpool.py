@@ -101,9 +101,7 @@ class AgentPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._home: Any = None
         self._home_node: str | None = None
-        self._listener: _eventsocket.EventListener | None = None
-        with contextlib.suppress(OSError):  # no sockets: the home agent streams through Ray
-            self._listener = _eventsocket.EventListener(loop, socket_dir)
+        self._listener = _eventsocket.EventListener(loop, socket_dir)
 
     def start_home(self) -> Any:
         """Start the agent of the session's own node now (from any thread), without waiting.
@@ -192,7 +190,7 @@ class AgentPool:
         ).remote(self._home, self._lease_s or 0.0, *self._startup)
         agent = _Agent(handle, node_id)
         self._agents[node_id] = agent
-        if node_id == self._home_node and self._listener is not None:
+        if node_id == self._home_node:
             with contextlib.suppress(OSError):  # no socket: its events go through Ray
                 agent.local, agent.local_ended = self._listener.expect(self._on_events)
         stream = handle.events.options(
@@ -224,7 +222,7 @@ class AgentPool:
 
     async def _socket_drained(self, agent: _Agent) -> None:
         """Wait until the batches the agent wrote on its socket before it died are in."""
-        if agent.local is None or agent.local_ended is None or self._listener is None:
+        if agent.local is None or agent.local_ended is None:
             return
         self._listener.forget(agent.local)  # it never connected: nothing to wait for
         with contextlib.suppress(TimeoutError):
@@ -247,8 +245,7 @@ class AgentPool:
         for agent in agents:
             agent.retired = True
             _kill(agent.handle)
-        if self._listener is not None:
-            self._listener.close()
+        self._listener.close()
 
 
 def _kill(handle: Any) -> None:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 CHANNEL_ENV = "CMLRAY_CHANNEL_FD"
-HEADER = struct.Struct("!I")  # a message's length, before its pickle
+_HEADER = struct.Struct("!I")
 
 
 class ChannelClosedError(EOFError):
@@ -56,14 +56,14 @@ def _read_exactly(fd: int, size: int) -> bytes:
 
 def receive(fd: int) -> Any:
     """Read one message from the channel's fd; raises ChannelClosedError at end of stream."""
-    (size,) = HEADER.unpack(_read_exactly(fd, HEADER.size))
+    (size,) = _HEADER.unpack(_read_exactly(fd, _HEADER.size))
     return pickle.loads(_read_exactly(fd, size))
 
 
 def encode(message: Any) -> bytes:
     """One message as it goes on the wire: a length header, then the pickle."""
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return HEADER.pack(len(data)) + data
+    return _HEADER.pack(len(data)) + data
 
 
 class FrameReader:
@@ -76,11 +76,11 @@ class FrameReader:
         """The messages ``data`` completed, in order."""
         self._buffer += data
         messages = []
-        while len(self._buffer) >= HEADER.size:
-            (size,) = HEADER.unpack_from(self._buffer)
-            end = HEADER.size + size
+        while len(self._buffer) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(self._buffer)
+            end = _HEADER.size + size
             if len(self._buffer) < end:
                 break
-            messages.append(pickle.loads(self._buffer[HEADER.size : end]))
+            messages.append(pickle.loads(self._buffer[_HEADER.size : end]))
             del self._buffer[:end]
         return messages

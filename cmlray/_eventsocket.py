@@ -34,7 +34,6 @@ import contextlib
 import functools
 import hmac
 import os
-import pickle
 import secrets
 import shutil
 import socket
@@ -42,7 +41,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cmlray._channel import HEADER, encode
+from cmlray._channel import FrameReader, encode
 from cmlray._outbox import Event
 
 SOCKET_NAME = "events.sock"
@@ -50,6 +49,7 @@ TOKEN_BYTES = 32  # hex characters of the token an agent sends first
 HELLO_TIMEOUT_S = 10.0  # a connection that sends no token in this time is dropped
 CONNECT_TIMEOUT_S = 5.0
 WRITE_HIGH_WATER_BYTES = 2 << 20  # the agent waits (drain) past two full batches unread
+READ_BYTES = 1 << 20  # the most the session reads at once
 
 Address = tuple[str, str]  # (the socket's path, the token the agent sends)
 OnBatch = Callable[[list[Event]], None]
@@ -60,7 +60,6 @@ class _Door:
     """One expected agent's way in: a socket listening in a directory of its own."""
 
     directory: str
-    path: str
     sock: socket.socket
     token: str
     on_batch: OnBatch
@@ -104,7 +103,7 @@ class EventListener:
             shutil.rmtree(directory, ignore_errors=True)
             raise
         token = secrets.token_hex(TOKEN_BYTES // 2)
-        door = _Door(directory, path, sock, token, on_batch, self._loop.create_future())
+        door = _Door(directory, sock, token, on_batch, self._loop.create_future())
         self._doors[token] = door
         asyncio.run_coroutine_threadsafe(self._serve(door), self._loop)
         return (path, token), door.ended
@@ -151,7 +150,7 @@ class EventListener:
         self._writers.add(writer)
         try:
             token = await asyncio.wait_for(reader.readexactly(TOKEN_BYTES), HELLO_TIMEOUT_S)
-        except (TimeoutError, asyncio.IncompleteReadError, OSError):
+        except (asyncio.IncompleteReadError, OSError):  # (TimeoutError is an OSError)
             token = b""
         if door.shut or not hmac.compare_digest(token, door.token.encode("ascii")):
             writer.close()  # not this door's agent (or it came already)
@@ -177,15 +176,17 @@ class EventListener:
 
 
 async def _read_batches(reader: asyncio.StreamReader, on_batch: OnBatch) -> None:
-    """Hand every batch on the stream to ``on_batch`` until it ends."""
+    """Hand every batch on the stream to ``on_batch`` until it ends (the channel's framing)."""
+    frames = FrameReader()
     while True:
         try:
-            header = await reader.readexactly(HEADER.size)
-            (size,) = HEADER.unpack(header)
-            data = await reader.readexactly(size)
-        except (asyncio.IncompleteReadError, ConnectionError):
+            chunk = await reader.read(READ_BYTES)
+        except ConnectionError:
             return
-        on_batch(pickle.loads(data))
+        if not chunk:
+            return
+        for batch in frames.feed(chunk):
+            on_batch(batch)
 
 
 async def connect(address: Address) -> asyncio.StreamWriter | None:
@@ -193,7 +194,7 @@ async def connect(address: Address) -> asyncio.StreamWriter | None:
     path, token = address
     try:
         _, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), CONNECT_TIMEOUT_S)
-    except (OSError, TimeoutError):
+    except OSError:  # (TimeoutError is an OSError)
         return None
     writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES)
     writer.write(token.encode("ascii"))
@@ -207,7 +208,7 @@ async def send(writer: asyncio.StreamWriter, batch: list[Event]) -> bool:
     try:
         writer.write(encode(batch))
         await writer.drain()
-    except (ConnectionError, OSError):
+    except OSError:
         with contextlib.suppress(Exception):
             writer.close()
         return False

@@ -40,7 +40,7 @@ def session_without_socket(captured: Captured, monkeypatch: pytest.MonkeyPatch) 
     def refused(*args: object, **kwargs: object) -> None:
         raise OSError("no socket here")
 
-    monkeypatch.setattr(_agentpool._eventsocket, "EventListener", refused)
+    monkeypatch.setattr(_agentpool._eventsocket.EventListener, "expect", refused)
     yield from _session(captured)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from cmlray import _eventsocket
-from cmlray._channel import HEADER
+from cmlray._channel import encode
 from cmlray._outbox import Event
 
 
@@ -76,7 +76,7 @@ def test_a_stranger_is_dropped_and_the_agent_still_connects(
 
     async def stranger() -> bytes:
         reader, writer = await asyncio.open_unix_connection(path)
-        writer.write(wrong.encode() + HEADER.pack(3) + b"abc")
+        writer.write(wrong.encode() + encode([("w9", "started", {})]))
         data = await asyncio.wait_for(reader.read(), 10)  # the session closes it
         writer.close()
         return data
