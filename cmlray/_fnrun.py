@@ -1,6 +1,8 @@
 """The program of a worker launched with ``fn=``: run the function, report its result.
 
-Started by the worker's guard as ``python -u -m cmlray._fnrun``. The function
+Started by the worker's guard as ``python -u -c FN_PROGRAM`` (``_spec.py``;
+``-c`` rather than ``-m``, so that it is forked from its node's zygote, which
+has this module's imports loaded: ``_zygoteboot.py``). The function
 and its arguments come from its node agent over the local channel (cloudpickled
 in the session); the return value goes back the same way and lands in the
 worker's ``result``. An exception is printed (so it is in the worker's

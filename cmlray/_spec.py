@@ -31,6 +31,7 @@ from cmlray._checks import (
 )
 
 GIB = 1 << 30
+FN_PROGRAM = "import sys; from cmlray._fnrun import main; sys.exit(main())"  # an fn= worker's
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
@@ -114,7 +115,7 @@ class WorkerSpec:
     def argv(self, python: str = sys.executable) -> list[str]:
         """The program's command line."""
         if self.payload is not None:
-            return [python, "-u", "-m", "cmlray._fnrun"]
+            return [python, "-u", "-c", FN_PROGRAM]
         return _cmdline.build_argv(
             kernel=self.kernel, script=self.script, code=self.code, python=python
         )

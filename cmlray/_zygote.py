@@ -66,19 +66,23 @@ CODE_FILE = "<string>"
 # The interpreter as it was once started, before the zygote loaded its own
 # modules: set in the zygote (and so in its guards) by ``serve``.
 _baseline: tuple[frozenset[str], tuple[str, ...]] | None = None
+# What the zygote imported ahead for its programs (``_zygoteboot.py``): the
+# modules, and the file of each new top-level one (what a program's own
+# first ``sys.path`` entry must not hold another of).
+_preloaded: frozenset[str] = frozenset()
+_preloaded_files: dict[str, str] = {}
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
 
 # Started as ``python -u -c BOOT PACKAGE_ROOT SOCKET_FD``: notes what the
-# interpreter loaded, then loads cmlray from the agent's copy by path (never
-# whichever ``cmlray`` comes first on the worker's ``sys.path``).
+# interpreter loaded, then boots from the agent's copy of cmlray, loaded by path
+# (``_zygoteboot.py``: never whichever ``cmlray`` comes first on ``sys.path``).
 BOOT = (
     "import sys; __b = (frozenset(sys.modules), tuple(sys.path)); "
     "import importlib.util as __u; __r = sys.argv.pop(1) + '/cmlray'; "
-    "__s = __u.spec_from_file_location('cmlray', __r + '/__init__.py', "
-    "submodule_search_locations=[__r]); __m = __u.module_from_spec(__s); "
-    "sys.modules['cmlray'] = __m; __s.loader.exec_module(__m); "
-    "from cmlray import _zygote; sys.exit(_zygote.serve(int(sys.argv[1]), __b))"
+    "__s = __u.spec_from_file_location('cmlray._zygoteboot', __r + '/_zygoteboot.py'); "
+    "__m = __u.module_from_spec(__s); __s.loader.exec_module(__m); "
+    "sys.exit(__m.boot(__r, int(sys.argv[1]), __b))"
 )
 
 
@@ -127,17 +131,51 @@ def zygote_command(key: Key, package_root: str, socket_fd: int) -> tuple[list[st
     return argv, env
 
 
-def serve(socket_fd: int, baseline: tuple[frozenset[str], tuple[str, ...]]) -> int:
-    """The zygote's life: fork guards (that fork programs) until the agent goes."""
+def serve(
+    socket_fd: int, baseline: tuple[frozenset[str], tuple[str, ...]], preloaded: frozenset[str]
+) -> int:
+    """The zygote's life: fork guards (that fork programs) until the agent goes.
+
+    ``preloaded``: the modules each program keeps, unless its own first
+    ``sys.path`` entry shadows one (``_zygoteboot.py``); ``baseline[0]`` or more.
+    """
     import socket
 
     from cmlray import _forkserver
 
-    global _baseline
+    global _baseline, _preloaded, _preloaded_files
     if len(os.listdir("/proc/self/task")) > 1:  # a sitecustomize started threads: unsafe to fork
         return 3
     _baseline = baseline
+    _preloaded = preloaded - baseline[0]
+    _preloaded_files = _top_level_files(_preloaded)
     return _forkserver.serve(socket.socket(fileno=socket_fd))
+
+
+def _top_level_files(names: frozenset[str]) -> dict[str, str]:
+    """The real file of each top-level module among ``names`` loaded from one."""
+    files = {}
+    for name in names:
+        file = getattr(sys.modules.get(name), "__file__", None)
+        if "." not in name and isinstance(file, str):
+            files[name] = os.path.realpath(file)
+    return files
+
+
+def shadowed(entry: str) -> bool:
+    """Whether the ``sys.path`` entry ``entry`` holds another of a preloaded module.
+
+    A new interpreter would import that one (a script's directory comes first).
+    """
+    from importlib.machinery import PathFinder
+
+    where = [entry or os.getcwd()]
+    for name, file in _preloaded_files.items():
+        spec = PathFinder.find_spec(name, where)
+        found = spec.origin if spec is not None and spec.has_location else None
+        if found and os.path.realpath(found) != file:  # (None: not there, or a namespace)
+            return True
+    return False
 
 
 def ready() -> bool:
@@ -196,16 +234,29 @@ def _become_new(
     os.environ.update(env)
     os.chdir(cwd)
     modules, path = _baseline
-    for name in [name for name in sys.modules if name not in modules]:
-        del sys.modules[name]
     kind, target, args = form
     sys.path[:] = path
     if kind == "script":
         sys.path[0] = os.path.dirname(os.path.realpath(target))
+    if _preloaded and not shadowed(sys.path[0]):
+        modules = modules | _preloaded
+    _drop_modules_but(modules)
     sys.argv = ["-c" if kind == "-c" else target, *args]
     sys.orig_argv = list(argv)
     _new_streams()
     gc.enable()
+
+
+def _drop_modules_but(kept: frozenset[str]) -> None:
+    """Forget every module not in ``kept``: an ``import`` loads it anew.
+
+    A package kept (``cmlray``) also forgets it as an attribute.
+    """
+    for name in [name for name in sys.modules if name not in kept]:
+        module = sys.modules.pop(name)
+        parent, _, child = name.rpartition(".")
+        if parent in kept and getattr(sys.modules.get(parent), child, None) is module:
+            delattr(sys.modules[parent], child)
 
 
 def _retitle(argv: Sequence[str], env: Mapping[str, str]) -> None:

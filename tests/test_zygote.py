@@ -19,6 +19,7 @@ import pytest
 
 from cmlray import _cmdline, _forkserver
 from cmlray._zygote import FRESH_ENV, startup_key
+from cmlray._zygoteboot import PRELOAD
 from tests.support.supervise import PY, Events, final, launch, out_lines, supervise
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -51,12 +52,45 @@ def err_lines(events: Events) -> list[str]:
 
 
 def test_a_python_program_is_forked_from_the_zygote_with_what_a_new_one_loads() -> None:
-    code = "import sys\nprint(' '.join(sorted(sys.modules)))\n" + PARENT
+    """What a new interpreter loads, and cmlray's worker side loaded ahead: no more.
+
+    The zygote imports ``PRELOAD`` (with ``importlib.util``, which its boot
+    uses) as a new interpreter would: the same modules must be loaded in a
+    new interpreter that imports them, none of the zygote's own.
+    """
+    listing = "import sys\nprint(' '.join(sorted(sys.modules)))\n"
+    code = listing + "import cmlray\nprint(hasattr(cmlray, '_zygote'))\n" + PARENT
     events = supervise(launch(code))
-    loaded, forked = out_lines(events)
+    loaded, attribute, forked = out_lines(events)
     assert forked == "True"  # its guard is a fork of the zygote
-    assert loaded.split() == fresh(code)[0].split("\n")[0].split()
+    ahead = f"import importlib.util, {', '.join(PRELOAD)}\n"
+    assert loaded.split() == fresh(ahead + listing)[0].split()
+    assert {"cmlray._zygote", "cmlray._forkserver", "cmlray._guard"}.isdisjoint(loaded.split())
+    assert attribute == "False"  # nor does the package it keeps know them
     assert final(events)["status"] == "succeeded"
+
+
+def test_a_module_beside_the_script_wins_over_one_loaded_ahead(tmp_path: Path) -> None:
+    """A new interpreter imports ``pickle.py`` beside the script, not the standard one."""
+    (tmp_path / "pickle.py").write_text("WHO = 'beside the script'\n")
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import sys\nprint('cmlray.worker' in sys.modules)\n"
+        "import pickle\nprint(getattr(pickle, 'WHO', 'the standard one'))\n" + PARENT
+    )
+    lines = out_lines(supervise(launch("", script=str(script))))
+    assert lines == ["False", "beside the script", "True"]
+    assert fresh(script=str(script))[0].splitlines()[:2] == lines[:2]
+
+
+def test_a_program_with_a_cmlray_of_its_own_imports_that_one(tmp_path: Path) -> None:
+    (tmp_path / "cmlray").mkdir()
+    (tmp_path / "cmlray" / "__init__.py").write_text("WHO = 'its own'\n")
+    script = tmp_path / "job.py"
+    script.write_text("import cmlray\nprint(getattr(cmlray, 'WHO', 'the agent\\'s'))\n" + PARENT)
+    lines = out_lines(supervise(launch("", script=str(script))))
+    assert lines == ["its own", "True"]
+    assert fresh(script=str(script))[0].splitlines()[0] == "its own"
 
 
 def test_code_sees_argv_path_main_env_cwd_and_a_session_of_its_own(tmp_path: Path) -> None:

@@ -5,7 +5,10 @@ imports the guard's modules as it boots, before the first worker of its
 node can be forked. Modules such as ``typing`` (4.5-6 ms), ``dataclasses``
 with ``inspect`` (10 ms) or ``subprocess`` (3 ms) would be paid there by
 every worker or by the first of each node, for annotations or for code
-that only the agent runs.
+that only the agent runs. (The zygote also imports cmlray's worker side
+ahead for its programs, ``cloudpickle`` among it, on purpose:
+``_zygoteboot.py``; what is checked here is its own code and the queue
+worker's.)
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ STANDALONE = [
     "_guard",
     "_forkserver",
     "_zygote",
+    "_zygoteboot",
     "_reaper",
     "_proctree",
     "_procfs",
