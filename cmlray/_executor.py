@@ -228,7 +228,7 @@ class Executor(futures.Executor):
         from cmlray.queue import Queue
 
         self._queue = Queue(
-            f"{self.name}-{uuid.uuid4().hex[:8]}", max_attempts=self.max_attempts, _with_items=False
+            f"{self.name}-{uuid.uuid4().hex[:8]}", max_attempts=self.max_attempts, _keep_items=False
         )
         self._launch(self.max_workers)
         self._collector = threading.Thread(

@@ -198,11 +198,9 @@ class NodeAgent:
 
     # The session's queues (hosted by the agent of the session's node) -----------------
 
-    async def open_queue(
-        self, name: str, max_attempts: int, lease_timeout_s: float, items: bool
-    ) -> None:
+    async def open_queue(self, name: str, max_attempts: int, lease_timeout_s: float) -> None:
         """Host a new queue of the session (its results go out on ``events``)."""
-        self._queues.open(name, max_attempts, lease_timeout_s, items)
+        self._queues.open(name, max_attempts, lease_timeout_s)
 
     async def drop_queue(self, name: str) -> None:
         """Forget a drained queue (``QueueHost.drop``)."""

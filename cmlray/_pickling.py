@@ -49,16 +49,24 @@ class Dumper:
         return buffer.getvalue()
 
 
+def all_plain(objects: Iterable[Any]) -> bool:
+    """Whether every object is of a plain type (``PLAIN``)."""
+    return _PLAIN_TYPES.issuperset(map(type, objects))
+
+
 def dumps_many(
-    objects: Iterable[Any], on_error: Callable[[int, Exception], Exception]
+    objects: Iterable[Any],
+    on_error: Callable[[int, Exception], Exception],
+    plain: bool | None = None,
 ) -> list[bytes]:
     """Each object pickled alone (each loads alone); ``on_error(index, exc)`` names a failure.
 
-    Objects all of plain types are pickled by ``map`` (4.6 ms for 20,000 ints
-    instead of 6.4 ms item by item): plain values always pickle.
+    Objects all of plain types (``plain``: known to be, else checked) are
+    pickled by ``map`` (4.6 ms for 20,000 ints instead of 6.4 ms item by
+    item): plain values always pickle.
     """
     objects = list(objects)
-    if _PLAIN_TYPES.issuperset(map(type, objects)):
+    if plain if plain is not None else all_plain(objects):
         return list(map(pickle.dumps, objects, repeat(PROTOCOL)))
     dumper: Dumper | None = None
     out = []

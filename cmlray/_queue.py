@@ -81,17 +81,14 @@ class QueueServer:
         max_attempts: int,
         lease_timeout_s: float,
         publish: Publish | None = None,
-        items: bool = True,
         publish_every_s: float = PUBLISH_EVERY_S,
         page_full_results: int = PAGE_FULL_RESULTS,
     ) -> None:
         """A queue's server.
 
         Args:
-            publish: called with every finished item, in completion order.
-            items: publish the items that succeeded along with their results
-                (the Executor knows its calls by id: without, a call's
-                arguments do not travel back).
+            publish: called with every finished item, in completion order
+                (without the items that succeeded: the session has them).
             publish_every_s: the shortest time between two pages while
                 items are pending (see the module docstring).
             page_full_results: a page goes at once when this many finished
@@ -101,7 +98,6 @@ class QueueServer:
         self._changed = asyncio.Condition()
         self._releases = 0  # workers the session reported ended
         self._publish_to = publish
-        self._items = items
         self._published = 0  # finished items published so far
         self._published_drained = False
         self._publish_every_s = publish_every_s
@@ -146,7 +142,7 @@ class QueueServer:
         self._last_page_s = now
         while self._unpublished():
             start = self._published
-            page = state.report(start, REPORT_LIMIT, items=self._items)
+            page = state.report(start, REPORT_LIMIT)
             self._published += len(page["id"])
             drained = state.drained and self._published == len(state.finished)
             self._published_drained = drained
@@ -263,4 +259,4 @@ class QueueServer:
         Returns (a page of ``QueueState.report``, as published, drained).
         """
         await self._wait_for(lambda: len(self.state.finished) > start or self.state.drained, wait_s)
-        return self.state.report(start, items=self._items), self.state.drained
+        return self.state.report(start), self.state.drained

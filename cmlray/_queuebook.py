@@ -33,7 +33,7 @@ class QueueBook:
         self._results: dict[str, ResultPages] = {}
 
     def create(
-        self, name: str, max_attempts: int, lease_timeout_s: float, items: bool
+        self, name: str, max_attempts: int, lease_timeout_s: float
     ) -> tuple[Any, ResultPages]:
         """Start serving queue ``name`` (one per name and session).
 
@@ -47,7 +47,7 @@ class QueueBook:
             raise QueueError("queues live on the session's own Ray node, and this session has none")
         pages = self._results[name] = ResultPages()
         try:
-            ray.get(self._host.open_queue.remote(name, max_attempts, lease_timeout_s, items))
+            ray.get(self._host.open_queue.remote(name, max_attempts, lease_timeout_s))
         except Exception as exc:
             del self._results[name]
             raise session_error(exc, "starting a queue") from exc

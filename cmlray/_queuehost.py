@@ -37,11 +37,11 @@ class QueueHost:
         self._dropped: set[str] = set()
         self._send = send
 
-    def open(self, name: str, max_attempts: int, lease_timeout_s: float, items: bool) -> None:
+    def open(self, name: str, max_attempts: int, lease_timeout_s: float) -> None:
         """Serve a new queue (the session checks that its name is new).
 
         Its finished items go to the session as they finish, on the agent's
-        event stream (with the items that succeeded, unless not ``items``).
+        event stream (results without the items that succeeded: the session has them).
         """
         if name in self._queues or name in self._dropped:
             raise LookupError(f"this session already has a queue named {name!r}")
@@ -52,7 +52,7 @@ class QueueHost:
             )
             self._send(f"queue:{name}", RESULTS, (name, start, page, drained), size)
 
-        self._queues[name] = QueueServer(max_attempts, lease_timeout_s, publish, items)
+        self._queues[name] = QueueServer(max_attempts, lease_timeout_s, publish)
 
     def drop(self, name: str) -> None:
         """Forget a drained queue and everything it kept (the Executor's, once its calls are in).

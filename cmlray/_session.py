@@ -238,11 +238,11 @@ class Session:
     # Queues --------------------------------------------------------------------------
 
     def create_queue(
-        self, name: str, max_attempts: int, lease_timeout_s: float, items: bool
+        self, name: str, max_attempts: int, lease_timeout_s: float
     ) -> tuple[Any, ResultPages]:
         """Start serving queue ``name`` (one per name): its host agent, where its results arrive."""
         self._check_open()
-        return self.queues.create(name, max_attempts, lease_timeout_s, items)
+        return self.queues.create(name, max_attempts, lease_timeout_s)
 
     def drop_queue(self, name: str) -> None:
         """Forget a drained queue, here and in the agent hosting it."""

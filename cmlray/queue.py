@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 from cmlray import _lifecycle, _pickling, _rayerrors
 from cmlray._checks import check_count, check_positive, check_text
 from cmlray._queue import INLINE_TOTAL_BYTES, join_payloads
+from cmlray._queueitems import HomeItems
 from cmlray._queuestate import REPORT_LIMIT
 from cmlray.errors import QueueError
 
@@ -60,11 +61,12 @@ class QueueResult(NamedTuple):
 _new_result = functools.partial(tuple.__new__, QueueResult)  # QueueResult._make, without a call
 
 
-def _decode(page: dict[str, list[Any]]) -> list[QueueResult]:
+def _decode(page: dict[str, list[Any]], home: HomeItems) -> list[QueueResult]:
     """A page of results (columns, see ``QueueState.report``) as QueueResults.
 
-    Built with the collector paused: 20,000 results make 60,000 objects, and
-    the collections they would set off cost more than the building (measured:
+    The items come from ``home`` (the page carries none). Built with the
+    collector paused: 20,000 results make 60,000 objects, and the
+    collections they would set off cost more than the building (measured:
     40 ms instead of 16).
     """
     loads = _pickling.loads
@@ -77,7 +79,7 @@ def _decode(page: dict[str, list[Any]]) -> list[QueueResult]:
             if None not in pickled
             else [None if result is None else loads(result) for result in pickled]
         )
-        columns = (map(loads, page["item"]), page["ok"], results, page["error"],
+        columns = (home.take(page["id"]), page["ok"], results, page["error"],
                    page["traceback"], page["attempts"])  # fmt: skip
         return list(map(_new_result, zip(*columns, strict=True)))
     finally:
@@ -106,18 +108,20 @@ class Queue:
         *,
         max_attempts: int = 3,
         lease_timeout_s: float = 300.0,
-        _with_items: bool = True,
+        _keep_items: bool = True,
     ) -> None:
         check_text("name", name)
         self.name = name
         self.max_attempts = check_count("max_attempts", max_attempts, 1)
         self.lease_timeout_s = check_positive("lease_timeout_s", lease_timeout_s, "seconds")
         session = self._session = _lifecycle.require()
-        # the agent hosting the queue, and its results as that agent pushes them
-        # (without the items that succeeded, for the Executor: it knows its calls)
+        # the agent hosting the queue, and its results as that agent pushes them,
+        # without the items that succeeded: they are kept here (the Executor
+        # knows its calls by id and keeps nothing here)
         self._host, self._pages = session.create_queue(
-            name, self.max_attempts, self.lease_timeout_s, _with_items
+            name, self.max_attempts, self.lease_timeout_s
         )
+        self._home = HomeItems() if _keep_items else None
         self._put_count = 0
         self._settled_at = -1  # the put count when join last saw every item settled
         self._decoding = threading.Lock()
@@ -151,9 +155,20 @@ class Queue:
 
         Raises TypeError (nothing added) if one cannot be pickled.
         """
+        items = list(items)
+        plain = _pickling.all_plain(items)
         offset = self._put_count
-        payloads = _pickling.dumps_many(items, lambda i, exc: _unpicklable(offset + i, exc))
-        return self._put_pickled(payloads)
+        payloads = _pickling.dumps_many(items, lambda i, e: _unpicklable(offset + i, e), plain)
+        home = self._home
+        if home is None:
+            return self._put_pickled(payloads)
+        with home.lock:  # the items are here before any result of theirs can be
+            first = home.add(items, payloads, plain)
+            try:
+                return self._put_pickled(payloads)
+            except BaseException:
+                home.remove_from(first)
+                raise
 
     def _put_pickled(self, payloads: list[bytes]) -> range:
         """Add items already pickled (``_pickling.dumps_many``); their ids."""
@@ -287,7 +302,8 @@ class Queue:
         """Results from completion index ``start`` (decoded once), and whether that is all."""
         with self._decoding:
             page, drained = self._pages.since(len(self._decoded))
-            self._decoded += _decode(page)
+            assert self._home is not None  # (the Executor reads its pages itself)
+            self._decoded += _decode(page, self._home)
             return self._decoded[start:], drained
 
     def as_completed(

@@ -69,6 +69,22 @@ def test_any_payload_closures_and_ten_megabyte_bytes() -> None:
     assert results["dict"] == {"nested": [1, (2, 3)]}
 
 
+def test_each_result_carries_its_item_as_it_was_put() -> None:
+    """The session keeps the items (results come home without them): values as put."""
+    q = cmlray.Queue("as-put")
+    params = {"alpha": 0.1}
+    q.put_many([7, "seven", b"7", params, 7.5])
+    params["alpha"] = 99.0  # changed after the put
+    q.close()
+    with pytest.raises(cmlray.QueueError, match=r"is closed"):
+        q.put("refused")
+    serve("as-put", "repr", n=1)
+    q.join(timeout=120)
+    assert sorted((repr(r.item), r.result) for r in q.results()) == sorted(
+        (repr(item), repr(item)) for item in [7, "seven", b"7", {"alpha": 0.1}, 7.5]
+    )
+
+
 def test_raising_fn_is_retried_then_failed_with_traceback() -> None:
     q = cmlray.Queue("flaky", max_attempts=2)
     q.put_many(["ok", "boom"])

@@ -52,7 +52,7 @@ def exchange(server: QueueServer, worker: str, outcomes: list[Any], want: int) -
 
 def test_finished_items_are_published_in_order_then_drained_once() -> None:
     published: Published = []
-    server = QueueServer(2, 60.0, lambda *event: published.append(event), items=False)
+    server = QueueServer(2, 60.0, lambda *event: published.append(event))
     asyncio.run(server.put_many([b"a", b"b", b"c"]))
     leased = exchange(server, "w1", [], 3)
     assert [item_id for item_id, _, _ in leased] == [0, 1, 2]
@@ -71,7 +71,7 @@ def test_finished_items_are_published_in_order_then_drained_once() -> None:
 
 def test_a_failed_item_is_published_with_its_item() -> None:
     published: Published = []
-    server = QueueServer(1, 60.0, lambda *event: published.append(event), items=False)
+    server = QueueServer(1, 60.0, lambda *event: published.append(event))
     asyncio.run(server.put_many([b"x"]))
     exchange(server, "w1", [], 1)
     exchange(server, "w1", [(0, False, None, "KeyError: 'k'", "tb")], 0)
@@ -90,7 +90,7 @@ def test_items_travel_joined_in_chunks_under_the_inline_limit() -> None:
 def test_a_dropped_queue_tells_a_late_worker_it_is_drained() -> None:
     sent: list[Any] = []
     host = QueueHost(lambda *event: sent.append(event))
-    host.open("calls", 3, 60.0, items=False)
+    host.open("calls", 3, 60.0)
     asyncio.run(host.call("calls", "close"))
     assert [event[:2] for event in sent] == [("queue:calls", "results")]  # drained, published
     host.drop("calls")
@@ -100,7 +100,7 @@ def test_a_dropped_queue_tells_a_late_worker_it_is_drained() -> None:
     with pytest.raises(LookupError, match="no queue named 'calls'"):
         asyncio.run(host.call("calls", "stats"))
     with pytest.raises(LookupError, match="already has a queue named 'calls'"):
-        host.open("calls", 3, 60.0, items=True)
+        host.open("calls", 3, 60.0)
 
 
 def done(answer: bytes) -> bytes:
@@ -113,9 +113,7 @@ def test_pages_wait_while_items_are_pending_but_not_when_it_matters() -> None:
     async def scenario() -> list[list[tuple[int, list[Any]]]]:
         published: Published = []
         # pages 60 s apart at most: a page goes out at once only when it matters
-        server = QueueServer(
-            1, 60.0, lambda *event: published.append(event), items=False, publish_every_s=60.0
-        )
+        server = QueueServer(1, 60.0, lambda *event: published.append(event), publish_every_s=60.0)
         seen = []
 
         def pages() -> None:
@@ -152,7 +150,7 @@ def test_a_page_held_back_goes_out_when_its_time_comes() -> None:
             published.append(event)
             arrived.set()
 
-        server = QueueServer(1, 60.0, publish, items=False, publish_every_s=0.05)
+        server = QueueServer(1, 60.0, publish, publish_every_s=0.05)
         await server.put_many([b"i"] * 4)
         first = await server.exchange_pickled("w1", pickle.dumps([]), 1, 0.0)
         await server.exchange_pickled("w1", done(first), 0, 0.0)
@@ -173,8 +171,8 @@ def test_a_full_page_goes_out_at_once_though_items_are_pending() -> None:
     async def scenario() -> list[tuple[int, list[Any]]]:
         published: Published = []
         server = QueueServer(
-            1, 60.0, lambda *event: published.append(event), items=False,
-            publish_every_s=60.0, page_full_results=3,
+            1, 60.0, lambda *event: published.append(event), publish_every_s=60.0,
+            page_full_results=3,
         )  # fmt: skip
         await server.put_many([b"i"] * 10)
         first = await server.exchange_pickled("w1", pickle.dumps([]), 1, 0.0)
