@@ -223,9 +223,11 @@ def test_partitioned_host_reports_its_worker_lost_and_ends_its_program(
         record("partition: its worker reported lost", done["reported_at"] - cut_at)
         assert driver.wait(timeout=60) == 0
     finally:
-        netcluster.heal("h1")
-        # Its node was declared dead: bring a fresh one up for whatever runs next.
+        # Its node was declared dead: bring a fresh one up for whatever runs next. Its
+        # old processes go before the link comes back, so that the declared-dead raylet
+        # never reaches the GCS again (the GCS once aborted in gRPC while it did).
         netcluster.crash("h1")
+        netcluster.heal("h1")
         netcluster.start_ray("h1")
         netcluster.wait_nodes(3)
 
