@@ -48,7 +48,7 @@ def boot(package_dir: str, socket_fd: int, baseline: Baseline) -> int:
     return _zygote.serve(socket_fd, baseline, preloaded)
 
 
-def finds_this_package(package_dir: str) -> bool:
+def _finds_this_package(package_dir: str) -> bool:
     """Whether ``import cmlray`` here (``sys.path``, the import hooks) loads ``package_dir``."""
     try:
         spec = importlib.util.find_spec("cmlray")
@@ -62,7 +62,7 @@ def finds_this_package(package_dir: str) -> bool:
 
 def _preload(package_dir: str) -> bool:
     """Import ``PRELOAD`` as a program would; whether every one of them was."""
-    if "cmlray" in sys.modules or not finds_this_package(package_dir):
+    if "cmlray" in sys.modules or not _finds_this_package(package_dir):
         return False
     try:
         for name in PRELOAD:
