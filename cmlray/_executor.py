@@ -10,12 +10,15 @@ thread puts what was submitted meanwhile on the queue in one round trip (so
 a loop of ``submit`` costs microseconds a call, not a round trip each), and
 a collector thread reads results as they finish and settles the futures.
 Until the first call has come back (the workers are starting), each
-``submit`` yields the GIL once and the sender gathers for ``GATHER_S``
-before it sends: a loop of submits otherwise held the GIL against the
-launch's steps on the event pump's thread and Ray's (each waiting out
-Python's 5 ms switch interval). Measured in a settled session, 2,000
-submits of 5 ms calls: the first page of results (about 0.2 s of calls)
-came back 297-312 ms after the first submit instead of 376-418.
+``submit`` yields the GIL once and the sender waits for a pause in the
+submits (at most ``GATHER_MAX_S``) before it sends: a loop of submits held
+the GIL against the launch's steps on the event pump's thread and Ray's
+(each waiting out Python's 5 ms switch interval), and the sender, woken
+by each yield, would send a put for each call, queued at an agent still
+starting ahead of its workers' start. Measured in a settled session,
+2,000 submits of 5 ms calls (``benchmarks/executor_calls.py``, 5 each,
+alternating with the previous build): all results in 5.102 s instead of
+5.217 (ProcessPoolExecutor 5.13); right after ``init``, 5.362 and 5.366.
 
 - An exception raised by a call is that call's outcome (its future raises
   it, the traceback text attached as a note): never retried.
@@ -50,7 +53,8 @@ from cmlray._spec import WorkerSpec
 from cmlray.errors import CmlrayError, WorkerError
 
 POLL_S = 0.5  # the collector's longest wait for results before it checks the queue and workers
-GATHER_S = 0.005  # until the first call is back, the sender waits this long to gather submits
+GATHER_S = 0.005  # until the first call is back, the sender sends once submits pause this long
+GATHER_MAX_S = 0.03  # (or after this long)
 
 
 class _CallFuture(futures.Future[Any]):
@@ -226,13 +230,29 @@ class Executor(futures.Executor):
             while True:
                 self._wake.wait()
                 if self._warming:
-                    time.sleep(GATHER_S)  # a loop of submits yields each time: gather them
+                    self._gather()
                 self._wake.clear()
                 self._send()
                 if self._shutdown and not self._outgoing:
                     return
         except CmlrayError as exc:
             self._break(f"the executor's queue is gone: {exc}")
+
+    def _gather(self) -> None:
+        """While the workers start, wait for a pause in the submits: one put for a loop of them.
+
+        A loop of submits yields at each one then, so the sender would wake
+        for each and send it alone: put calls queued at the agent ahead of
+        the workers' own start. At most ``GATHER_MAX_S``.
+        """
+        seen, deadline = -1, time.monotonic() + GATHER_MAX_S
+        while time.monotonic() < deadline:
+            with self._lock:
+                count = len(self._outgoing)
+            if count == seen:
+                return
+            seen = count
+            time.sleep(GATHER_S)
 
     def _start(self) -> None:
         """The queue, the workers and the collector, with the first call (under the lock)."""
