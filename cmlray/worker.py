@@ -108,8 +108,12 @@ def tasks(name: str) -> Iterator[Task]:
     try:
         for leased in exchanges.batches():
             started = time.monotonic()
-            for item_id, attempt, payload in leased:
-                task = Task(_pickling.loads(payload), attempt, item_id)
+            attempts = [attempt for _, attempt, _ in leased]
+            for (item_id, item, error), attempt in zip(_unpickled(leased), attempts, strict=True):
+                if error is not None:  # (as serve: that item fails, the loop goes on)
+                    exchanges.outcomes.append(failure(item_id, error))
+                    continue
+                task = Task(item, attempt, item_id)
                 yield task
                 exchanges.outcomes.append(task.outcome())
             exchanges.observe(len(leased), time.monotonic() - started)

@@ -6,6 +6,7 @@ import os
 import signal
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -132,6 +133,53 @@ def test_tasks_iterator_for_a_loop_of_ones_own() -> None:
     assert not results[13].ok and results[13].error == "KeyError: 13"
     (worker,) = cmlray.await_workers(workers)["workers"]
     assert worker["tail"] == ["seen 22"]  # `with task` swallowed the 3 attempts' KeyErrors
+
+
+class _SessionOnly:
+    """An item whose unpickling imports a module only the session can import."""
+
+    def __init__(self, module: str) -> None:
+        self.module = module
+
+    def __reduce__(self) -> tuple[object, ...]:
+        import importlib
+
+        return (importlib.import_module, (self.module,))
+
+
+@pytest.mark.parametrize("loop", ["serve", "tasks"])
+def test_an_item_a_worker_cannot_load_fails_alone(
+    loop: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = f"cmlray_session_only_{loop}"
+    (tmp_path / f"{module}.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # the session's path, not the worker's
+    name = f"unloadable-{loop}"
+    q = cmlray.Queue(name, max_attempts=1)
+    q.put_many([1, _SessionOnly(module), 3])
+    q.close()
+    if loop == "serve":
+        workers = serve(name, "lambda x: x * 10", n=1)
+    else:
+        code = textwrap.dedent(
+            f"""
+            import cmlray.worker
+            for task in cmlray.worker.tasks({name!r}):
+                with task:
+                    task.result = task.item * 10
+            print("loop ended")
+            """
+        )
+        workers = cmlray.launch_workers(1, cpu=0.5, memory=0.1, code=code)
+    q.join(timeout=120)
+    results = q.results()
+    assert sorted((r.item, r.result) for r in results if r.ok) == [(1, 10), (3, 30)]
+    (failed,) = [r for r in results if not r.ok]
+    assert failed.item.__name__ == module  # (it loads here: the session imports it)
+    assert failed.error is not None and failed.error.startswith("ModuleNotFoundError")
+    (worker,) = cmlray.await_workers(workers)["workers"]  # the program went on and ended well
+    if loop == "tasks":
+        assert worker["tail"] == ["loop ended"]
 
 
 def test_results_are_read_from_the_queue_when_pushed_pages_go_missing(
