@@ -47,8 +47,18 @@ LOADED_MAX = 256  # a worker keeps this many inline functions loaded (then start
 _PLAIN = (int, float, str, bytes, bool, type(None), complex)  # (``_pickling.PLAIN``: no import)
 
 
-class Shipped:
-    """A function attached to the executor's queue under ``key``, in place of itself in calls."""
+class _Stand:
+    """What a call carries in place of its function; a worker finds it with ``resolve``."""
+
+    __slots__ = ()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the function (in a worker): a joblib batch calls this as the function."""
+        return resolve(self)(*args, **kwargs)
+
+
+class Shipped(_Stand):
+    """A function attached to the executor's queue under ``key``."""
 
     __slots__ = ("key",)
 
@@ -58,16 +68,12 @@ class Shipped:
     def __reduce__(self) -> tuple[Any, ...]:
         return (Shipped, (self.key,))
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the function (in a worker): a joblib batch calls the key as the function."""
-        return resolve(self)(*args, **kwargs)
-
     def __repr__(self) -> str:
         return f"Shipped({self.key!r})"
 
 
-class Inline:
-    """A small function's pickle, made once in the session, in place of it in each call."""
+class Inline(_Stand):
+    """A small function's pickle, made once in the session."""
 
     __slots__ = ("data",)
 
@@ -76,10 +82,6 @@ class Inline:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Inline, (self.data,))
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the function (in a worker): a joblib batch calls it as the function."""
-        return resolve(self)(*args, **kwargs)
 
     def __repr__(self) -> str:
         return f"Inline({len(self.data)} bytes)"
