@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cmlray import _eventsocket, _rayerrors
+from cmlray._homecalls import HomeCalls
 from cmlray._launch import WorkerLaunch
 from cmlray._nodeagent import NodeAgent
 from cmlray._outbox import Event
@@ -101,7 +102,8 @@ class AgentPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._home: Any = None
         self._home_node: str | None = None
-        self._listener = _eventsocket.EventListener(loop, socket_dir)
+        self.calls = HomeCalls(loop)  # the session's queue calls, once the home agent is in
+        self._listener = _eventsocket.EventListener(loop, socket_dir, self.calls)
 
     def start_home(self) -> Any:
         """Start the agent of the session's own node now (from any thread), without waiting.

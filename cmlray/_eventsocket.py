@@ -42,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cmlray._channel import FrameReader, encode
+from cmlray._homecalls import REPLY, HomeCalls
 from cmlray._outbox import Event
 
 SOCKET_NAME = "events.sock"
@@ -78,9 +79,15 @@ class EventListener:
     in the temp dir (an attached session has no reaper to sweep it).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, parent_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        parent_dir: str | None = None,
+        calls: HomeCalls | None = None,
+    ) -> None:
         self._loop = loop
         self._parent_dir = parent_dir
+        self._calls = calls  # the session's queue calls go on the agent's socket once it is in
         self._doors: dict[str, _Door] = {}  # by token
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -157,9 +164,14 @@ class EventListener:
             self._writers.discard(writer)
             return
         self._shut(door)  # in: nobody else may come this way
+        calls = self._calls
+        if calls is not None:
+            calls.attach(writer)
         try:
-            await _read_batches(reader, door.on_batch)
+            await _read_frames(reader, door.on_batch, calls)
         finally:
+            if calls is not None:
+                calls.detach("the socket to the session's node agent closed")
             writer.close()
             self._writers.discard(writer)
             if not door.ended.done():
@@ -175,8 +187,10 @@ class EventListener:
             writer.close()
 
 
-async def _read_batches(reader: asyncio.StreamReader, on_batch: OnBatch) -> None:
-    """Hand every batch on the stream to ``on_batch`` until it ends (the channel's framing)."""
+async def _read_frames(
+    reader: asyncio.StreamReader, on_batch: OnBatch, calls: HomeCalls | None
+) -> None:
+    """Hand every batch on the stream to ``on_batch``, every reply to ``calls``, until it ends."""
     frames = FrameReader()
     while True:
         try:
@@ -185,20 +199,30 @@ async def _read_batches(reader: asyncio.StreamReader, on_batch: OnBatch) -> None
             return
         if not chunk:
             return
-        for batch in frames.feed(chunk):
-            on_batch(batch)
+        for frame in frames.feed(chunk):
+            if type(frame) is tuple and frame and frame[0] == REPLY:
+                if calls is not None:
+                    calls.replied(frame)
+            else:
+                on_batch(frame)
 
 
-async def connect(address: Address) -> asyncio.StreamWriter | None:
-    """The agent's end: connected and introduced, or None (then Ray carries the events)."""
+async def connect(
+    address: Address,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """The agent's end: connected and introduced, or None (then Ray carries the events).
+
+    The reader carries the session's queue calls (``_homecalls.serve``).
+    """
     path, token = address
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), CONNECT_TIMEOUT_S)
+        connection = await asyncio.wait_for(asyncio.open_unix_connection(path), CONNECT_TIMEOUT_S)
     except OSError:  # (TimeoutError is an OSError)
         return None
+    reader, writer = connection
     writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES)
     writer.write(token.encode("ascii"))
-    return writer
+    return reader, writer
 
 
 async def send(writer: asyncio.StreamWriter, batch: list[Event]) -> bool:

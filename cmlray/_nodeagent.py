@@ -40,7 +40,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from cmlray import _eventsocket, _files, _forkserver, _ports, _zygote
+from cmlray import _eventsocket, _files, _forkserver, _homecalls, _ports, _zygote
 from cmlray._launch import Where, WorkerLaunch
 from cmlray._outbox import Event, Outbox
 from cmlray._queuehost import QueueHost
@@ -99,6 +99,7 @@ class NodeAgent:
         self._early_stops: dict[str, tuple[float, str, str]] = {}
         self._where: Where | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._calls: asyncio.Task[None] | None = None  # the session's queue calls on its socket
         self._lease = _Lease(self, home, lease_s) if home is not None and lease_s > 0 else None
         self._startup = (startup_env, node_env)
         self._queues = QueueHost(self._outbox.put)  # used on the session's node
@@ -137,7 +138,11 @@ class NodeAgent:
             self._lease.start(self._loop)
         # warm for the first worker, and the zygote of its Python workers
         self._loop.run_in_executor(None, _forkserver.prestart, self._default_zygote())
-        writer = None if local is None else await _eventsocket.connect(local)
+        connection = None if local is None else await _eventsocket.connect(local)
+        writer = None
+        if connection is not None:
+            reader, writer = connection
+            self._calls = asyncio.create_task(_homecalls.serve(reader, writer, self.queue_call))
         async for batch in self._outbox.batches():
             if writer is not None:
                 if await _eventsocket.send(writer, batch):

@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import Set
 from typing import Any
 
+from cmlray._homecalls import HomeCalls
 from cmlray._queueresults import Page, ResultPages
 from cmlray._rayerrors import session_error
 from cmlray.errors import QueueError
@@ -26,10 +27,12 @@ class QueueBook:
     Args:
         host: the agent on the session's node (None: the session has no node
             of its own, and no queue can be made).
+        calls: the session's calls on its socket, once it is in (``_homecalls.py``).
     """
 
-    def __init__(self, host: Any) -> None:
+    def __init__(self, host: Any, calls: HomeCalls | None = None) -> None:
         self._host = host
+        self._calls = calls
         self._results: dict[str, ResultPages] = {}
 
     def create(
@@ -52,6 +55,15 @@ class QueueBook:
             del self._results[name]
             raise session_error(exc, "starting a queue") from exc
         return self._host, pages
+
+    def call(self, name: str, method: str, *args: Any) -> Any:
+        """``method(*args)`` on queue ``name`` in its host: a Future when it goes on the
+        host's socket, else Ray's ObjectRef."""
+        if self._calls is not None:
+            future = self._calls.call(name, method, args)
+            if future is not None:
+                return future
+        return self._host.queue_call.remote(name, method, *args)
 
     def drop(self, name: str) -> None:
         """Forget queue ``name`` here and in its host (the Executor's, once drained)."""

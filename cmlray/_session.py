@@ -95,7 +95,7 @@ class Session:
         self._names = itertools.count(1)
         self._closed = False
         self._on_closed = on_closed
-        self.queues = QueueBook(host=self.agents.start_home())  # queues live in that agent
+        self.queues = QueueBook(self.agents.start_home(), self.agents.calls)  # queues live there
 
     @property
     def closed(self) -> bool:

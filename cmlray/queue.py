@@ -129,10 +129,14 @@ class Queue:
         self._undecodable = False  # a pushed result does not unpickle here: results() says why
 
     def _submit(self, method: str, *args: Any) -> Any:
-        """``method(*args)`` on the queue, in the agent that hosts it (``_queuehost.py``)."""
+        """``method(*args)`` on the queue, in the agent that hosts it (``_queuehost.py``).
+
+        Its answer: a Future (the call went on the agent's socket,
+        ``_homecalls.py``) or Ray's ObjectRef.
+        """
         if self._session.closed:  # (a call now would start a new Ray of its own)
             raise QueueError(f"queue {self.name!r}: its session has been shut down")
-        return self._host.queue_call.remote(self.name, method, *args)
+        return self._session.queues.call(self.name, method, *args)
 
     def _answer(self, method: str, answer: Any) -> Any:
         """The answer of a call (an ObjectRef, or its future), Ray's errors mapped."""
@@ -240,7 +244,8 @@ class Queue:
         ``results()`` after ``join()`` little to do (measured: 20,000 results
         take about 14 ms to decode, which a join-then-results added at the end).
         """
-        future: Future[Any] = self._submit("wait_settled", wait_s).future()
+        answer = self._submit("wait_settled", wait_s)
+        future: Future[Any] = answer if isinstance(answer, Future) else answer.future()
         pages = self._pages
         future.add_done_callback(lambda _: pages.notify())
 

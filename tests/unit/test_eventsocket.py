@@ -45,8 +45,9 @@ def _on(loop: asyncio.AbstractEventLoop, coroutine: Any) -> Any:
 
 async def _agent(address: _eventsocket.Address, batches: list[list[Event]]) -> bool:
     """An agent's end: connect, send each batch, close; whether every send went."""
-    writer = await _eventsocket.connect(address)
-    assert writer is not None
+    connection = await _eventsocket.connect(address)
+    assert connection is not None
+    _, writer = connection
     sent = [await _eventsocket.send(writer, batch) for batch in batches]
     writer.close()
     await writer.wait_closed()
@@ -115,8 +116,9 @@ def test_a_closed_session_makes_send_fail_for_the_ray_fallback(
     address, _ = listener.expect(got.append)
 
     async def agent_after_close() -> list[bool]:
-        writer = await _eventsocket.connect(address)
-        assert writer is not None
+        connection = await _eventsocket.connect(address)
+        assert connection is not None
+        _, writer = connection
         first = await _eventsocket.send(writer, [("w1", "out", ["before"])])
         while not got:  # the session took the first batch
             await asyncio.sleep(0.01)
