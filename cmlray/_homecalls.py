@@ -15,8 +15,9 @@ each a frame of the programs' channel (``_channel.encode``). The agent
 starts each call as a task in the order they arrive, as Ray starts an async
 actor's calls. Until the agent has connected, or once its socket broke
 (the calls on their way then fail, naming why), calls go through Ray as
-before. Both ways carry only calls the session waits for before its next
-one on that queue, so switching ways never reorders them.
+before. A thread of the session waits for each call's reply before its
+next call (the Executor's sender finishes its puts before ``close``), so
+switching ways never reorders a caller's calls.
 """
 
 from __future__ import annotations
