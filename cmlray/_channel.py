@@ -26,6 +26,8 @@ import struct
 # checkers, which read any ``TYPE_CHECKING`` as true.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import AsyncIterator
     from typing import Any
 
 CHANNEL_ENV = "CMLRAY_CHANNEL_FD"
@@ -84,3 +86,17 @@ class FrameReader:
             messages.append(pickle.loads(self._buffer[_HEADER.size : end]))
             del self._buffer[:end]
         return messages
+
+
+async def stream_frames(reader: asyncio.StreamReader, chunk_bytes: int) -> AsyncIterator[Any]:
+    """Every message on an asyncio stream, until it ends or breaks (the home agent's socket)."""
+    frames = FrameReader()
+    while True:
+        try:
+            chunk = await reader.read(chunk_bytes)
+        except ConnectionError:
+            return
+        if not chunk:
+            return
+        for frame in frames.feed(chunk):
+            yield frame

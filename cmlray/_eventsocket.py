@@ -41,7 +41,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cmlray._channel import FrameReader, encode
+from cmlray._channel import encode, stream_frames
 from cmlray._homecalls import REPLY, HomeCalls
 from cmlray._outbox import Event
 
@@ -191,20 +191,12 @@ async def _read_frames(
     reader: asyncio.StreamReader, on_batch: OnBatch, calls: HomeCalls | None
 ) -> None:
     """Hand every batch on the stream to ``on_batch``, every reply to ``calls``, until it ends."""
-    frames = FrameReader()
-    while True:
-        try:
-            chunk = await reader.read(READ_BYTES)
-        except ConnectionError:
-            return
-        if not chunk:
-            return
-        for frame in frames.feed(chunk):
-            if type(frame) is tuple and frame and frame[0] == REPLY:
-                if calls is not None:
-                    calls.replied(frame)
-            else:
-                on_batch(frame)
+    async for frame in stream_frames(reader, READ_BYTES):
+        if type(frame) is tuple and frame and frame[0] == REPLY:
+            if calls is not None:
+                calls.replied(frame)
+        else:
+            on_batch(frame)
 
 
 async def connect(

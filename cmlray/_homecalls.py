@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any
 
-from cmlray._channel import FrameReader, encode
+from cmlray._channel import encode, stream_frames
 
 CALL = "call"
 REPLY = "reply"
@@ -104,19 +104,11 @@ Call = Callable[..., Awaitable[Any]]  # (queue name, method, *args) -> its value
 async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, call: Call) -> None:
     """The agent's side: answer the session's calls on the socket until it closes."""
     tasks: set[asyncio.Task[None]] = set()
-    frames = FrameReader()
-    while True:
-        try:
-            chunk = await reader.read(READ_BYTES)
-        except ConnectionError:
-            return
-        if not chunk:
-            return
-        for frame in frames.feed(chunk):
-            if type(frame) is tuple and len(frame) == 5 and frame[0] == CALL:
-                task = asyncio.create_task(_answer(writer, call, *frame[1:]))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+    async for frame in stream_frames(reader, READ_BYTES):
+        if type(frame) is tuple and len(frame) == 5 and frame[0] == CALL:
+            task = asyncio.create_task(_answer(writer, call, *frame[1:]))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
 
 async def _answer(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,18 +14,14 @@ import pytest
 from cmlray import _eventsocket
 from cmlray._channel import encode
 from cmlray._outbox import Event
+from tests.support.threadloop import thread_loop
 
 
 @pytest.fixture
 def loop() -> Iterator[asyncio.AbstractEventLoop]:
     """A loop on a thread of its own, as the session's pump runs it."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.close()
+    with thread_loop() as loop:
+        yield loop
 
 
 @pytest.fixture

@@ -13,30 +13,21 @@ import pytest
 from cmlray import _eventsocket, _homecalls
 from cmlray._homecalls import HomeCalls
 from cmlray._outbox import Event
+from tests.support.threadloop import thread_loop
 
 
 @pytest.fixture
 def loop() -> Iterator[asyncio.AbstractEventLoop]:
     """The session's loop, on a thread of its own, as the pump runs it."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.close()
+    with thread_loop() as loop:
+        yield loop
 
 
 @pytest.fixture
 def agent_loop() -> Iterator[asyncio.AbstractEventLoop]:
     """The agent's loop (another thread: the agent is another process)."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.close()
+    with thread_loop() as loop:
+        yield loop
 
 
 def _on(loop: asyncio.AbstractEventLoop, coroutine: Any) -> Any:
