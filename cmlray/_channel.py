@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 CHANNEL_ENV = "CMLRAY_CHANNEL_FD"
+STREAM_READ_BYTES = 1 << 20  # the most ``stream_frames`` reads at once
 _HEADER = struct.Struct("!I")
 
 
@@ -88,12 +89,12 @@ class FrameReader:
         return messages
 
 
-async def stream_frames(reader: asyncio.StreamReader, chunk_bytes: int) -> AsyncIterator[Any]:
+async def stream_frames(reader: asyncio.StreamReader) -> AsyncIterator[Any]:
     """Every message on an asyncio stream, until it ends or breaks (the home agent's socket)."""
     frames = FrameReader()
     while True:
         try:
-            chunk = await reader.read(chunk_bytes)
+            chunk = await reader.read(STREAM_READ_BYTES)
         except ConnectionError:
             return
         if not chunk:

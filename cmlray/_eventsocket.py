@@ -50,7 +50,6 @@ TOKEN_BYTES = 32  # hex characters of the token an agent sends first
 HELLO_TIMEOUT_S = 10.0  # a connection that sends no token in this time is dropped
 CONNECT_TIMEOUT_S = 5.0
 WRITE_HIGH_WATER_BYTES = 2 << 20  # the agent waits (drain) past two full batches unread
-READ_BYTES = 1 << 20  # the most the session reads at once
 
 Address = tuple[str, str]  # (the socket's path, the token the agent sends)
 OnBatch = Callable[[list[Event]], None]
@@ -191,7 +190,7 @@ async def _read_frames(
     reader: asyncio.StreamReader, on_batch: OnBatch, calls: HomeCalls | None
 ) -> None:
     """Hand every batch on the stream to ``on_batch``, every reply to ``calls``, until it ends."""
-    async for frame in stream_frames(reader, READ_BYTES):
+    async for frame in stream_frames(reader):
         if type(frame) is tuple and frame and frame[0] == REPLY:
             if calls is not None:
                 calls.replied(frame)

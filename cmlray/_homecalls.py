@@ -34,7 +34,6 @@ from cmlray._channel import encode, stream_frames
 
 CALL = "call"
 REPLY = "reply"
-READ_BYTES = 1 << 20
 
 
 class HomeCalls:
@@ -104,7 +103,7 @@ Call = Callable[..., Awaitable[Any]]  # (queue name, method, *args) -> its value
 async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, call: Call) -> None:
     """The agent's side: answer the session's calls on the socket until it closes."""
     tasks: set[asyncio.Task[None]] = set()
-    async for frame in stream_frames(reader, READ_BYTES):
+    async for frame in stream_frames(reader):
         if type(frame) is tuple and len(frame) == 5 and frame[0] == CALL:
             task = asyncio.create_task(_answer(writer, call, *frame[1:]))
             tasks.add(task)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 PLAIN = (int, float, str, bytes, bool, type(None), complex)
 PROTOCOL = pickle.HIGHEST_PROTOCOL
-_PLAIN_TYPES = frozenset(PLAIN)
+PLAIN_TYPES = frozenset(PLAIN)  # (for ``type(x) in``: a set's lookup)
 
 
 class Dumper:
@@ -51,7 +51,7 @@ class Dumper:
 
 def all_plain(objects: Iterable[Any]) -> bool:
     """Whether every object is of a plain type (``PLAIN``)."""
-    return _PLAIN_TYPES.issuperset(map(type, objects))
+    return PLAIN_TYPES.issuperset(map(type, objects))
 
 
 def dumps_many(

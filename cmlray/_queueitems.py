@@ -40,7 +40,7 @@ class HomeItems:
             self._values += items
             return first
         for index, (item, payload) in enumerate(zip(items, payloads, strict=True)):
-            if type(item) in _pickling.PLAIN:
+            if type(item) in _pickling.PLAIN_TYPES:
                 self._values.append(item)
             else:
                 self._values.append(None)

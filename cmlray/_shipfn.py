@@ -41,10 +41,11 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from cmlray import _pickling
+
 SHIP_ONCE_BYTES = 64 << 10  # a Ray call's argument inlines up to 100 KiB; past this, attach
 QUEUE_ENV = "CMLRAY_CALLS_QUEUE"
 LOADED_MAX = 256  # a worker keeps this many inline functions loaded (then starts over)
-_PLAIN = (int, float, str, bytes, bool, type(None), complex)  # (``_pickling.PLAIN``: no import)
 
 
 class _Stand:
@@ -120,8 +121,6 @@ class FunctionShelf:
         return [known[id(fn)] for fn in fns]
 
     def _ship(self, fn: Any) -> Shipped | Inline:
-        from cmlray import _pickling
-
         try:
             data = _pickling.Dumper()(fn)
         except Exception as exc:
@@ -141,7 +140,7 @@ def _pickled_once(fn: Any) -> bool:
         return True
     if type(fn) is not functools.partial or not isinstance(fn.func, types.FunctionType):
         return False
-    return all(type(value) in _PLAIN for value in (*fn.args, *fn.keywords.values()))
+    return _pickling.all_plain((*fn.args, *fn.keywords.values()))
 
 
 _resolved: dict[str, Any] = {}  # the worker's side: attached functions, once loaded

@@ -89,7 +89,6 @@ class Task:
 
 
 _dumper: _pickling.Dumper | None = None
-_PLAIN_TYPES = frozenset(_pickling.PLAIN)
 
 
 def _dump(result: Any) -> bytes:
@@ -108,8 +107,7 @@ def tasks(name: str) -> Iterator[Task]:
     try:
         for leased in exchanges.batches():
             started = time.monotonic()
-            attempts = [attempt for _, attempt, _ in leased]
-            for (item_id, item, error), attempt in zip(_unpickled(leased), attempts, strict=True):
+            for item_id, attempt, item, error in _unpickled(leased):
                 if error is not None:  # (as serve: that item fails, the loop goes on)
                     exchanges.outcomes.append(failure(item_id, error))
                     continue
@@ -157,9 +155,9 @@ def _work(leased: list[Leased], fn: Callable[[Any], Any], outcomes: list[tuple[A
     """
     done: list[tuple[Any, ...]] = []  # (id, plain result) or an outcome
     count = 0
-    plain = _PLAIN_TYPES
+    plain, all_plain = _pickling.PLAIN_TYPES, _pickling.all_plain
     try:
-        for item_id, item, error in _unpickled(leased):
+        for item_id, _attempt, item, error in _unpickled(leased):
             if error is not None:
                 done.append(failure(item_id, error))
                 continue
@@ -170,7 +168,7 @@ def _work(leased: list[Leased], fn: Callable[[Any], Any], outcomes: list[tuple[A
                 continue
             count += 1
             kind = type(result)
-            if kind in plain or (kind is tuple and plain.issuperset(map(type, result))):
+            if kind in plain or (kind is tuple and all_plain(result)):
                 done.append((item_id, result))
             else:
                 done.append((item_id, True, _dump(result), None, None))
@@ -182,15 +180,16 @@ def _work(leased: list[Leased], fn: Callable[[Any], Any], outcomes: list[tuple[A
     return count
 
 
-def _unpickled(leased: list[Leased]) -> list[tuple[int, Any, Exception | None]]:
-    """A batch's items unpickled: (id, item, None), or (id, None, why it would not load)."""
+def _unpickled(leased: list[Leased]) -> list[tuple[int, int, Any, Exception | None]]:
+    """A batch's items unpickled: (id, attempt, item, None), or (id, attempt, None, why it
+    would not load)."""
     loads = _pickling.loads
-    items: list[tuple[int, Any, Exception | None]] = []
-    for item_id, _attempt, payload in leased:
+    items: list[tuple[int, int, Any, Exception | None]] = []
+    for item_id, attempt, payload in leased:
         try:
-            items.append((item_id, loads(payload), None))
+            items.append((item_id, attempt, loads(payload), None))
         except Exception as exc:
-            items.append((item_id, None, exc))
+            items.append((item_id, attempt, None, exc))
     return items
 
 
