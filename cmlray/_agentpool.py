@@ -14,7 +14,9 @@ placed there starts a new one.
 
 The agent on the session's own node sends its events on a local socket
 instead of its Ray stream (``_eventsocket.py``); its stream still tells
-when it ends.
+when it ends. With an own head that agent is a child process of the
+session instead of a Ray actor (``_homeagent.py``): every call goes on its
+socket, and its process's end tells when it ends.
 
 An agent that dies (its node lost, killed, out of memory) is classified
 once, not once per worker (``_rayerrors.agent_death``, on a thread of its
@@ -32,9 +34,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cmlray import _eventsocket, _rayerrors
+from cmlray import _eventsocket, _homeagent, _rayerrors
+from cmlray._homeagent import HomeProcess
 from cmlray._homecalls import HomeCalls
-from cmlray._launch import WorkerLaunch
+from cmlray._launch import Where, WorkerLaunch
 from cmlray._nodeagent import NodeAgent
 from cmlray._outbox import Event
 from cmlray._rayerrors import Death
@@ -59,6 +62,7 @@ class _Agent:
     local: _eventsocket.Address | None = None  # its events' socket, when it has one
     local_ended: asyncio.Future[None] | None = None
     ray_batches: int = 0  # batches that came on its Ray stream (none while its socket holds)
+    process: HomeProcess | None = None  # a process of the session (then no Ray handle)
 
     @property
     def actor_id(self) -> str:
@@ -74,6 +78,9 @@ class AgentPool:
         on_events: a batch of an agent's events (on the loop).
         on_death: an agent died; its workers and why (on the loop).
         socket_dir: where the home agent's event socket goes (None: the system's temp dir).
+        home_process: the process of the home agent, started with the own head
+            (``_homeagent.py``); its replacements are started the same way.
+            None: the home agent is a Ray actor.
     """
 
     def __init__(
@@ -87,6 +94,7 @@ class AgentPool:
         on_death: Deaths,
         loop: asyncio.AbstractEventLoop,
         socket_dir: str | None = None,
+        home_process: HomeProcess | None = None,
     ) -> None:
         import ray
 
@@ -102,6 +110,9 @@ class AgentPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._home: Any = None
         self._home_node: str | None = None
+        self._home_ip = ""
+        self._home_process = home_process  # until the home agent uses it
+        self._process_dir = None if home_process is None else home_process.work_dir
         self.calls = HomeCalls(loop)  # the session's queue calls, once the home agent is in
         self._listener = _eventsocket.EventListener(loop, socket_dir, self.calls)
 
@@ -111,16 +122,19 @@ class AgentPool:
         It hosts the session's queues; the other agents send the files
         workers send home to this one and, with a lease (attached sessions),
         check that it answers, to learn when their node is cut off from the
-        session. Returns its handle (None: the session has no node of its own).
+        session. Returns its Ray handle, or its process (``HomeProcess``), or
+        None: the session has no node of its own.
         """
         import ray
 
         try:
             node_id = ray.get_runtime_context().get_node_id()
+            self._home_ip = ray.util.get_node_ip_address()
         except Exception:  # no node of its own
             return None
         self._home_node = node_id
-        self._home = self._start_agent(node_id).handle
+        agent = self._start_agent(node_id)
+        self._home = agent.process or agent.handle
         return self._home
 
     def start(self, node_id: str, launch: WorkerLaunch) -> None:
@@ -139,7 +153,14 @@ class AgentPool:
     def _flush(self, agent: _Agent) -> None:
         launches, agent.pending, agent.flushing = agent.pending, [], False
         if launches and not agent.retired:
-            agent.handle.start.remote(launches)
+            self._send(agent, "start", launches)
+
+    def _send(self, agent: _Agent, method: str, *args: Any) -> None:
+        """Call ``method`` on the agent, not waiting (its events tell what came of it)."""
+        if agent.process is not None:
+            self.calls.call(None, method, args)
+        else:
+            getattr(agent.handle, method).remote(*args)
 
     def stop(
         self, worker_ids: list[str], grace_period_s: float, status: str, reason: str
@@ -156,7 +177,7 @@ class AgentPool:
         for agent, ids in by_agent.items():
             if agent.pending:  # starts go out before the stops that follow them
                 self._flush(agent)
-            agent.handle.stop.remote(ids, grace_period_s, status, reason)
+            self._send(agent, "stop", ids, grace_period_s, status, reason)
         return nowhere
 
     def ended(self, worker_ids: list[str]) -> None:
@@ -181,6 +202,44 @@ class AgentPool:
         self._spawn(asyncio.to_thread(_kill, agent.handle))
 
     def _start_agent(self, node_id: str) -> _Agent:
+        home = node_id == self._home_node
+        if home and self._process_dir is not None:
+            agent = self._start_process(node_id, self._process_dir)
+            if agent is not None:
+                return agent
+        if home:
+            self.calls.through_ray()
+        return self._start_actor(node_id)
+
+    def _start_process(self, node_id: str, work_dir: str) -> _Agent | None:
+        """The home agent as a process of the session; None if it cannot be (then an actor)."""
+        try:
+            local, ended = self._listener.expect(self._on_events)
+        except OSError:
+            return None
+        self.calls.hold()
+        process, self._home_process = self._home_process, None
+        try:
+            process = process or _homeagent.start(work_dir, self._startup[0])
+        except OSError:
+            self._listener.forget(local)
+            return None
+        process.begin(local, Where(self._home_ip, node_id))
+        agent = _Agent(None, node_id, local=local, local_ended=ended, process=process)
+        self._agents[node_id] = agent
+        asyncio.run_coroutine_threadsafe(self._watch(agent, process), self._loop)
+        return agent
+
+    async def _watch(self, agent: _Agent, process: HomeProcess) -> None:
+        """The home process's end: once its last batches are read, its workers' too."""
+        await _homeagent.exited(process)
+        await self._socket_drained(agent)
+        death = process.death()
+        self.calls.detach(death.words)
+        if not agent.retired:
+            self._died(agent, death)
+
+    def _start_actor(self, node_id: str) -> _Agent:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         handle = self._actor_class.options(
@@ -215,12 +274,15 @@ class AgentPool:
             death = await asyncio.to_thread(
                 _rayerrors.agent_death, exc, agent.actor_id, agent.node_id
             )
-            self._forget(agent)
-            workers = list(agent.workers)
-            for worker_id in workers:
-                self._of_worker.pop(worker_id, None)
-            agent.workers.clear()
-            self._on_death(agent.node_id, workers, death)
+            self._died(agent, death)
+
+    def _died(self, agent: _Agent, death: Death) -> None:
+        self._forget(agent)
+        workers = list(agent.workers)
+        for worker_id in workers:
+            self._of_worker.pop(worker_id, None)
+        agent.workers.clear()
+        self._on_death(agent.node_id, workers, death)
 
     async def _socket_drained(self, agent: _Agent) -> None:
         """Wait until the batches the agent wrote on its socket before it died are in."""
@@ -246,7 +308,10 @@ class AgentPool:
         self._agents.clear()
         for agent in agents:
             agent.retired = True
-            _kill(agent.handle)
+            if agent.process is not None:
+                agent.process.end()
+            else:
+                _kill(agent.handle)
         self._listener.close()
 
 

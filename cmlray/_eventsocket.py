@@ -10,9 +10,10 @@ workers usually run, that is most of what each item costs beside its work
 
 The agent on the session's node reaches the session directly instead: the
 session listens on a Unix socket in a directory of its own (mode 0700),
-the agent connects, proves itself with a token the session gave it through
-Ray (the socket then stops listening and its directory goes: a session
-killed later leaves nothing in the temp dir), and writes its batches as
+the agent connects, proves itself with a token the session gave it (through
+Ray, or on the stdin of an agent that is its own process, ``_homeagent.py``;
+the socket then stops listening and its directory goes: a session killed
+later leaves nothing in the temp dir), and writes its batches as
 length-prefixed pickles (``_channel.encode``), ``drain`` after each so
 that a session that does not keep up stops the agent's outbox and, through
 its caps, the programs' pipes. The agent waits once two full batches are
@@ -22,7 +23,8 @@ floods ran slower; with 2 MiB, 0.014-0.029 s, and 4-6% faster than through
 Ray (``benchmarks/relay_end_to_end.py``, 4 rounds each way, alternating).
 The agent's Ray stream stays open and carries nothing: it still ends with
 the agent and says why (``_agentpool.py``), after the socket's last batch
-has been read. An agent that cannot connect (another user's cluster,
+has been read (an agent that is a process of the session has no Ray
+stream: its process's end tells). An agent that cannot connect (another user's cluster,
 another mount namespace) or whose socket breaks streams through Ray as the
 others do.
 """

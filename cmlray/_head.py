@@ -24,11 +24,20 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cmlray import _headservices, _procfs, _rayletwait, _shipping, _standalone
+from cmlray import (
+    _headservices,
+    _homeagent,
+    _procfs,
+    _rayletwait,
+    _shipping,
+    _standalone,
+    _zygote,
+)
 from cmlray._hush import hush
 from cmlray._rayerrors import is_upload_too_large, session_error
 from cmlray.errors import SessionError
@@ -50,11 +59,14 @@ class Head:
     saved_env: dict[str, str | None] = field(default_factory=dict)
     disconnect: bool = True
     held_ports: list[socket.socket] = field(default_factory=list)  # (_rayletcommand.py)
+    home_agent: _homeagent.HomeProcess | None = None  # started with it (_homeagent.py)
 
     def close(self) -> None:
         """Disconnect from Ray; for an own head, end it and let the reaper sweep."""
         import ray
 
+        if self.home_agent is not None:  # (the session's agents end it first, when it had one)
+            self.home_agent.end()
         if self.disconnect:
             with contextlib.suppress(Exception):
                 ray.shutdown()
@@ -144,12 +156,11 @@ def _start_reaper(temp_dir: str) -> subprocess.Popen[bytes]:
 
 def connect(config: SessionConfig) -> Head:
     """The session's Ray: the cluster at ``config.address``, the user's, or an own head."""
-    import ray
-
     runtime_env = dict(config.runtime_env) if config.runtime_env is not None else None
     if config.address is not None:
         return attach(config.address, runtime_env)
-    if ray.is_initialized():  # the user connected Ray themselves: use that connection
+    ray = sys.modules.get("ray")  # (not imported yet: the home agent starts meanwhile)
+    if ray is not None and ray.is_initialized():  # the user connected Ray: use that connection
         return Head(address=None, owns_head=False, disconnect=False)
     return start_own_head(
         num_cpus=config.num_cpus,
@@ -157,6 +168,7 @@ def connect(config: SessionConfig) -> Head:
         resources=dict(config.resources) if config.resources is not None else None,
         runtime_env=runtime_env,
         head_services=config.head_services,
+        home_agent=set(runtime_env or {}) <= {"env_vars"},
     )
 
 
@@ -167,11 +179,21 @@ def start_own_head(
     resources: dict[str, float] | None,
     runtime_env: dict[str, Any] | None = None,
     head_services: str = "minimal",
+    home_agent: bool = False,
 ) -> Head:
-    """Start a Ray head inside this process's session (see module docstring)."""
+    """Start a Ray head inside this process's session (see module docstring).
+
+    With ``home_agent``, the process of its node's agent starts first
+    (``_homeagent.py``: nothing but the workers' variables of a
+    ``runtime_env`` needs Ray to prepare that agent's interpreter).
+    """
+    temp_dir = tempfile.mkdtemp(prefix="cmlray-")
+    home = None
+    if home_agent:
+        with contextlib.suppress(OSError):  # (then its agent is a Ray actor)
+            home = _homeagent.start(temp_dir, _zygote.workers_startup(os.environ))
     import ray
 
-    temp_dir = tempfile.mkdtemp(prefix="cmlray-")
     saved = _enable_token_auth(_write_token(temp_dir))
     held: list[socket.socket] = []
     try:
@@ -191,9 +213,12 @@ def start_own_head(
     except Exception as exc:
         _release(held)
         _restore_env(saved)
+        if home is not None:
+            home.end()
         shutil.rmtree(temp_dir, ignore_errors=True)  # (its token, Ray's session files)
         raise session_error(exc, "starting a Ray head") from exc
     head = Head(_address_of(context), owns_head=True, temp_dir=temp_dir, held_ports=held)
+    head.home_agent = home
     head.saved_env = saved
     head.reaper = _start_reaper(temp_dir)
     return head

@@ -27,7 +27,7 @@ and more: 0.145 s of ``cmlray.init`` here, cProfile, where the import fails
 at the first missing one; all of them where they are installed), for an API
 server the session does not start.
 
-The raylet of a minimal head prestarts one Python worker instead of one per
+The raylet of a minimal head prestarts no Python worker instead of one per
 CPU, and waits for none of its agents' ports (``_rayletcommand.py``).
 
 ``ray.init`` learns the port its GCS bound from a file the GCS writes once it

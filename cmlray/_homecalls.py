@@ -8,16 +8,23 @@ launches its workers. That agent already holds a Unix socket to the
 session for its events (``_eventsocket.py``); the session now writes its
 calls on it and the agent its replies, between its event batches:
 
-- session -> agent: ``("call", id, queue name, method, args)``
+- session -> agent: ``("call", id, queue name, method, args)``; the queue
+  name None for the agent's own calls (``NodeAgent.SESSION_CALLS``: start
+  and stop workers, open and drop queues...)
 - agent -> session: ``("reply", id, ok, value or exception)``
 
 each a frame of the programs' channel (``_channel.encode``). The agent
 starts each call as a task in the order they arrive, as Ray starts an async
-actor's calls. Until the agent has connected, or once its socket broke
-(the calls on their way then fail, naming why), calls go through Ray as
-before. A thread of the session waits for each call's reply before its
-next call (the Executor's sender finishes its puts before ``close``), so
-switching ways never reorders a caller's calls.
+actor's calls. For an agent that is a Ray actor, until it has connected,
+or once its socket broke (the calls on their way then fail, naming why),
+calls go through Ray as before. A thread of the session waits for each
+call's reply before its next call (the Executor's sender finishes its puts
+before ``close``), so switching ways never reorders a caller's calls.
+
+An agent that is a process of the session (``_homeagent.py``) has no other
+way in: from ``hold`` on, calls made before it connects wait, in order, and
+are written as it comes in; once its socket is gone every call fails with
+why it went.
 """
 
 from __future__ import annotations
@@ -49,15 +56,41 @@ class HomeCalls:
         self._writer: asyncio.StreamWriter | None = None
         self._pending: dict[int, Future[Any]] = {}
         self._ids = itertools.count(1)
+        self._only_way = False  # the agent is a process of the session: no Ray to fall back on
+        self._held: list[bytes] | None = None  # calls waiting for it to come in, in order
+        self._gone = "the session's node agent has not started"
+
+    def hold(self) -> None:
+        """A home agent that is a process of the session starts: calls wait for it from now."""
+        with self._lock:
+            self._only_way = True
+            if self._held is None:
+                self._held = []
+
+    def through_ray(self) -> None:
+        """The home agent is a Ray actor: calls go through Ray until it connects.
+
+        (Calls held meanwhile go on the socket when it connects, or fail at ``detach``.)
+        """
+        with self._lock:
+            self._only_way = False
 
     def attach(self, writer: asyncio.StreamWriter) -> None:
-        """The home agent is in: calls go on its socket from now on."""
+        """The home agent is in: calls go on its socket from now on (on the loop)."""
         with self._lock:
             self._writer = writer
+            held, self._held = self._held, None
+        if held:  # (on the loop, before any call written since: the order holds)
+            writer.write(b"".join(held))
 
-    def call(self, name: str, method: str, args: tuple[Any, ...]) -> Future[Any] | None:
-        """Send ``method(*args)`` on queue ``name``; its reply's future (None: not connected)."""
-        if self._writer is None:
+    def call(self, name: str | None, method: str, args: tuple[Any, ...]) -> Future[Any] | None:
+        """Send ``method(*args)`` on queue ``name`` (None: the agent's own); its reply's future.
+
+        None when the agent is a Ray actor not connected (the caller goes
+        through Ray); for a process of the session, a future that waits for
+        it to connect, or has failed if it is gone.
+        """
+        if self._writer is None and not self._only_way:
             return None
         call_id = next(self._ids)  # (atomic: ids stay unique across threads)
         data = encode((CALL, call_id, name, method, args))
@@ -65,14 +98,23 @@ class HomeCalls:
         with self._lock:
             writer = self._writer
             if writer is None or writer.is_closing():
-                return None
+                if self._held is not None:
+                    self._pending[call_id] = future
+                    self._held.append(data)
+                    return future
+                if not self._only_way:
+                    return None
+                future.set_exception(ConnectionError(self._gone))
+                return future
             self._pending[call_id] = future
         try:
             self._loop.call_soon_threadsafe(writer.write, data)
         except RuntimeError:  # the loop is closed: the session is ending
             with self._lock:
                 self._pending.pop(call_id, None)
-            return None
+            if not self._only_way:
+                return None
+            future.set_exception(ConnectionError("the session is ending"))
         return future
 
     def replied(self, frame: tuple[Any, ...]) -> None:
@@ -88,16 +130,22 @@ class HomeCalls:
             future.set_exception(value)
 
     def detach(self, why: str) -> None:
-        """The socket is gone: later calls go through Ray; those on their way fail with ``why``."""
+        """The socket is gone (or the agent never came): calls on their way fail with ``why``.
+
+        Later calls go through Ray, or fail with ``why`` when the agent was a
+        process of the session, until the next agent comes in.
+        """
         with self._lock:
             self._writer = None
+            self._held = None
+            self._gone = why
             pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
                 future.set_exception(ConnectionError(why))
 
 
-Call = Callable[..., Awaitable[Any]]  # (queue name, method, *args) -> its value
+Call = Callable[..., Awaitable[Any]]  # (queue name or None, method, *args) -> its value
 
 
 async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, call: Call) -> None:
@@ -114,7 +162,7 @@ async def _answer(
     writer: asyncio.StreamWriter,
     call: Call,
     call_id: int,
-    name: str,
+    name: str | None,
     method: str,
     args: tuple[Any, ...],
 ) -> None:

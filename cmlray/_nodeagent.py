@@ -16,7 +16,9 @@ pipes. Guards are forked by one fork server per agent (``_forkserver.py``).
 
 The agent on the session's own node also hosts the session's queues
 (``_queuehost.py``): its programs reach them without a Ray call, the other
-agents' programs through this agent.
+agents' programs through this agent. With an own head that agent is no Ray
+actor at all but a process of the session (``_homeagent.py``,
+``serve_session``), which gets every call of the session on its socket.
 
 Fate-sharing: an agent is owned by the session's driver, so it dies with the
 session; each guard ends its program's tree when its agent's control socket
@@ -49,6 +51,10 @@ from cmlray._supervisor import WorkerSupervisor, node_environment, start_all
 
 LEASE_CHECK_S = 5.0
 LOST_GRACE_S = 1.0
+# What the session may call on its socket (``_homecalls.py``), beside the queues' calls.
+SESSION_CALLS = frozenset(
+    {"start", "stop", "open_queue", "drop_queue", "release_queue_items", "queue_servers"}
+)
 
 
 def raise_open_files_limit() -> int:
@@ -114,6 +120,14 @@ class NodeAgent:
             "pid": os.getpid(),
         }
 
+    def warm(self) -> None:
+        """Start the fork server, and the zygote of the session's Python workers (blocking)."""
+        _forkserver.prestart(self._default_zygote())
+
+    def locate(self, where: Where) -> None:
+        """Its node, for an agent that is no Ray actor to ask Ray (``_homeagent.py``)."""
+        self._where = where
+
     def _default_zygote(self) -> _zygote.Key | None:
         """The zygote of the session's Python workers here, unless their ``env`` says otherwise."""
         startup_env, node_env = self._startup
@@ -133,22 +147,57 @@ class NodeAgent:
         the session's socket instead, while it takes them: this stream then
         carries nothing but the agent's end (``_eventsocket.py``).
         """
-        self._loop = asyncio.get_running_loop()
-        if self._lease is not None:
-            self._lease.start(self._loop)
-        # warm for the first worker, and the zygote of its Python workers
-        self._loop.run_in_executor(None, _forkserver.prestart, self._default_zygote())
-        connection = None if local is None else await _eventsocket.connect(local)
+        connection = await self._warm(local)
         writer = None
         if connection is not None:
             reader, writer = connection
-            self._calls = asyncio.create_task(_homecalls.serve(reader, writer, self.queue_call))
+            self._calls = asyncio.create_task(_homecalls.serve(reader, writer, self.session_call))
         async for batch in self._outbox.batches():
             if writer is not None:
                 if await _eventsocket.send(writer, batch):
                     continue
                 writer = None  # the socket broke: Ray carries this batch and the rest
             yield batch
+
+    async def serve_session(self, local: _eventsocket.Address) -> str:
+        """The agent as a process of the session (``_homeagent.py``): its calls and events.
+
+        Everything goes on the session's socket; returns why it ended (the
+        session closed it or is gone, or it could not be reached).
+        """
+        connection = await self._warm(local)
+        if connection is None:
+            return "the session's socket could not be reached"
+        reader, writer = connection
+        calls = asyncio.create_task(_homecalls.serve(reader, writer, self.session_call))
+        sending = asyncio.create_task(self._send_batches(writer))
+        await asyncio.wait({calls, sending}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (calls, sending):
+            task.cancel()
+        return "the session closed its socket"
+
+    async def _warm(
+        self, local: _eventsocket.Address | None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """Start what the first worker needs, and connect to the session's socket if given."""
+        self._loop = asyncio.get_running_loop()
+        if self._lease is not None:
+            self._lease.start(self._loop)
+        self._loop.run_in_executor(None, self.warm)  # (again: at once, once warm)
+        return None if local is None else await _eventsocket.connect(local)
+
+    async def _send_batches(self, writer: asyncio.StreamWriter) -> None:
+        async for batch in self._outbox.batches():
+            if not await _eventsocket.send(writer, batch):
+                return
+
+    async def session_call(self, name: str | None, method: str, *args: Any) -> Any:
+        """A call of the session on its socket: on queue ``name``, or (None) on the agent."""
+        if name is not None:
+            return await self._queues.call(name, method, *args)
+        if method not in SESSION_CALLS:
+            raise LookupError(f"the node agent has no call {method!r}")
+        return await getattr(self, method)(*args)
 
     async def start(self, launches: list[WorkerLaunch]) -> None:
         """Start these workers; their events follow on ``events``.

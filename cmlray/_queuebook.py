@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Set
+from concurrent.futures import Future
 from typing import Any
 
+from cmlray._homeagent import HomeProcess
 from cmlray._homecalls import HomeCalls
 from cmlray._queueresults import Page, ResultPages
 from cmlray._rayerrors import session_error
@@ -25,8 +27,9 @@ class QueueBook:
     """This session's queue names, and the agent that hosts them.
 
     Args:
-        host: the agent on the session's node (None: the session has no node
-            of its own, and no queue can be made).
+        host: the agent on the session's node: its Ray handle, or its process
+            (``_homeagent.py``), whose calls all go on its socket; None: the
+            session has no node of its own, and no queue can be made.
         calls: the session's calls on its socket, once it is in (``_homecalls.py``).
     """
 
@@ -35,6 +38,21 @@ class QueueBook:
         self._calls = calls
         self._results: dict[str, ResultPages] = {}
 
+    def _agent_call(self, method: str, *args: Any) -> Any:
+        """``method(*args)`` on the host agent: a Future on its socket, or a Ray ObjectRef."""
+        if isinstance(self._host, HomeProcess):
+            assert self._calls is not None
+            future = self._calls.call(None, method, args)
+            assert future is not None  # (a process's calls never go through Ray)
+            return future
+        return getattr(self._host, method).remote(*args)
+
+    @staticmethod
+    def _wait(answer: Any) -> Any:
+        import ray
+
+        return answer.result() if isinstance(answer, Future) else ray.get(answer)
+
     def create(
         self, name: str, max_attempts: int, lease_timeout_s: float
     ) -> tuple[Any, ResultPages]:
@@ -42,15 +60,13 @@ class QueueBook:
 
         Returns the agent that hosts it and where its results arrive.
         """
-        import ray
-
         if name in self._results:
             raise QueueError(f"this session already has a queue named {name!r}")
         if self._host is None:
             raise QueueError("queues live on the session's own Ray node, and this session has none")
         pages = self._results[name] = ResultPages()
         try:
-            ray.get(self._host.open_queue.remote(name, max_attempts, lease_timeout_s))
+            self._wait(self._agent_call("open_queue", name, max_attempts, lease_timeout_s))
         except Exception as exc:
             del self._results[name]
             raise session_error(exc, "starting a queue") from exc
@@ -63,12 +79,12 @@ class QueueBook:
             future = self._calls.call(name, method, args)
             if future is not None:
                 return future
-        return self._host.queue_call.remote(name, method, *args)
+        return self._host.queue_call.remote(name, method, *args)  # (a Ray actor's)
 
     def drop(self, name: str) -> None:
         """Forget queue ``name`` here and in its host (the Executor's, once drained)."""
         if self._results.pop(name, None) is not None:
-            self._host.drop_queue.remote(name)
+            self._agent_call("drop_queue", name)
 
     def received(self, name: str, start: int, page: Page, drained: bool) -> None:
         """A page of queue ``name``'s results, pushed by its host (on the pump's loop)."""
@@ -84,7 +100,7 @@ class QueueBook:
         """
         if ended and self._results:
             with contextlib.suppress(Exception):  # Ray already shut down
-                self._host.release_queue_items.remote(ended)
+                self._agent_call("release_queue_items", ended)
 
     def could_serve(self, name: str, live: Set[str]) -> bool:
         """Whether one of the ``live`` workers serves queue ``name``, or may yet.
@@ -92,11 +108,9 @@ class QueueBook:
         A live worker that has asked only other queues for items is not
         counted: it serves those.
         """
-        import ray
-
         if not live:
             return False
-        servers: dict[str, list[str]] = ray.get(self._host.queue_servers.remote())
+        servers: dict[str, list[str]] = self._wait(self._agent_call("queue_servers"))
         if live & set(servers.get(name, ())):
             return True
         elsewhere = {w for other, ids in servers.items() if other != name for w in ids}

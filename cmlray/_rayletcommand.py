@@ -4,11 +4,17 @@ Three changes to the command ``ray.init`` builds, each measured on this
 2-core machine (``benchmarks/launch.py --child start-cmlray``, the builds
 taking turns):
 
-- **One prestarted Python worker, not one per CPU.** When the first driver
+- **No prestarted Python worker, not one per CPU.** When the first driver
   connects, the raylet starts ``--num_prestart_python_workers`` idle Python
-  workers for Ray tasks. cmlray runs no Ray tasks and uses the first for its
-  node agent; the others stayed idle all session (43 MiB and 0.4 s of CPU
-  each, started while the session starts): ``init`` 1.24 s instead of 1.36.
+  workers for Ray tasks, and holds the driver's connection until they have
+  registered (a new interpreter's ``import ray``). cmlray runs no Ray tasks.
+  The others stayed idle all session (43 MiB and 0.4 s of CPU each, started
+  while the session starts): one instead of one per CPU made ``init`` 1.24 s
+  instead of 1.36; the first was the node agent's, until the agent of an own
+  head became a process of the session (``_homeagent.py``): with none,
+  ``init`` takes 0.32-0.40 s instead of 0.87-1.07 (3 runs each here), and a
+  Ray worker starts only where something asks for one (a GPU worker's probe,
+  ``_groups.py``; a Ray task of the user's).
 - **The raylet waits for none of its agents.** Before it registers with the
   GCS (and so before ``ray.init`` can connect), the raylet waits for each of
   its two agents to write the port it bound into a file of the session dir,
@@ -80,7 +86,7 @@ _CANDIDATES = 32
 
 
 def minimal_raylet(command: Sequence[str], held: list[socket.socket]) -> list[str]:
-    """The raylet's command: one prestarted worker; the agents' ports given, the agents behind.
+    """The raylet's command: no prestarted worker; the agents' ports given, the agents behind.
 
     The socket holding the runtime env agent's port is added to ``held``:
     keep it open until the head ends.
@@ -97,7 +103,7 @@ def minimal_raylet(command: Sequence[str], held: list[socket.socket]) -> list[st
 
 def _changed(arg: str, runtime_env_port: int | None, nice: str | None) -> str:
     if arg.startswith(PRESTART_FLAG):
-        return f"{PRESTART_FLAG}1"
+        return f"{PRESTART_FLAG}0"
     if arg.startswith(UNUSED_AGENT_PORTS) and arg.endswith("=0"):
         return f"{arg[:-1]}-1"
     if arg.startswith(DASHBOARD_AGENT_COMMAND):

@@ -83,6 +83,7 @@ class Session:
             on_death=self._agent_died,
             loop=self.pump.loop,
             socket_dir=head.temp_dir,
+            home_process=head.home_agent,
         )
         self.reservations = ReservationPool(self._placed, self._not_placed)
         self.catalog = Catalog(declared=dict(config.node_types), reported=_nodetypes.reported())
@@ -156,7 +157,7 @@ class Session:
         (``_zygote.py``); a worker whose ``env`` changes them gets its own.
         """
         base = portable_environment(os.environ) if self.config.attached else os.environ
-        return _zygote.startup_variables(base) | {"PYTHONUNBUFFERED": "1"}
+        return _zygote.workers_startup(base)
 
     def _launch_of(self, spec: WorkerSpec, worker_id: str) -> WorkerLaunch:
         """What the worker's node needs to start its program."""

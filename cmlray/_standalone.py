@@ -29,6 +29,13 @@ _BOOTSTRAP = (
 )
 
 
-def command(module: str, *args: str, python: str = sys.executable) -> list[str]:
-    """The command line that runs ``module`` (e.g. ``"cmlray._reaper"``) standalone."""
-    return [python, "-I", "-S", "-c", _BOOTSTRAP, PACKAGE_ROOT, module, *args]
+def command(
+    module: str, *args: str, python: str = sys.executable, isolated: bool = True
+) -> list[str]:
+    """The command line that runs ``module`` (e.g. ``"cmlray._reaper"``) standalone.
+
+    ``isolated=False``: with the site-packages and the ``PYTHON*`` variables
+    (the home node's agent, ``_homeagent.py``, which loads what its calls need).
+    """
+    flags = ["-I", "-S"] if isolated else []
+    return [python, *flags, "-c", _BOOTSTRAP, PACKAGE_ROOT, module, *args]

@@ -62,7 +62,8 @@ def program_niceness() -> int | None:
     (``RAY_worker_niceness``), below its own services; its job manager
     starts job drivers at 0 instead. A worker's program is the user's
     workload, as a CML engine is: it runs at the niceness of the agent's
-    parent (the raylet, the node's own), where the node allows raising it.
+    parent (the raylet; with an own head, the session: the node's own),
+    where the node allows raising it.
     """
     try:
         return os.getpriority(os.PRIO_PROCESS, os.getppid())

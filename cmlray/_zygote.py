@@ -61,6 +61,7 @@ PAD_ENV = "CMLRAY_ZYGOTE_PAD"
 ARGV_PAD, ENV_PAD = 4096, 96 * 1024  # /proc shows at most a page of a rewritten title
 _STARTUP_NAMES = frozenset({"HOME", "LANG", "LANGUAGE"})
 _STARTUP_PREFIXES = ("PYTHON", "LC_")
+_RUNTIME_NAMES = frozenset({"PYTHONBREAKPOINT"})  # read when used, not at start
 CODE_FILE = "<string>"
 
 # The interpreter as it was once started, before the zygote loaded its own
@@ -102,8 +103,17 @@ def startup_variables(env: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if _shapes_startup(k)}
 
 
+def workers_startup(env: Mapping[str, str]) -> dict[str, str]:
+    """What shapes the start of a session's Python workers by default: ``env``'s, unbuffered."""
+    return startup_variables(env) | {"PYTHONUNBUFFERED": "1"}
+
+
 def _shapes_startup(name: str) -> bool:
-    return name in _STARTUP_NAMES or name.startswith(_STARTUP_PREFIXES)
+    # PYTHONBREAKPOINT is read at each ``breakpoint()``, not at start; Ray's driver sets
+    # it in ``ray.init``, after an own head's agent has started the zygote (_homeagent.py).
+    return (
+        name in _STARTUP_NAMES or name.startswith(_STARTUP_PREFIXES)
+    ) and name not in _RUNTIME_NAMES
 
 
 def program_form(argv: Sequence[str]) -> tuple[str, str, list[str]] | None:

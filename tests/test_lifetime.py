@@ -46,6 +46,7 @@ def _start(mode: str, drivers: list[Driver]) -> Driver:
     assert sum(c.startswith("sleep 30") for c in commands) == 8, commands  # 4 a worker
     assert sum("time.sleep(302)" in c for c in commands) == 2, commands
     assert any("raylet" in c for c in commands)
+    assert any("cmlray._homeagent" in c for c in commands)  # its node's agent, its own child
     driver.ports = app_ports(driver.mark)
     assert len(driver.ports) == 2 and claimed(driver.ports) == sorted(driver.ports)
     return driver

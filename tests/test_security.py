@@ -46,9 +46,9 @@ def test_no_dashboard_and_no_unused_head_service_runs() -> None:
     assert config["task_events_report_interval_ms"] == 0
     # and a raylet socket not ready yet is tried again soon, not a second later
     assert config["raylet_client_connect_timeout_milliseconds"] == 20
-    # and one Python worker prestarted (the node agent's), not one per CPU
+    # and no Python worker prestarted (the node agent is a process of the session)
     raylet = next(c for c in commands if "raylet/raylet" in c)
-    assert "--num_prestart_python_workers=1 " in raylet + " "
+    assert "--num_prestart_python_workers=0 " in raylet + " "
 
 
 def test_the_raylet_waits_for_no_agent_and_the_agents_start_behind() -> None:

@@ -201,3 +201,23 @@ def test_a_zygote_started_ahead_serves_the_first_worker() -> None:
     starter = _forkserver._zygotes[key]
     assert starter is not None and starter._server is not None
     assert out_lines(supervise(item)) == [str(starter._server.pid)]  # its guard's parent
+
+
+def test_a_program_breaks_into_its_own_breakpoint_hook_from_a_zygote_started_without_it() -> None:
+    """``PYTHONBREAKPOINT`` is read at each ``breakpoint()``, not at start: no zygote of its own.
+
+    (Ray's driver sets it in ``ray.init``, after an own head's agent has
+    started the zygote: ``cmlray/_homeagent.py``.)
+    """
+    plain = launch("print('plain')")
+    hooked = launch("breakpoint('hook', 'ran')", env={"PYTHONBREAKPOINT": "builtins.print"})
+    assert startup_key(plain.argv, plain.env) == startup_key(hooked.argv, hooked.env)
+    _forkserver.prestart(startup_key(plain.argv, plain.env))
+    events = supervise(hooked)
+    assert out_lines(events) == ["hook ran"]
+    assert (
+        fresh("breakpoint('hook', 'ran')", env={"PYTHONBREAKPOINT": "builtins.print"})[0]
+        == "hook ran\n"
+    )
+    (starter,) = _forkserver._zygotes.values()
+    assert starter is not None and starter.forked_any  # served by the one zygote

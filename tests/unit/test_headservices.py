@@ -51,7 +51,7 @@ def test_the_raylets_command_changes_and_other_processes_start_unchanged(
     assert len(held) == 1  # the runtime env agent's port (tests/unit/test_rayletcommand.py)
     held[0].close()
     assert started[0][0][:3] == [
-        "raylet", "--num_prestart_python_workers=1", "--maximum_startup_concurrency=8"
+        "raylet", "--num_prestart_python_workers=0", "--maximum_startup_concurrency=8"
     ]  # fmt: skip
     assert started[1] == (gcs, "gcs_server")
 

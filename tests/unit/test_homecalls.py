@@ -122,3 +122,48 @@ def test_a_broken_socket_fails_the_calls_on_their_way_and_sends_the_next_through
 
 async def _close(listener: _eventsocket.EventListener) -> None:
     listener.close()
+
+
+def test_an_agent_process_calls_wait_for_it_in_order_and_fail_once_it_is_gone(
+    loop: asyncio.AbstractEventLoop, agent_loop: asyncio.AbstractEventLoop, tmp_path: Path
+) -> None:
+    calls = HomeCalls(loop)
+    listener = _eventsocket.EventListener(loop, str(tmp_path), calls)
+    address, _ = listener.expect(lambda batch: None)
+    calls.hold()  # the agent is a process of the session: no Ray to go through
+    early = [
+        calls.call(None if i == 0 else "q", "start" if i == 0 else "put", (i,)) for i in range(5)
+    ]
+    assert all(f is not None and not f.done() for f in early)
+    queues = _Queues()
+
+    async def agent_calls(name: str | None, method: str, *args: Any) -> Any:
+        return await queues.call(str(name), method, *args)
+
+    async def agent() -> asyncio.StreamWriter:
+        connection = await _eventsocket.connect(address)
+        assert connection is not None
+        reader, writer = connection
+        asyncio.get_running_loop().create_task(_homecalls.serve(reader, writer, agent_calls))
+        return writer
+
+    writer = _on(agent_loop, agent())
+    assert [f.result(10) for f in early if f is not None] == [
+        ("None", "start", 0),
+        *[("q", "put", i) for i in range(1, 5)],
+    ]
+    agent_loop.call_soon_threadsafe(writer.transport.abort)  # the agent's process died
+    failed = None
+    for _ in range(500):
+        later = calls.call("q", "stats", ())
+        assert later is not None  # never through Ray
+        try:
+            later.result(10)  # (answered while the socket's end is on its way)
+        except ConnectionError as exc:
+            failed = exc
+            break
+        threading.Event().wait(0.01)
+    assert failed is not None and "closed" in str(failed)
+    after = calls.call("q", "stats", ())
+    assert after is not None and isinstance(after.exception(0), ConnectionError)
+    _on(loop, _close(listener))

@@ -49,7 +49,7 @@ def test_every_agent_port_is_given_and_the_agents_start_behind(held: list[socket
         "--metrics-agent-port=-1",
         "--metrics_export_port=-1",
         f"--runtime_env_agent_port={port}",
-        "--num_prestart_python_workers=1",
+        "--num_prestart_python_workers=0",
         "--python_worker_command=/py default_worker.py --runtime-env-agent-port=0",
         f"--dashboard_agent_command={NICE} -n 19 /py /ray/dashboard/agent.py --grpc-port=0 --minimal",
         f"--runtime_env_agent_command={NICE} -n 19 /py /ray/agent/main.py"
