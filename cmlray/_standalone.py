@@ -1,7 +1,8 @@
 """How cmlray's standard-library-only programs start: the guard, the fork server, the reaper.
 
 These programs run beside Ray, not inside it: a guard under every worker,
-one fork server per node agent, one reaper per own head. They start as
+one fork server per node agent, one reaper per own head (and the stand-in
+for a minimal head's dashboard agent, ``_dashboardstub.py``, run by path). They start as
 ``python -I -S`` (isolated: no site-packages, no ``PYTHON*`` variables, no
 user site), so they start in milliseconds and nothing in the user's
 environment can break them. A tiny bootstrap appends the directory that

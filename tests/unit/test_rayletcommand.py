@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 from collections.abc import Iterator
@@ -35,6 +36,9 @@ def held() -> Iterator[list[socket.socket]]:
         holder.close()
 
 
+STUB = os.path.join(os.path.dirname(_rayletcommand.__file__), "_dashboardstub.py")
+
+
 def test_every_agent_port_is_given_and_the_agents_start_behind(held: list[socket.socket]) -> None:
     assert NICE is not None  # (coreutils: the test machines have it)
     command = minimal_raylet(RAYLET, held)
@@ -51,7 +55,7 @@ def test_every_agent_port_is_given_and_the_agents_start_behind(held: list[socket
         f"--runtime_env_agent_port={port}",
         "--num_prestart_python_workers=0",
         "--python_worker_command=/py default_worker.py --runtime-env-agent-port=0",
-        f"--dashboard_agent_command={NICE} -n 19 /py /ray/dashboard/agent.py --grpc-port=0 --minimal",
+        f"--dashboard_agent_command=/py -I -S {STUB}",
         f"--runtime_env_agent_command={NICE} -n 19 /py /ray/agent/main.py"
         f" --runtime-env-agent-port={port} --x=1",
         "--dashboard_agent_listen_port=-1",

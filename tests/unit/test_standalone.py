@@ -20,6 +20,7 @@ STANDALONE = [
     "_zygote",
     "_zygoteboot",
     "_reaper",
+    "_dashboardstub",
     "_proctree",
     "_procfs",
     "_usage",
