@@ -157,10 +157,7 @@ class AgentPool:
 
     def _send(self, agent: _Agent, method: str, *args: Any) -> None:
         """Call ``method`` on the agent, not waiting (its events tell what came of it)."""
-        if agent.process is not None:
-            self.calls.call(None, method, args)
-        else:
-            getattr(agent.handle, method).remote(*args)
+        _homeagent.call(agent.process or agent.handle, self.calls, method, *args)
 
     def stop(
         self, worker_ids: list[str], grace_period_s: float, status: str, reason: str

@@ -55,6 +55,7 @@ from typing import IO, Any
 
 from cmlray import _forkserver, _standalone
 from cmlray._eventsocket import Address
+from cmlray._homecalls import HomeCalls
 from cmlray._launch import Where
 from cmlray._rayerrors import Death, Kind, plain
 
@@ -158,6 +159,16 @@ def start(work_dir: str, startup_env: dict[str, str]) -> HomeProcess:
     home = HomeProcess(proc, work_dir, log_path)
     home.tell({"startup_env": startup_env})
     return home
+
+
+def call(agent: Any, calls: HomeCalls, method: str, *args: Any) -> Any:
+    """``method(*args)`` on a node agent, not waited for: a Future on the socket of an agent
+    that is a process (``HomeProcess``), else a Ray actor's ObjectRef (``_homecalls.result``)."""
+    if isinstance(agent, HomeProcess):
+        future = calls.call(None, method, args)
+        assert future is not None  # (a process's calls never go through Ray)
+        return future
+    return getattr(agent, method).remote(*args)
 
 
 async def exited(home: HomeProcess) -> None:

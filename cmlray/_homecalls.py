@@ -145,6 +145,13 @@ class HomeCalls:
                 future.set_exception(ConnectionError(why))
 
 
+def result(answer: Any) -> Any:
+    """What a call on the home agent returned, waited for: its Future's, or Ray's ObjectRef's."""
+    import ray
+
+    return answer.result() if isinstance(answer, Future) else ray.get(answer)
+
+
 Call = Callable[..., Awaitable[Any]]  # (queue name or None, method, *args) -> its value
 
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Set
-from concurrent.futures import Future
 from typing import Any
 
-from cmlray._homeagent import HomeProcess
+from cmlray import _homeagent, _homecalls
 from cmlray._homecalls import HomeCalls
 from cmlray._queueresults import Page, ResultPages
 from cmlray._rayerrors import session_error
@@ -33,25 +32,14 @@ class QueueBook:
         calls: the session's calls on its socket, once it is in (``_homecalls.py``).
     """
 
-    def __init__(self, host: Any, calls: HomeCalls | None = None) -> None:
+    def __init__(self, host: Any, calls: HomeCalls) -> None:
         self._host = host
         self._calls = calls
         self._results: dict[str, ResultPages] = {}
 
     def _agent_call(self, method: str, *args: Any) -> Any:
         """``method(*args)`` on the host agent: a Future on its socket, or a Ray ObjectRef."""
-        if isinstance(self._host, HomeProcess):
-            assert self._calls is not None
-            future = self._calls.call(None, method, args)
-            assert future is not None  # (a process's calls never go through Ray)
-            return future
-        return getattr(self._host, method).remote(*args)
-
-    @staticmethod
-    def _wait(answer: Any) -> Any:
-        import ray
-
-        return answer.result() if isinstance(answer, Future) else ray.get(answer)
+        return _homeagent.call(self._host, self._calls, method, *args)
 
     def create(
         self, name: str, max_attempts: int, lease_timeout_s: float
@@ -66,7 +54,7 @@ class QueueBook:
             raise QueueError("queues live on the session's own Ray node, and this session has none")
         pages = self._results[name] = ResultPages()
         try:
-            self._wait(self._agent_call("open_queue", name, max_attempts, lease_timeout_s))
+            _homecalls.result(self._agent_call("open_queue", name, max_attempts, lease_timeout_s))
         except Exception as exc:
             del self._results[name]
             raise session_error(exc, "starting a queue") from exc
@@ -75,10 +63,9 @@ class QueueBook:
     def call(self, name: str, method: str, *args: Any) -> Any:
         """``method(*args)`` on queue ``name`` in its host: a Future when it goes on the
         host's socket, else Ray's ObjectRef."""
-        if self._calls is not None:
-            future = self._calls.call(name, method, args)
-            if future is not None:
-                return future
+        future = self._calls.call(name, method, args)
+        if future is not None:
+            return future
         return self._host.queue_call.remote(name, method, *args)  # (a Ray actor's)
 
     def drop(self, name: str) -> None:
@@ -110,7 +97,7 @@ class QueueBook:
         """
         if not live:
             return False
-        servers: dict[str, list[str]] = self._wait(self._agent_call("queue_servers"))
+        servers: dict[str, list[str]] = _homecalls.result(self._agent_call("queue_servers"))
         if live & set(servers.get(name, ())):
             return True
         elsewhere = {w for other, ids in servers.items() if other != name for w in ids}

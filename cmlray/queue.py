@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any, NamedTuple
 
-from cmlray import _lifecycle, _pickling, _rayerrors
+from cmlray import _homecalls, _lifecycle, _pickling, _rayerrors
 from cmlray._checks import check_count, check_positive, check_text
 from cmlray._queue import INLINE_TOTAL_BYTES, join_payloads
 from cmlray._queueitems import HomeItems
@@ -140,10 +140,8 @@ class Queue:
 
     def _answer(self, method: str, answer: Any) -> Any:
         """The answer of a call (an ObjectRef, or its future), Ray's errors mapped."""
-        import ray
-
         try:
-            return answer.result() if isinstance(answer, Future) else ray.get(answer)
+            return _homecalls.result(answer)
         except Exception as exc:
             raise _rayerrors.queue_error(exc, self.name, method) from exc
 

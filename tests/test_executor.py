@@ -78,10 +78,10 @@ def test_a_big_function_travels_to_the_workers_once() -> None:
 
 def hosted_queues() -> set[str]:
     """The queues the agent of the session's node hosts now."""
-    from cmlray import _lifecycle
+    from cmlray import _homecalls, _lifecycle
 
     queues = _lifecycle.require().queues
-    return set(queues._wait(queues._agent_call("queue_servers"))) & set(queues._results)
+    return set(_homecalls.result(queues._agent_call("queue_servers"))) & set(queues._results)
 
 
 def test_cancel_withdraws_calls_no_worker_holds_and_map_times_out(tmp_path: Path) -> None:
