@@ -14,11 +14,15 @@ runs on the session's node itself, the agent copies the file directly.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
+import tempfile
+from collections.abc import Callable
 from typing import Any
 
 CHUNK_BYTES = 8 << 20
+_tokens = itertools.count()
 
 
 def destination(dest: str, home_dir: str) -> str:
@@ -41,6 +45,37 @@ def write_chunk(path: str, data: bytes, offset: int, final: bool, token: str) ->
         f.write(data)
     if final:
         os.replace(partial, path)
+
+
+def write_local(path: str, data: bytes | bytearray | memoryview, token: str) -> None:
+    """Write ``data`` at ``path`` on this host, whole or not at all."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    partial = _partial(path, token)
+    try:
+        with open(partial, "wb") as f:
+            f.write(data)
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+
+
+def send_via_temp(data: bytes | bytearray | memoryview, send: Callable[[str], str]) -> str:
+    """``send(path)`` of a temporary file holding ``data`` (removed after); its answer."""
+    fd, source = tempfile.mkstemp(prefix="cmlray-send-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return send(source)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(source)
+
+
+def next_token() -> int:
+    """A number new in this process, for the names of files being written."""
+    return next(_tokens)
 
 
 def copy_local(source: str, path: str, token: str) -> None:

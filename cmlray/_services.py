@@ -13,6 +13,8 @@ Requests:
     ("result", pickled_value)                   -> None; the worker's ``result``
     ("error", text)                             -> None; why ``fn`` failed
     ("send_file", source, dest)                 -> the path it has on the session's host
+    ("home_dir",)                               -> the session's project dir when this node
+                                                   is the session's host, else None
     ("attachment", queue, key)                  -> bytes attached to the queue (``_shipfn.py``)
 
 A failed request is answered ``("error", words)``, which the program raises
@@ -72,6 +74,8 @@ class ProgramServices:
             return None
         if op == "send_file":
             return await asyncio.to_thread(self.send_file, *args)
+        if op == "home_dir":  # (``cmlray.worker.send_bytes`` writes there itself)
+            return self.home_dir if self.home is None else None
         if op == "attachment":
             return await self._queue(args[0], "attachment", args[1])
         raise LookupError(f"unknown request {op!r}")

@@ -38,7 +38,7 @@ TYPE_CHECKING = False  # (a worker's program imports this module: see _channel.p
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["Task", "send_file", "serve", "tasks"]
+__all__ = ["Task", "send_bytes", "send_file", "serve", "tasks"]
 
 
 def client() -> Client:
@@ -214,3 +214,37 @@ def send_file(path: str | os.PathLike[str], dest: str | os.PathLike[str] | None 
     if dest is None:
         dest = os.fspath(path) if not os.path.isabs(path) else os.path.basename(source)
     return str(client().request("send_file", source, os.fspath(dest)))
+
+
+_home_dirs: list[str | None] = []  # asked once: the session's project dir if this is its host
+
+
+def send_bytes(data: bytes | bytearray | memoryview, dest: str | os.PathLike[str]) -> str:
+    """Write ``data`` to a file on the session's host; returns its path there.
+
+    ``send_file`` for an output held in memory (a fitted model's pickle, a
+    figure): on the session's own node the program writes the file in place
+    itself, with no file of its own first, no copy and, after the first
+    call, no round trip to its agent; from another node the bytes travel as
+    ``send_file`` sends a file. Either way the file lands whole or not at all.
+
+    Args:
+        data: the file's content.
+        dest: where it lands; relative paths are under the session's project dir.
+
+    Raises:
+        TypeError: ``data`` is not bytes-like.
+        QueueError: outside a worker, or the file could not be sent.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"send_bytes: data must be bytes-like, not {type(data).__name__}")
+    from cmlray import _files
+
+    if not _home_dirs:
+        _home_dirs.append(client().request("home_dir"))
+    home_dir = _home_dirs[0]
+    if home_dir is not None:
+        path = _files.destination(os.fspath(dest), home_dir)
+        _files.write_local(path, data, f"{os.getpid()}-{_files.next_token()}")
+        return path
+    return _files.send_via_temp(data, lambda source: send_file(source, dest))

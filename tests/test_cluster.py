@@ -159,7 +159,8 @@ def test_a_lost_node_fails_its_hundred_workers_at_once_and_returns_their_items(
 
 
 def test_files_sent_home_from_another_node_arrive_whole(nodes: Nodes, tmp_path: Path) -> None:
-    """A worker on a node other than the session's sends 20 MB home, in chunks."""
+    """A worker on a node other than the session's sends 20 MB home, in chunks, then 3 MB
+    it holds in memory (``send_bytes``: by a file of its own, as it is not on that host)."""
     target = tmp_path / "home" / "from-node.bin"
     code = (
         "import os, hashlib, cmlray.worker\n"
@@ -168,9 +169,14 @@ def test_files_sent_home_from_another_node_arrive_whole(nodes: Nodes, tmp_path: 
         "print(hashlib.sha256(data).hexdigest())\n"
         f"cmlray.worker.send_file('/tmp/cmlray-node-file', {str(target)!r})\n"
         "os.unlink('/tmp/cmlray-node-file')\n"
+        f"print(cmlray.worker.send_bytes(data[:3 << 20], {str(target) + '.part'!r}))\n"
+        "print(cmlray.worker._home_dirs)\n"  # (not the session's host: sent, not written)
     )
     (worker,) = cmlray.await_workers(cmlray.launch_workers(1, cpu=1, memory=0.3, code=code))[
         "workers"
     ]
     assert worker["node_id"] != nodes.cluster.head_node.node_id
-    assert hashlib.sha256(target.read_bytes()).hexdigest() == worker["tail"][0]
+    digest = hashlib.sha256(target.read_bytes())
+    assert digest.hexdigest() == worker["tail"][0]
+    assert worker["tail"][1:] == [f"{target}.part", "[None]"]
+    assert target.with_name(target.name + ".part").read_bytes() == target.read_bytes()[: 3 << 20]

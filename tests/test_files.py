@@ -1,4 +1,4 @@
-"""Files a worker sends home (``cmlray.worker.send_file``), on an own head.
+"""Files a worker sends home (``cmlray.worker.send_file``, ``send_bytes``), on an own head.
 
 Across hosts, through the home agent in chunks: test_cluster and the
 multi-host tests.
@@ -58,7 +58,41 @@ def test_absolute_destinations_and_a_missing_file(session: str, tmp_path: Path) 
     assert worker["exit_code"] == 1
 
 
+SEND_BYTES = """
+import os, cmlray.worker
+me = os.environ['CDSW_ENGINE_ID']
+print(cmlray.worker.send_bytes(me.encode() * 1000, 'out/' + me + '.bin'))
+print(cmlray.worker.send_bytes(bytearray(b'ab'), {target!r}))
+print(cmlray.worker.send_bytes(memoryview(b'xyz'), {target!r}))  # replaces it whole
+print(os.listdir({folder!r}))  # no partial file left beside it
+try:
+    cmlray.worker.send_bytes('text', 'out/x')
+except TypeError as exc:
+    print(exc)
+"""
+
+
+def test_bytes_are_written_in_place_on_the_sessions_host(session: str, tmp_path: Path) -> None:
+    target = tmp_path / "deep" / "result.bin"
+    code = SEND_BYTES.format(target=str(target), folder=str(target.parent))
+    (worker,) = cmlray.await_workers(cmlray.launch_workers(1, cpu=0.25, memory=0.2, code=code))[
+        "workers"
+    ]
+    sent = Path(session) / "out" / f"{worker['id']}.bin"
+    assert worker["tail"] == [
+        str(sent),
+        str(target),
+        str(target),
+        "['result.bin']",
+        "send_bytes: data must be bytes-like, not str",
+    ]
+    assert sent.read_bytes() == worker["id"].encode() * 1000
+    assert target.read_bytes() == b"xyz"
+
+
 def test_send_file_outside_a_worker_says_so(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     with pytest.raises(cmlray.QueueError, match=r"only works inside a worker"):
         cmlray.worker.send_file(tmp_path / "f")
+    with pytest.raises(cmlray.QueueError, match=r"only works inside a worker"):
+        cmlray.worker.send_bytes(b"x", tmp_path / "g")
