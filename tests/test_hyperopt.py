@@ -11,6 +11,7 @@ exits 2 before anything starts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -28,11 +29,12 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hyperopt"
 sys.path.insert(0, str(EXAMPLE))
 
 import joblib  # noqa: E402
+import refitahead  # noqa: E402
 import samplers  # noqa: E402
 import searchspace  # noqa: E402
 import sweep  # noqa: E402
 from estimators import get_model, load_dataset, make_cv  # noqa: E402
-from studydb import StudyStore  # noqa: E402
+from studydb import StudyStore, Trial  # noqa: E402
 
 import cmlray  # noqa: E402
 from cmlray._record import FINAL  # noqa: E402
@@ -220,6 +222,100 @@ def test_tpe_search_keeps_one_trial_per_worker_in_flight() -> None:
     search.tell(first[1], 0.8)
     search.tell(following[0], None)  # a failed trial is told as failed
     assert search.exhausted and search.total == 5
+
+
+def _costing(plan: sweep.Plan, costly: dict[str, Any]) -> sweep.Plan:
+    """``plan`` on one worker, ``costly``'s configuration 100 times the others' cost."""
+    model = dataclasses.replace(plan.model, cost=lambda params: 100.0 if params == costly else 1.0)
+    return dataclasses.replace(plan, model=model, workers=1)
+
+
+def test_the_leaders_refit_runs_on_a_worker_while_fits_are_left(
+    session: str, captured: Captured, tmp_path: Path
+) -> None:
+    """The costliest configuration goes first and leads; its refit is queued behind the rest."""
+    best = {"C": 10, "gamma": 0.001}  # (C=100 ties with it: GridSearchCV's rule keeps this one)
+    plan = make_plan(tmp_path / "runs", "--space", write_space(tmp_path, SVC_GRID))
+    summary = run_sweep(_costing(plan, best), captured)
+    assert summary.best is not None and summary.best.params == best
+    assert "refit_ahead_s" in summary.timings and "refit_s" not in summary.timings  # none after
+    model = joblib.load(plan.study_dir / "best_model.joblib")
+    assert model["params"] == best and model["estimator"].get_params()["C"] == 10
+    assert StudyStore(plan.study_dir).meta()["best_config_id"] == summary.best.config_id
+    assert "refit on the whole dataset" in captured.text()
+
+
+def test_a_leader_overtaken_after_its_refit_is_refit_after_the_sweep(
+    session: str, captured: Captured, tmp_path: Path
+) -> None:
+    worst = {"C": 1, "gamma": 0.1}  # (gamma 0.1 on digits: a tenth right; the costliest here)
+    space = write_space(tmp_path, {"C": [1, 10, 100], "gamma": [0.1, 0.001]})
+    plan = make_plan(tmp_path / "runs", "--space", space)
+    summary = run_sweep(_costing(plan, worst), captured)
+    assert summary.best is not None and summary.best.params == {"C": 10, "gamma": 0.001}
+    assert {"refit_ahead_s", "refit_s"} <= set(summary.timings)  # a leader's, then the best's
+    model = joblib.load(plan.study_dir / "best_model.joblib")
+    assert model["params"] == summary.best.params
+    assert StudyStore(plan.study_dir).meta()["best_config_id"] == summary.best.config_id
+
+
+def test_a_best_model_file_placed_halfway_is_refit_on_the_next_run(
+    grid_study: tuple[sweep.Plan, sweep.Summary], captured: Captured, tmp_path: Path
+) -> None:
+    plan, _ = grid_study
+    shutil.copytree(plan.study_dir, tmp_path / "runs" / "grid")
+    copy = make_plan(
+        tmp_path / "runs", "--space", write_space(tmp_path, SVC_GRID), "--study", "grid"
+    )
+    again = sweep.Sweep(copy, captured.console)
+
+    def killed_halfway(target: Path) -> None:
+        target.write_bytes(b"half a model")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        again._keep_best("whoever", killed_halfway)
+    assert StudyStore(copy.study_dir).meta()["best_config_id"] is None  # the file is not trusted
+    summary = sweep.Sweep(copy, captured.console).run()
+    assert summary.ran == 0 and "refit_s" in summary.timings
+    assert summary.best is not None
+    assert joblib.load(copy.study_dir / "best_model.joblib")["params"] == summary.best.params
+
+
+def _trial(config_id: str, params: dict[str, Any]) -> Trial:
+    return Trial(config_id, 7, params, "done", 0.9, 0.0, [], None, None, None, None, "")
+
+
+def test_the_reserve_is_the_cheapest_fits_and_goes_in_behind_the_leaders_refit() -> None:
+    model = dataclasses.replace(get_model("svc"), cost=lambda params: float(params["c"]))
+    items = [{"params": {"c": c}} for c in (40, 30, 20, 10, 10, 10, 10, 10)]
+    ahead = refitahead.RefitAhead(model, folds=5, refit_of="held")
+    head = ahead.hold_back(items)
+    assert head == items[:4] and ahead.holding  # the reserve: 4 x 10 < 1.25 x 40, half of them
+    ahead.put(head)
+    assert ahead.outstanding == 100.0 and ahead.near_dry()  # 100 <= 4 x 40, the last put
+    ahead.finished(items[0])
+    assert ahead.outstanding == 60.0
+    fields = {"study_dir": "/s"}
+    released = ahead.release(_trial("a", {"c": 40}), fields)
+    assert released == [
+        {"study_dir": "/s", "refit": True, "config_id": "a", "number": 7, "params": {"c": 40}},
+        *items[4:],
+    ]
+    assert not ahead.holding and ahead.outstanding == 100.0 and ahead.refit_of == "a"
+    assert ahead.hold_back(items[:1]) == items[:1] and not ahead.holding  # one fit: none held
+
+
+def test_no_refit_goes_ahead_when_nothing_leads_or_the_study_holds_it() -> None:
+    model = dataclasses.replace(get_model("svc"), cost=lambda params: float(params["c"]))
+    items = [{"params": {"c": c}} for c in (8, 1, 1, 1, 1, 1, 1, 1)]
+    ahead = refitahead.RefitAhead(model, folds=5, refit_of="held")
+    head = ahead.hold_back(items)
+    assert head == items[:4]  # 4 x 1 < 1.25 x 8: held up to half the fits
+    ahead.put(head)
+    assert ahead.release(None, {}) == items[4:]
+    assert ahead.hold_back(items) == items[:4]
+    assert ahead.release(_trial("held", {"c": 8}), {}) == items[4:]
 
 
 def test_sweep_results_end_with_the_queue_or_name_why_not(session: str) -> None:

@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leaks")]
 
 # What the examples' workers import on a node, at the session's versions (a
 # snapshot pickled on a node must load in the session).
-NODE_LIBRARIES = _rayonly.pinned("scikit-learn", "joblib", "numpy", "aiohttp", "selectolax")
+NODE_LIBRARIES = _rayonly.pinned("scikit-learn", "joblib", "lz4", "numpy", "aiohttp", "selectolax")
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,8 @@ Layout, under ``<runs-dir>/<study>/``::
     study.sqlite                  tables meta (key, value) and trials (one row per configuration)
     trials/<config_id>/fold-<k>.joblib  fold k's fitted estimator (one file per fold)
     trials/<config_id>/scores.json      the configuration's scores, written last
+    trials/<config_id>/refit.joblib     its refit on the whole dataset, done ahead by a
+                                  worker (``refitahead.py``), until moved to best_model.joblib
     best_model.joblib             the best configuration refit on the whole dataset
     last_run.json                 timings of the latest run
 
@@ -31,6 +33,7 @@ from typing import Any
 from estimators import UsageError
 
 DB_NAME = "study.sqlite"
+BEST_MODEL = "best_model.joblib"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS trials (
@@ -62,6 +65,11 @@ def now() -> str:
 def trial_dir(study_dir: Path, config_id: str) -> Path:
     """Where one configuration's snapshot and scores live."""
     return study_dir / "trials" / config_id
+
+
+def refit_snapshot(study_dir: Path, config_id: str) -> Path:
+    """Where a worker puts a configuration's refit on the whole dataset (then moved in place)."""
+    return trial_dir(study_dir, config_id) / "refit.joblib"
 
 
 def fold_snapshot(fold: int) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import shlex
 import signal
@@ -31,7 +32,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from rich.text import Text
 from estimators import MODELS, ModelSpec, UsageError, get_model, load_dataset
 from folds import FoldResults, fold_tasks
 from liveview import SweepView, leaderboard
+from refitahead import RELEASE_PENDING, RefitAhead
 from samplers import FixedPlan, Proposal, TpeSearch, require_optuna
 from searchspace import (
     Space,
@@ -54,8 +56,8 @@ from searchspace import (
     read_space_file,
     sample,
 )
-from studydb import StudyStore, Trial, trial_dir, write_atomically
-from trainer import QUEUE_ENV, dump_atomically
+from studydb import BEST_MODEL, StudyStore, Trial, refit_snapshot, trial_dir, write_atomically
+from trainer import QUEUE_ENV, snapshot_bytes
 
 EXAMPLE_DIR = Path(__file__).resolve().parent
 TRAINER = EXAMPLE_DIR / "trainer.py"
@@ -268,6 +270,12 @@ def make_search(plan: Plan, store: StudyStore) -> FixedPlan | TpeSearch:
     return _fixed_plan(plan, store.done_ids())
 
 
+def _study_fields(plan: Plan) -> dict[str, Any]:
+    """What every queue item carries of the study."""
+    fields = {"model": plan.model.name, "folds": plan.folds, "scoring": plan.scoring}
+    return {**fields, "study_dir": str(plan.study_dir)}
+
+
 def _tasks(plan: Plan, proposals: list[Proposal]) -> list[dict[str, Any]]:
     """Queue items, one per (configuration, fold): all ``trainer.train_fold`` needs."""
     items: list[dict[str, Any]] = []
@@ -275,11 +283,8 @@ def _tasks(plan: Plan, proposals: list[Proposal]) -> list[dict[str, Any]]:
         base = {
             "config_id": config_id(plan.model.name, proposal.params),
             "number": proposal.number,
-            "model": plan.model.name,
             "params": proposal.params,
-            "folds": plan.folds,
-            "scoring": plan.scoring,
-            "study_dir": str(plan.study_dir),
+            **_study_fields(plan),
         }
         items += fold_tasks(base, plan.folds)
     return items
@@ -334,6 +339,8 @@ class Sweep:
         self._workers: list[str] = []
         self._folds = FoldResults()
         self._seen: set[tuple[str, int]] = set()  # (config, fold) results taken in
+        self._ahead = RefitAhead(plan.model, plan.folds, self._refit_held())
+        self._reserved = self._closed = False
 
     def run(self) -> Summary:
         """Train what is pending (if anything), record it, refit the best; the summary."""
@@ -365,12 +372,41 @@ class Sweep:
         if not self.summary.interrupted:
             cmlray.await_workers(self._workers, timeout_seconds=60)
 
+    def _refit_held(self) -> str | None:
+        """The configuration ``best_model.joblib`` holds, if the study has one."""
+        held = self.store.meta().get("best_config_id")
+        return held if held and (self.plan.study_dir / BEST_MODEL).exists() else None
+
+    def _put(self, queue: Any, proposals: list[Proposal]) -> None:
+        items = _tasks(self.plan, proposals)
+        if self.search.exhausted and not self._reserved:  # the last items that will come
+            items = self._ahead.hold_back(items)
+            self._reserved = True
+        self._ahead.put(items)
+        queue.put_many(items)
+
+    def _close_when_due(self, queue: Any) -> None:
+        """Close the queue once nothing more will be proposed, the reserve released first.
+
+        The reserve goes in behind the leader's refit once at most
+        ``RELEASE_PENDING`` fits wait in the queue (``refitahead.py``).
+        """
+        if self._closed or not self.search.exhausted:
+            return
+        if self._ahead.holding:
+            if not self._ahead.near_dry() or queue.stats()["pending"] > RELEASE_PENDING:
+                return
+            leaders = self.store.trials(limit=1)
+            leader = leaders[0] if leaders else None
+            queue.put_many(self._ahead.release(leader, _study_fields(self.plan)))
+        queue.close()
+        self._closed = True
+
     def _start(self, queue: Any) -> None:
         import cmlray
 
-        queue.put_many(_tasks(self.plan, self.first))
-        if self.search.exhausted:
-            queue.close()
+        self._put(queue, self.first)
+        self._close_when_due(queue)
         workers = cmlray.launch_workers(
             n=min(self.plan.workers, len(self.first)),
             cpu=self.plan.cpu,
@@ -382,28 +418,32 @@ class Sweep:
         self._workers = [w["id"] for w in workers]
 
     def _collect(self, queue: Any, view: SweepView, finished: int) -> None:
-        closed = self.search.exhausted
         for result in _results(queue, self._workers):
             settled, score = self._record(result)
-            if not settled:
-                continue
-            finished += 1
-            proposal = Proposal(result.item["number"], result.item["params"])
-            following = self.search.tell(proposal, score)
-            if following:
-                queue.put_many(_tasks(self.plan, following))
-            if self.search.exhausted and not closed:
-                queue.close()
-                closed = True
-            view.update(finished, queue.stats(), self.store.trials(limit=5))
+            if settled:
+                finished += 1
+                proposal = Proposal(result.item["number"], result.item["params"])
+                following = self.search.tell(proposal, score)
+                if following:
+                    self._put(queue, following)
+            self._close_when_due(queue)
+            if settled:
+                view.update(finished, queue.stats(), self.store.trials(limit=5))
 
     def _record(self, result: Any) -> tuple[bool, float | None]:
-        """Take in one fold's result; once its configuration is settled, store its row.
+        """Take in one item's result; once its configuration is settled, store its row.
 
         Returns (settled, mean score): settled is True for the result that
         completes or fails a configuration, the score None when it failed.
         """
         item = result.item
+        if item.get("refit"):  # the leader's refit, done ahead (refitahead.py)
+            if result.ok:
+                side = refit_snapshot(self.plan.study_dir, item["config_id"])
+                self._keep_best(item["config_id"], lambda target: os.replace(side, target))
+                self.summary.timings["refit_ahead_s"] = float(result.result["fit_seconds"])
+            return False, None
+        self._ahead.finished(item)
         self._seen.add((item["config_id"], item["fold"]))
         if result.ok:
             row = self._folds.add_done(item, result.result)
@@ -439,7 +479,8 @@ class Sweep:
         view.note("interrupted: stopping the workers, keeping every finished result")
         self._stop_workers()
         for result in queue.results():
-            if result.ok and (result.item["config_id"], result.item["fold"]) not in self._seen:
+            key = (result.item["config_id"], result.item.get("fold"))
+            if result.ok and key not in self._seen:
                 self._record(result)
         self.adopted += self.store.adopt_orphans()
 
@@ -447,16 +488,26 @@ class Sweep:
         """The best configuration refit on the whole dataset, as GridSearchCV's refit=True."""
         trials = self.store.trials(limit=1)
         meta = self.store.meta()
-        target = self.plan.study_dir / "best_model.joblib"
+        target = self.plan.study_dir / BEST_MODEL
         if not trials or (meta.get("best_config_id") == trials[0].config_id and target.exists()):
             return
         started = time.perf_counter()
         best = trials[0]
         features, labels = load_dataset(self.plan.model.dataset)
         estimator = self.plan.model.build(best.params).fit(features, labels)
-        dump_atomically({"params": best.params, "estimator": estimator}, target)
-        self.store.save_meta({"best_config_id": best.config_id})
+        data = snapshot_bytes({"params": best.params, "estimator": estimator})
+        self._keep_best(best.config_id, lambda target: write_atomically(target, data))
         self.summary.timings["refit_s"] = time.perf_counter() - started
+
+    def _keep_best(self, config_id: str, place: Callable[[Path], None]) -> None:
+        """``place`` the best model's file, the study's note of whose it is never ahead of it.
+
+        The note is cleared first and set after: a run killed in between
+        leaves none, and the next run refits instead of trusting the file.
+        """
+        self.store.save_meta({"best_config_id": None})
+        place(self.plan.study_dir / BEST_MODEL)
+        self.store.save_meta({"best_config_id": config_id})
 
     def _finish(self) -> None:
         trials = self.store.trials()
@@ -467,7 +518,7 @@ class Sweep:
 
 
 def write_last_run(summary: Summary) -> None:
-    """The run's counts and timings, for the user and for ``benchmarks/hyperopt.py``."""
+    """The run's counts and timings, for the user and for ``benchmarks/sweep_vs_gridsearch.py``."""
     last_run = {
         "ran": summary.ran,
         "failed": summary.failed,
