@@ -1,7 +1,8 @@
 """``cmlray launch``'s live table in a real terminal (tmux), and in a real Jupyter kernel.
 
 tmux: the command runs in a detached tmux session of a fixed size, on a tmux
-server of this test's own (``-L``), whose screen is read with
+server of this test's own (``-S``: its socket in the test's temp dir, gone
+with it), whose screen is read with
 ``capture-pane``: the table shows the workers running, changes as they
 finish, and gives way to the summary. The server inherits this run's leak
 mark, so the leak check covers it and everything the command started.
@@ -17,6 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,15 +31,15 @@ WIDTH, HEIGHT = 120, 40
 
 
 class Tmux:
-    """A tmux server of its own with one session running ``command``."""
+    """A tmux server of its own (its socket in ``folder``) with one session running ``command``."""
 
-    def __init__(self, command: str) -> None:
-        self.socket = f"cmlray-test-{uuid.uuid4().hex[:8]}"
+    def __init__(self, command: str, folder: Path) -> None:
+        self.socket = str(folder / f"tmux-{uuid.uuid4().hex[:8]}")
         self.run("new-session", "-d", "-s", "t", "-x", str(WIDTH), "-y", str(HEIGHT), command)
 
     def run(self, *args: str) -> str:
         done = subprocess.run(
-            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=30
+            ["tmux", "-S", self.socket, *args], capture_output=True, text=True, timeout=30
         )
         assert done.returncode == 0, done.stderr
         return done.stdout
@@ -55,7 +57,7 @@ class Tmux:
         pytest.fail(f"timed out waiting for {what}; screen:\n{self.screen()}")
 
     def kill(self) -> None:
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=30)
+        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True, timeout=30)
 
 
 # One worker ends when "one" appears (the first to claim it), the others on "all":
@@ -89,7 +91,7 @@ def tmux_launch(tmp_path: Any) -> Iterator[tuple[Tmux, Any]]:
     # As a terminal's shell runs it: its size from the terminal, not from variables.
     command = ["env", "-u", "COLUMNS", "-u", "LINES", *command]
     shell = f"{shlex.join(command)}; echo $? > {tmp_path / 'exit-status'}; sleep 600"
-    tmux = Tmux(shell)
+    tmux = Tmux(shell, tmp_path)
     try:
         yield tmux, tmp_path
     finally:
