@@ -39,7 +39,7 @@ from cmlray.errors import InfeasibleRequestError, QueueError
 from rich.console import Console
 from rich.text import Text
 
-from estimators import UsageError, load_dataset
+from estimators import UsageError
 from folds import FoldResults, fold_tasks
 from liveview import SweepView, leaderboard
 from plan import DEFAULT_TRIALS, Plan, build_parser, prepare
@@ -47,7 +47,7 @@ from refitahead import RELEASE_PENDING, RefitAhead
 from samplers import FixedPlan, Proposal, TpeSearch
 from searchspace import config_id, describe, grid, sample
 from studydb import BEST_MODEL, StudyStore, Trial, refit_snapshot, trial_dir, write_atomically
-from trainer import QUEUE_ENV, snapshot_bytes
+from trainer import QUEUE_ENV, best_model_bytes
 
 EXAMPLE_DIR = Path(__file__).resolve().parent
 TRAINER = EXAMPLE_DIR / "trainer.py"
@@ -319,15 +319,11 @@ class Sweep:
     def _refit_best(self) -> None:
         """The best configuration refit on the whole dataset, as GridSearchCV's refit=True."""
         trials = self.store.trials(limit=1)
-        meta = self.store.meta()
-        target = self.plan.study_dir / BEST_MODEL
-        if not trials or (meta.get("best_config_id") == trials[0].config_id and target.exists()):
+        if not trials or self._refit_held() == trials[0].config_id:
             return
         started = time.perf_counter()
         best = trials[0]
-        features, labels = load_dataset(self.plan.model.dataset)
-        estimator = self.plan.model.build(best.params).fit(features, labels)
-        data = snapshot_bytes({"params": best.params, "estimator": estimator})
+        data, _ = best_model_bytes(self.plan.model, best.params)
         self._keep_best(best.config_id, lambda target: write_atomically(target, data))
         self.summary.timings["refit_s"] = time.perf_counter() - started
 

@@ -38,7 +38,7 @@ from typing import Any
 import lz4.frame
 import numpy as np
 
-from estimators import get_model, load_dataset, make_cv
+from estimators import ModelSpec, get_model, load_dataset, make_cv
 from searchspace import describe
 from studydb import fold_snapshot, refit_snapshot, trial_dir
 
@@ -104,6 +104,16 @@ def save_fold(study_dir: Path, task: dict[str, Any], estimator: Any) -> None:
     cmlray.worker.send_bytes(snapshot_bytes(snapshot), dest)
 
 
+def best_model_bytes(spec: ModelSpec, params: dict[str, Any]) -> tuple[bytes, float]:
+    """``params`` fit on the whole dataset, as GridSearchCV refits its best: the file
+    ``best_model.joblib`` holds (``params``, ``estimator``), and the fit's seconds."""
+    features, labels = load_dataset(spec.dataset)
+    started = time.perf_counter()
+    estimator = spec.build(params).fit(features, labels)
+    fit_seconds = time.perf_counter() - started
+    return snapshot_bytes({"params": params, "estimator": estimator}), fit_seconds
+
+
 def refit(task: dict[str, Any]) -> dict[str, Any]:
     """Fit ``task``'s configuration on the whole dataset and send it home.
 
@@ -112,14 +122,9 @@ def refit(task: dict[str, Any]) -> dict[str, Any]:
     """
     import cmlray.worker
 
-    spec = get_model(task["model"])
-    features, labels = load_dataset(spec.dataset)
-    started = time.perf_counter()
-    estimator = spec.build(task["params"]).fit(features, labels)
-    fit_seconds = time.perf_counter() - started
-    best = {"params": task["params"], "estimator": estimator}
+    data, fit_seconds = best_model_bytes(get_model(task["model"]), task["params"])
     dest = refit_snapshot(Path(task["study_dir"]), task["config_id"])
-    cmlray.worker.send_bytes(snapshot_bytes(best), dest)
+    cmlray.worker.send_bytes(data, dest)
     print(f"#{task['number']:<3} refit on the whole dataset  ({fit_seconds:.1f} s)")
     return {"refit": task["config_id"], "fit_seconds": fit_seconds}
 
